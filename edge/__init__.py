@@ -1,0 +1,50 @@
+"""can-telemetry: in-vehicle CAN telemetry for Azure IoT Edge.
+
+CAN frames (python-can) -> DBC decode (cantools) -> signal selection and sampling -> columnar
+batches (msgpack + zstd) -> durable SQLite spool -> edgeHub, IoT Hub or MQTT.
+
+The public API is what ``__all__`` lists; every other module is an implementation detail.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from edge.codec import PayloadDecoder, Row
+from edge.config import Config, load_config, parse_config
+from edge.errors import (
+    ConfigError,
+    DatabaseLoadError,
+    PayloadError,
+    PermanentUplinkError,
+    SchemaMissingError,
+    SpoolError,
+    TelemetryError,
+    TransientUplinkError,
+    UplinkError,
+)
+from edge.payload import Payload
+
+try:
+    __version__ = version("can-telemetry")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0+source"
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DatabaseLoadError",
+    "Payload",
+    "PayloadDecoder",
+    "PayloadError",
+    "PermanentUplinkError",
+    "Row",
+    "SchemaMissingError",
+    "SpoolError",
+    "TelemetryError",
+    "TransientUplinkError",
+    "UplinkError",
+    "__version__",
+    "load_config",
+    "parse_config",
+]

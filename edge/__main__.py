@@ -1,0 +1,5 @@
+"""``python -m edge`` is ``can-telemetry``."""
+
+from edge.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""The signal schema: which messages and signals this module may send, and everything the cloud
+needs to turn their raw values into physical values without the DBC (scale, offset, unit,
+choices). Data payloads refer to messages and signals by their index in the schema, and to the
+schema by its content hash (``schema_id``), so a batch carries no names at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+from cantools.database.can import Database, Message
+from cantools.database.can.signal import Signal
+
+from edge.errors import PayloadError
+
+__all__ = ["MessageInfo", "Schema", "SignalInfo", "build_schema"]
+
+Number = int | float
+
+
+@dataclass(frozen=True, slots=True)
+class SignalInfo:
+    """One signal: ``physical = raw * scale + offset`` unless scale is 1 and offset 0."""
+
+    name: str
+    scale: Number = 1
+    offset: Number = 0
+    unit: str = ""
+    is_float: bool = False
+    choices: Mapping[int, str] | None = None
+
+    def physical(self, raw: Number) -> Number:
+        """The physical value exactly as cantools computes it from the raw value."""
+        if self.scale == 1 and self.offset == 0:
+            return raw
+        return raw * self.scale + self.offset
+
+    def to_wire(self) -> list[Any]:
+        """Compact form: ``[name, scale, offset, unit, is_float, choices]``."""
+        choices = dict(self.choices) if self.choices else None
+        return [self.name, self.scale, self.offset, self.unit, self.is_float, choices]
+
+    @classmethod
+    def from_wire(cls, item: Sequence[Any]) -> SignalInfo:
+        """Inverse of :meth:`to_wire`."""
+        name, scale, offset, unit, is_float, choices = item
+        return cls(name, scale, offset, unit, bool(is_float), choices or None)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """One message of one bus, with its selected signals (the columns of its group)."""
+
+    bus: int
+    name: str
+    frame_id: int
+    is_extended: bool
+    j1939: bool
+    signals: tuple[SignalInfo, ...]
+
+    def to_wire(self) -> list[Any]:
+        """Compact form: ``[bus, name, frame_id, is_extended, j1939, [signal...]]``."""
+        sigs = [s.to_wire() for s in self.signals]
+        return [self.bus, self.name, self.frame_id, self.is_extended, self.j1939, sigs]
+
+    @classmethod
+    def from_wire(cls, item: Sequence[Any]) -> MessageInfo:
+        """Inverse of :meth:`to_wire`."""
+        bus, name, frame_id, is_extended, j1939, sigs = item
+        signals = tuple(SignalInfo.from_wire(s) for s in sigs)
+        return cls(int(bus), name, int(frame_id), bool(is_extended), bool(j1939), signals)
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    """The selected messages of every bus, in a fixed order. ``schema_id`` is the first 16 hex
+    digits of the SHA-256 of the canonical wire form: equal content, equal id."""
+
+    buses: tuple[str, ...]
+    messages: tuple[MessageInfo, ...]
+    schema_id: str = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        blob = msgpack.packb(self.to_wire(), use_bin_type=True)
+        object.__setattr__(self, "schema_id", hashlib.sha256(blob).hexdigest()[:16])
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body of a schema payload (docs/format.md)."""
+        return {"buses": list(self.buses), "messages": [m.to_wire() for m in self.messages]}
+
+    @classmethod
+    def from_wire(cls, body: Mapping[str, Any]) -> Schema:
+        """Parse a schema payload body; raises PayloadError when malformed."""
+        try:
+            buses = tuple(str(b) for b in body["buses"])
+            messages = tuple(MessageInfo.from_wire(m) for m in body["messages"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PayloadError(f"malformed schema: {exc!r}") from exc
+        return cls(buses, messages)
+
+    @property
+    def signal_count(self) -> int:
+        """Number of selected signals over all messages."""
+        return sum(len(m.signals) for m in self.messages)
+
+
+def signal_info(signal: Signal) -> SignalInfo:
+    """The schema entry of a cantools signal."""
+    choices = {int(k): str(v) for k, v in signal.choices.items()} if signal.choices else None
+    return SignalInfo(
+        name=signal.name,
+        scale=signal.scale,
+        offset=signal.offset,
+        unit=signal.unit or "",
+        is_float=bool(signal.is_float),
+        choices=choices,
+    )
+
+
+#: ``select(bus_name, message, signal)`` is true when the signal is kept.
+Selector = Callable[[str, Message, Signal], bool]
+
+
+def build_schema(
+    buses: Sequence[tuple[str, Database, bool]],
+    select: Selector,
+) -> Schema:
+    """The schema for ``(bus name, database, j1939)`` triples: every message with at least one
+    selected signal, with those signals, in database order."""
+    messages: list[MessageInfo] = []
+    for bus_index, (bus_name, db, j1939) in enumerate(buses):
+        for message in db.messages:
+            chosen = tuple(signal_info(s) for s in message.signals if select(bus_name, message, s))
+            if chosen:
+                messages.append(
+                    MessageInfo(
+                        bus=bus_index,
+                        name=message.name,
+                        frame_id=message.frame_id,
+                        is_extended=bool(message.is_extended_frame),
+                        j1939=j1939 and bool(message.is_extended_frame),
+                        signals=chosen,
+                    )
+                )
+    return Schema(tuple(name for name, _, _ in buses), tuple(messages))
