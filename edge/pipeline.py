@@ -68,6 +68,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._processing: threading.Thread | None = None
+        self._final_stats: PipelineStats | None = None
 
     def _default_sources(self) -> list[FrameSource]:
         config = self.config
@@ -130,10 +131,13 @@ class Pipeline:
             self.forwarder.drain(drain_timeout)
         self.forwarder.stop(timeout=10)
         self.uplink.close()
+        self._final_stats = self.stats()
         self.spool.close()
 
     def stats(self) -> PipelineStats:
-        """Counters of every stage."""
+        """Counters of every stage (after ``stop``: as they were when it stopped)."""
+        if self._final_stats is not None:
+            return self._final_stats
         base = self.processor.stats()
         return PipelineStats(
             **{

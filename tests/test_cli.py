@@ -1,0 +1,143 @@
+"""The ``can-telemetry`` command, run as a real process."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import can
+
+from edge.simulate import DEMO_DBC, VehicleSimulator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edge", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def write_config(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f"""
+vehicle_id = "cli-car"
+
+[[buses]]
+name = "can0"
+dbc = ["{DEMO_DBC}"]
+j1939 = true
+
+[spool]
+path = "spool/spool.db"
+
+[uplink]
+type = "file"
+path = "outbox"
+{extra}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_demo_runs_the_whole_pipeline_and_decodes_what_it_sent(tmp_path: Path) -> None:
+    result = cli("demo", "--duration", "60", "--outbox", str(tmp_path), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "decoded back" in result.stdout and "OK" in result.stdout
+    assert "x smaller than raw" in result.stdout
+    assert any((tmp_path / "outbox").glob("*.data.ctl"))
+
+
+def test_dbc_lists_messages_and_signals() -> None:
+    result = cli("dbc", str(DEMO_DBC), "--signals")
+    assert result.returncode == 0, result.stderr
+    assert "messages" in result.stdout.splitlines()[0]
+    assert "km/h" in result.stdout
+
+
+def test_dbc_refuses_a_broken_database_with_its_name(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.dbc"
+    bad.write_text('VERSION ""\nBO_ 1 X: 8 Y\n SG_ A : 0|80@1+ (1,0) [0|1] "" Z\n')
+    result = cli("dbc", str(bad))
+    assert result.returncode == 2
+    assert "broken.dbc" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_replay_then_decode_to_jsonl_and_csv(tmp_path: Path) -> None:
+    log = tmp_path / "drive.log"
+    with can.Logger(str(log)) as writer:
+        for msg in VehicleSimulator(seed=2, start_time=1_700_000_000.0).frames(20):
+            writer.on_message_received(msg)
+    config = write_config(tmp_path)
+    result = cli("run", "--config", str(config), "--replay", str(log), "--speed", "max")
+    assert result.returncode == 0, result.stderr
+    outbox = tmp_path / "outbox"
+    jsonl = cli("decode", str(outbox))
+    assert jsonl.returncode == 0, jsonl.stderr
+    rows = [json.loads(line) for line in jsonl.stdout.splitlines()]
+    assert rows and set(rows[0]) == {
+        "time",
+        "bus",
+        "message",
+        "signal",
+        "value",
+        "unit",
+        "choice",
+        "source",
+    }
+    assert all(r["bus"] == "can0" for r in rows)
+    as_csv = cli("decode", str(outbox), "--format", "csv")
+    table = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert len(table) == len(rows)
+
+
+def test_decode_refuses_malformed_payloads_clearly(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.ctl"
+    bad.write_bytes(b"CT\x01\x00\x02garbage")
+    result = cli("decode", str(bad))
+    assert result.returncode == 3
+    assert "bad.ctl" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_config_stops_startup_naming_the_field(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "\n[batch]\nmax_age = -1\n")
+    result = cli("run", "--config", str(config))
+    assert result.returncode == 2
+    assert "batch.max_age" in result.stderr
+
+
+def test_sigterm_stops_cleanly_and_closes_the_open_batch(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "\n[batch]\nmax_age = 3600\n")
+    # A replay paced in real time stands for a live bus: only SIGTERM can close this batch.
+    log = tmp_path / "slow.log"
+    with can.Logger(str(log)) as writer:
+        for msg in VehicleSimulator(seed=4, start_time=1_700_000_000.0).frames(30):
+            writer.on_message_received(msg)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge", "run", "--config", str(config), "--replay", str(log)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    outbox = tmp_path / "outbox"
+    assert any(outbox.glob("*.data.ctl")), "the open batch was not closed on SIGTERM"

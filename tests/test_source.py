@@ -1,0 +1,191 @@
+"""Frame sources on python-can's real virtual bus and on real log files of every format."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import can
+import pytest
+
+from edge.config import BusConfig, ReplayConfig
+from edge.source import CHUNK, BusSource, FrameQueue, ReplaySource, open_bus
+
+
+def drain(queue: FrameQueue, count: int, timeout: float = 5.0) -> list[can.Message]:
+    got: list[can.Message] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        chunk = queue.get(timeout=0.05)
+        if chunk:
+            got.extend(chunk)
+    return got
+
+
+def frames(n: int, start: float = 1_700_000_000.0, channel: Any = "can0") -> list[can.Message]:
+    return [
+        can.Message(
+            timestamp=start + i * 0.01,
+            arbitration_id=0x100 + i % 3,
+            is_extended_id=False,
+            data=bytes([i % 256, 1, 2, 3]),
+            channel=channel,
+        )
+        for i in range(n)
+    ]
+
+
+class Running:
+    """A source running in a thread, stopped at exit."""
+
+    def __init__(self, source: Any, queue: FrameQueue) -> None:
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=source.run, args=(queue, self.stop), daemon=True)
+
+    def __enter__(self) -> Running:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        assert not self.thread.is_alive()
+
+
+def test_frame_queue_blocks_when_full_and_gives_up_on_stop() -> None:
+    queue = FrameQueue(max_frames=CHUNK)  # room for one chunk
+    stop = threading.Event()
+    assert queue.put([can.Message()], stop)
+    result: list[bool] = []
+    putter = threading.Thread(target=lambda: result.append(queue.put([can.Message()], stop)))
+    putter.start()
+    time.sleep(0.2)
+    assert putter.is_alive()  # blocked: backpressure, not a silent drop
+    stop.set()
+    putter.join(2)
+    assert result == [False]
+
+
+def test_bus_source_reads_a_virtual_bus_with_names_and_timestamps(tmp_path: Path) -> None:
+    channel = f"test-{time.monotonic_ns()}"
+    config = BusConfig(name="powertrain", interface="virtual", channel=channel, databases=("x",))
+    queue = FrameQueue()
+    source = BusSource(config)
+    sender_bus = can.Bus(interface="virtual", channel=channel, preserve_timestamps=True)
+    with Running(source, queue), sender_bus as sender:
+        time.sleep(0.2)  # the source's bus must exist before frames are sent
+        sent = frames(500)
+        for msg in sent:
+            sender.send(msg)
+        got = drain(queue, len(sent))
+    assert [m.data for m in got] == [m.data for m in sent]
+    assert {m.channel for m in got} == {"powertrain"}
+    assert [m.timestamp for m in got] == [m.timestamp for m in sent]  # source time kept
+
+
+def test_bus_source_applies_can_filters(tmp_path: Path) -> None:
+    channel = f"test-{time.monotonic_ns()}"
+    config = BusConfig(name="b", interface="virtual", channel=channel, databases=("x",))
+    queue = FrameQueue()
+    source = BusSource(config, [{"can_id": 0x101, "can_mask": 0x7FF, "extended": False}])
+    with Running(source, queue), can.Bus(interface="virtual", channel=channel) as sender:
+        time.sleep(0.2)
+        for msg in frames(300):
+            sender.send(msg)
+        got = drain(queue, 100)
+        assert drain(queue, 1, timeout=0.3) == []
+    assert len(got) == 100 and {m.arbitration_id for m in got} == {0x101}
+
+
+def test_bus_source_reopens_after_the_bus_fails_and_keeps_reading() -> None:
+    channel = f"test-{time.monotonic_ns()}"
+    config = BusConfig(name="b", interface="virtual", channel=channel, databases=("x",))
+    opened: list[can.BusABC] = []
+    attempts = 0
+
+    def opener(cfg: BusConfig, filters: Any) -> can.BusABC:
+        nonlocal attempts
+        attempts += 1
+        if attempts <= 2:
+            raise can.CanInterfaceNotImplementedError("interface is down")
+        bus = open_bus(cfg, filters)
+        opened.append(bus)
+        return bus
+
+    queue = FrameQueue()
+    source = BusSource(config, opener=opener)
+    with Running(source, queue), can.Bus(interface="virtual", channel=channel) as sender:
+        deadline = time.monotonic() + 5
+        while not opened and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sender.send(frames(1)[0])
+        assert len(drain(queue, 1)) == 1
+        opened[0].shutdown()  # the bus dies under the reader
+        deadline = time.monotonic() + 5
+        while len(opened) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.1)
+        sender.send(frames(1)[0])
+        assert len(drain(queue, 1)) == 1
+    assert source.errors >= 3 and source.reopens >= 1
+    assert source.stats()["frames"] == 2
+
+
+@pytest.mark.parametrize("suffix", [".log", ".asc", ".blf", ".csv", ".trc"])
+def test_replay_reads_every_log_format(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"drive{suffix}"
+    sent = frames(200, channel=0 if suffix != ".log" else "can0")
+    with can.Logger(str(path)) as writer:
+        for msg in sent:
+            writer.on_message_received(msg)
+    replay = ReplaySource(ReplayConfig(str(path), speed=None), ["can0"])
+    got = list(replay.messages())
+    assert [bytes(m.data) for m in got] == [bytes(m.data) for m in sent]
+    assert [m.arbitration_id for m in got] == [m.arbitration_id for m in sent]
+    assert {m.channel for m in got} == {"can0"}
+    span = got[-1].timestamp - got[0].timestamp
+    assert span == pytest.approx(sent[-1].timestamp - sent[0].timestamp, abs=1e-3)
+
+
+def test_replay_maps_log_channels_to_buses_and_skips_unmapped(tmp_path: Path) -> None:
+    path = tmp_path / "two.log"
+    with can.Logger(str(path)) as writer:
+        for i, msg in enumerate(frames(30)):
+            msg.channel = ("can0", "can1", "can9")[i % 3]
+            writer.on_message_received(msg)
+    config = ReplayConfig(str(path), None, {"can1": "body"})
+    replay = ReplaySource(config, ["can0", "body"])
+    channels = [m.channel for m in replay.messages()]
+    assert channels.count("can0") == 10  # same name as a bus
+    assert channels.count("body") == 10  # mapped
+    assert channels.count("can9") == 10  # kept: the decoder counts it as unknown_bus
+    assert replay.unmapped == {"can9"}
+
+
+def test_replay_paces_at_the_requested_speed(tmp_path: Path) -> None:
+    path = tmp_path / "paced.log"
+    with can.Logger(str(path)) as writer:
+        for msg in frames(51):  # 0.5 s of traffic
+            writer.on_message_received(msg)
+    queue = FrameQueue()
+    replay = ReplaySource(ReplayConfig(str(path), speed=2.0), ["can0"])
+    started = time.monotonic()
+    with Running(replay, queue):
+        got = drain(queue, 51)
+        assert replay.finished.wait(5)
+    assert len(got) == 51
+    assert time.monotonic() - started >= 0.25 * 0.9  # 0.5 s of log at 2x: not faster
+
+
+def test_replay_as_fast_as_possible_ends_and_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "fast.log"
+    with can.Logger(str(path)) as writer:
+        for msg in frames(5000):
+            writer.on_message_received(msg)
+    queue = FrameQueue(max_frames=1000)  # far smaller than the log: backpressure, no drops
+    replay = ReplaySource(ReplayConfig(str(path), speed=None), ["can0"])
+    with Running(replay, queue):
+        got = drain(queue, 5000)
+    assert len(got) == 5000 and replay.frames == 5000
