@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=getattr(logging, args.log_level),
+        level=getattr(logging, args.log_level or "WARNING"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -60,16 +60,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--log-level",
-        default=os.environ.get("CAN_TELEMETRY_LOG_LEVEL", "WARNING"),
+        default=os.environ.get("CAN_TELEMETRY_LOG_LEVEL"),
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        help="log level (default WARNING; $CAN_TELEMETRY_LOG_LEVEL)",
+        help="log level (default: $CAN_TELEMETRY_LOG_LEVEL, then the config's log_level for "
+        "run, WARNING otherwise)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the pipeline until SIGINT/SIGTERM")
     run.add_argument("--config", required=True, help="TOML configuration file")
     run.add_argument("--replay", help="use this recorded log as the source instead of the buses")
-    run.add_argument("--speed", default="1", help="replay speed: a factor (1 = real time) or max")
+    run.add_argument(
+        "--speed", help="replay speed: a factor (1 = real time) or max (default: the config's, 1)"
+    )
     run.add_argument("--vehicle-id", help="override vehicle_id")
     run.set_defaults(func=_cmd_run)
 
@@ -123,13 +126,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edge.pipeline import Pipeline
 
     config = load_config(args.config)
-    logging.getLogger().setLevel(min(logging.getLogger().level, getattr(logging, config.log_level)))
+    if not args.log_level:  # the command line wins over the file
+        logging.getLogger().setLevel(config.log_level)
     if args.vehicle_id:
         config = replace(config, vehicle_id=args.vehicle_id)
-    if args.replay:
-        speed = parse_speed(args.speed)
+    if args.speed and not (args.replay or config.replay):
+        raise ConfigError("--speed", "applies to a replay only (--replay or [replay])")
+    if args.replay or (config.replay and args.speed):
         base = config.replay or ReplayConfig(path=args.replay)
-        config = config.with_replay(replace(base, path=args.replay, speed=speed))
+        speed = parse_speed(args.speed) if args.speed else base.speed
+        config = config.with_replay(replace(base, path=args.replay or base.path, speed=speed))
     pipeline = Pipeline(config)
     stop = threading.Event()
 

@@ -176,6 +176,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         data = tomllib.loads(file.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError("", f"cannot read configuration {file}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError("", f"{file} is not UTF-8 text: {exc.reason}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", f"{file} is not valid TOML: {exc}") from exc
     return parse_config(data, base_dir=str(file.parent.resolve()))
@@ -187,7 +189,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: str = ".") -> Config:
     base = Path(base_dir)
 
     def resolve(value: str) -> str:
-        return str(value) if Path(value).is_absolute() else str(base / value)
+        return os.path.normpath(value if Path(value).is_absolute() else base / value)
 
     vehicle_id = root.str("vehicle_id", None) or default_vehicle_id()
     buses = tuple(_bus(t, resolve) for t in root.tables("buses"))
@@ -333,7 +335,8 @@ def _batch(t: Table) -> BatchConfig:
         schema_interval=t.float("schema_interval", 3600.0, min=1.0),
     )
     t.finish()
-    if 1e6 * config.time_resolution != round(1e6 * config.time_resolution):
+    microseconds = 1e6 * config.time_resolution
+    if abs(microseconds - round(microseconds)) > 1e-6:
         raise ConfigError("batch.time_resolution", "must be a whole number of microseconds")
     return config
 
@@ -364,7 +367,7 @@ def _uplink(t: Table, resolve: Any) -> tuple[ForwarderConfig, UplinkConfig]:
     table = t.rest()
     if kind == "file":
         table.setdefault("path", "outbox")
-    for key in ("path", "ca_file", "cert_file", "key_file", "server_verification_cert"):
+    for key in ("path", "ca_file", "cert_file", "key_file"):
         if isinstance(table.get(key), str):
             table[key] = resolve(table[key])
     options = cls.parse_options(table, t.path)  # type: ignore[attr-defined]

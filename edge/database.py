@@ -33,12 +33,20 @@ def load_database(path: str | os.PathLike[str], *, strict: bool = True) -> Datab
         raise DatabaseLoadError(name, f"cannot read text: {exc.reason}") from exc
     except Exception as exc:  # cantools raises many types: ParseError, Error, ValueError, KeyError
         reason = str(exc).strip() or type(exc).__name__
-        if not strict:
-            raise DatabaseLoadError(name, reason) from exc
-        raise DatabaseLoadError(name, f"{reason} (set strict = false on the bus to relax)") from exc
+        if strict and _loads_relaxed(name):
+            reason += " (it loads with strict = false on the bus)"
+        raise DatabaseLoadError(name, reason) from exc
     if not isinstance(db, Database):
         raise DatabaseLoadError(name, "not a CAN database (a diagnostics database?)")
     return db
+
+
+def _loads_relaxed(name: str) -> bool:
+    try:
+        cantools.database.load_file(name, strict=False)
+    except Exception:
+        return False
+    return True
 
 
 def load_databases(paths: Sequence[str], *, strict: bool = True) -> Database:
@@ -46,9 +54,17 @@ def load_databases(paths: Sequence[str], *, strict: bool = True) -> Database:
     if len(paths) == 1:
         return load_database(paths[0], strict=strict)
     merged = Database(strict=strict)
+    owners: dict[tuple[int, bool] | str, str] = {}
     for path in paths:
         db = load_database(path, strict=strict)
         for message in db.messages:
+            for key in ((message.frame_id, bool(message.is_extended_frame)), message.name):
+                if key in owners:
+                    what = f"frame id {message.frame_id:#x}" if isinstance(key, tuple) else key
+                    raise DatabaseLoadError(
+                        path, f"{what} is also defined in {owners[key]} (one bus, one meaning)"
+                    )
+                owners[key] = path
             merged.messages.append(message)
         merged.nodes.extend(db.nodes)
     try:

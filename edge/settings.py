@@ -121,12 +121,16 @@ class Table:
             return value
         if isinstance(value, builtins.bool) or not isinstance(value, int | float):
             raise self.error(key, f"expected a number, got {_describe(value)}")
-        if not math.isfinite(value):
+        try:
+            number = float(value)
+        except OverflowError:
+            raise self.error(key, "must be a finite number, got a huge integer") from None
+        if not math.isfinite(number):
             raise self.error(key, f"must be a finite number, got {value}")
-        if min_exclusive and min is not None and value <= min:
+        if min_exclusive and min is not None and number <= min:
             raise self.error(key, f"must be greater than {min}, got {value}")
         _check_range(self, key, value, min, max)
-        return float(value)
+        return number
 
     def str_list(self, key: builtins.str, default: Any = _MISSING) -> Any:
         """A list of non-empty strings; a single string is accepted as a list of one."""
