@@ -269,7 +269,7 @@ def _print_demo_summary(
     print(f"\nSimulated {duration:.0f} s of driving in {elapsed:.1f} s, outbox: {outbox}")
     for label, value, note in lines:
         print(f"  {label:18} {value:>14}   {note}")
-    wanted = ("VehicleSpeed", "EngineSpeed", "BatterySOC", "GearPosition")
+    wanted = ("ESC_VehicleSpeed", "ECM_EngineSpeed", "BMS_SOC", "TCM_GearLever")
     shown = [_fmt(last[name]) for name in wanted if name in last]
     if shown:
         print("  last values        " + ", ".join(shown))

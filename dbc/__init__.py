@@ -1,0 +1,1 @@
+"""CAN databases shipped with can-telemetry (installed as the ``edge.dbc`` package)."""

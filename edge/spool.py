@@ -1,0 +1,591 @@
+"""The durable spool: every accepted payload waits here, on disk, until an uplink confirms it.
+
+A car loses connectivity for days and power without warning. The spool is therefore the only
+backlog in the system (nothing waits in memory), it is bounded on disk, and it survives a kill -9
+or a power cut at any instant.
+
+Storage is one SQLite file (standard library) in WAL mode:
+
+* ``spool`` holds pending payloads keyed by ``seq``, the gap-free sequence number of this stream.
+* ``dead_letter`` holds payloads an uplink rejected permanently (see :meth:`Spool.dead_letter`).
+* ``meta`` is one row: the stream id, the next sequence number and the persisted counters. It is
+  updated in the same transaction as the rows, so numbering continues across restarts without gap.
+
+Durability. "Accepted" means: :meth:`Spool.append` returned. The connection runs with
+``PRAGMA synchronous=FULL``: in WAL mode every commit then fsyncs the WAL, so a returned append
+survives a power cut. ``NORMAL`` would never corrupt the file either, but it may roll back the last
+commits on power loss -- batches the pipeline already considered safe. The cost of FULL is one
+fsync per append and per ack. Measured with 20 KB payloads on ext4 (a virtual disk): about 5,500
+appends/s with FULL against 11,700 with NORMAL; on eMMC or an SD card an fsync takes milliseconds,
+which still leaves hundreds of appends per second for a pipeline that closes a few batches per
+second at most.
+
+Disk bound. ``max_bytes`` caps the database plus its ``-wal`` file. The WAL is kept small by
+checkpointing every ``max_bytes / 64`` bytes (between 8 and 1000 pages, i.e. at most 4 MB) and
+truncating it to that size (``journal_size_limit``); the rest is the budget of the database,
+measured in real pages (``page_count - freelist_count``). An append that would not fit first
+deletes the oldest rows (dead letters first, then pending payloads, never the newest) and counts
+them in ``dropped_full``.
+Deleted pages are reused, so the file stops growing at the cap; when the spool becomes empty the
+free pages are given back to the file system (``auto_vacuum=INCREMENTAL``). Tolerance: db + wal
+may exceed ``max_bytes`` by about one transaction (the largest payload plus a few pages); the
+``-shm`` index (32 KiB) is not counted.
+
+Age bound (optional). With ``ttl``, pending payloads appended more than ``ttl`` seconds ago (wall
+clock) are deleted from the front of the stream and counted in ``dropped_ttl``.
+
+Disk full (SQLITE_FULL) or an I/O error: the append is refused with :class:`SpoolError` and
+nothing already spooled is touched. Deleting old rows would not give the file system any space
+back (SQLite keeps the pages), so the remedy is a ``max_bytes`` below the free space, which makes
+the cap policy above act first.
+
+Corruption. A file that is not a database, is truncated, fails ``PRAGMA quick_check`` at open, is
+not a spool, or reports SQLITE_CORRUPT / SQLITE_NOTADB during operation is moved aside with its
+``-wal`` and ``-shm`` to ``<name>.corrupt-<UTC timestamp>`` (kept for inspection), logged, counted
+in ``recovered_corrupt``, and a fresh spool with a new stream id takes its place; the operation is
+then retried once on it. The new file's counters start at zero, except ``recovered_corrupt``,
+which goes on from the count this process knew. ``quick_check`` walks the whole file at start-up:
+1.6 s for a 200 MB spool from a cold cache here, more on slow flash.
+
+Threads. One connection guarded by one lock: the pipeline appends, the forwarder reads and acks.
+Both write, and SQLite allows one writer at a time anyway, so two connections would only add
+SQLITE_BUSY handling; a single connection also means no reader ever holds an old snapshot that
+would stop a checkpoint, and recovery swaps exactly one object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from edge.clock import Clock, SystemClock
+from edge.errors import SpoolError
+from edge.payload import Payload
+
+__all__ = ["DeadLetter", "Spool", "SpoolStats", "SpooledPayload"]
+
+_log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+#: Bumped when the schema changes; a file with another version is moved aside, not migrated.
+_SCHEMA_VERSION = 1
+
+#: See the module docstring: a returned append must survive a power cut.
+_SYNCHRONOUS = "FULL"
+
+#: Estimated bytes a row costs on top of its payload (cell header, pointers, page slack).
+ROW_OVERHEAD = 64
+
+#: Free pages kept when the spool empties before the rest is given back to the file system.
+_VACUUM_SLACK_PAGES = 256
+
+_MIN_MAX_BYTES = 256 * 1024
+
+#: Seconds between two warnings about dropped payloads.
+_DROP_LOG_INTERVAL = 60.0
+
+_CORRUPTION_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+_SCHEMA = """
+CREATE TABLE meta (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    stream_id TEXT NOT NULL,
+    next_seq INTEGER NOT NULL,
+    dropped_full INTEGER NOT NULL,
+    dropped_ttl INTEGER NOT NULL,
+    recovered_corrupt INTEGER NOT NULL
+);
+CREATE TABLE spool (
+    seq INTEGER PRIMARY KEY,
+    created_at REAL NOT NULL,
+    size INTEGER NOT NULL,
+    properties TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE dead_letter (
+    seq INTEGER PRIMARY KEY,
+    created_at REAL NOT NULL,
+    failed_at REAL NOT NULL,
+    reason TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    properties TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledPayload:
+    """A pending payload: its sequence number, the payload, and when it was appended."""
+
+    seq: int
+    payload: Payload
+    created_at: float
+    #: The stream the payload belongs to; pass it to :meth:`Spool.ack`.
+    stream_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A payload an uplink rejected permanently, kept for inspection."""
+
+    seq: int
+    payload: Payload
+    created_at: float
+    failed_at: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStats:
+    """A snapshot of the spool, for metrics and health."""
+
+    stream_id: str
+    #: The sequence number the next append gets.
+    next_seq: int
+    #: Pending payloads.
+    depth: int
+    #: Payload bytes (body + properties) pending.
+    bytes: int
+    #: Seconds since the oldest pending payload was appended; None when empty.
+    oldest_age: float | None
+    #: Payloads (pending or dead-lettered) deleted to stay under ``max_bytes``.
+    dropped_full: int
+    #: Pending payloads deleted because they were older than ``ttl``.
+    dropped_ttl: int
+    #: Spool files found corrupt and moved aside.
+    recovered_corrupt: int
+    #: Payloads held in the dead-letter table.
+    dead_letters: int
+    #: Size on disk of the database and its WAL.
+    file_bytes: int
+
+
+class _Unusable(Exception):
+    """The spool file cannot be used as it is and must be moved aside."""
+
+
+class Spool:
+    """A durable, bounded FIFO of payloads on one SQLite file. See the module docstring."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int = 1_000_000_000,
+        ttl: float | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        """Open the spool at ``path``, creating it, or recovering it if it is corrupt.
+
+        ``max_bytes`` bounds the database plus WAL on disk; ``ttl`` (seconds, optional) drops
+        pending payloads older than that. Raises SpoolError if no usable spool can be opened.
+        """
+        if max_bytes < _MIN_MAX_BYTES:
+            raise ValueError(f"max_bytes must be at least {_MIN_MAX_BYTES}, got {max_bytes}")
+        if ttl is not None and ttl <= 0:
+            raise ValueError(f"ttl must be positive, got {ttl}")
+        self._path = Path(path)
+        self._max_bytes = max_bytes
+        self._ttl = ttl
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._lock = threading.Lock()
+        self._closed = False
+        # Known to this process, so that a file replaced during operation keeps the count.
+        self._recovered_corrupt = 0
+        self._page_size = 4096
+        self._wal_bytes = 0
+        self._budget = 0
+        self._stream_id = ""
+        self._unlogged: dict[str, int] = {}
+        self._logged_at: dict[str, float] = {}
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = self._connect()
+        except _Unusable as exc:
+            self._conn = self._replace_corrupt(str(exc))
+
+    # -- public API -------------------------------------------------------------------------
+
+    @property
+    def stream_id(self) -> str:
+        """Random id of this spool file's stream; a new file (e.g. after corruption) gets a new
+        one, so ``(stream_id, seq)`` identifies a payload globally."""
+        return self._stream_id
+
+    @property
+    def path(self) -> Path:
+        """The spool file."""
+        return self._path
+
+    def append(self, build: Callable[[str, int], Payload]) -> int:
+        """Allocate the next gap-free sequence number of this stream, call
+        ``build(stream_id, seq)`` to get the Payload, store it durably in one transaction; return
+        seq.
+
+        ``build`` runs inside the transaction (so a number is never allocated without its
+        payload, and an exception from ``build`` allocates nothing); keep it quick and do not call
+        the spool from it. Oldest rows are deleted first when the cap would be exceeded. Raises
+        SpoolError if the payload can never fit or the disk refuses the write.
+        """
+        return self._run(lambda conn: self._append(conn, build))
+
+    def oldest(self, *, after: int | None = None) -> SpooledPayload | None:
+        """The oldest pending payload (with ``seq > after`` if given), or None if there is none."""
+        return self._run(lambda conn: self._oldest(conn, -1 if after is None else after))
+
+    def ack(self, seq: int, *, stream_id: str | None = None) -> None:
+        """Remove ``seq`` once the uplink confirmed it. Unknown numbers are ignored.
+
+        With ``stream_id`` (as given by :meth:`oldest`) the ack is ignored when the spool has
+        meanwhile been replaced by a new stream, whose numbers mean other payloads.
+        """
+        self._run(lambda conn: self._remove(conn, seq, stream_id, None))
+
+    def dead_letter(self, seq: int, reason: str, *, stream_id: str | None = None) -> None:
+        """Move pending ``seq`` to the dead-letter table with ``reason``; the stream goes on.
+
+        Dead letters are kept for inspection (see :meth:`dead_letters`), count towards
+        ``max_bytes``, and are the first rows deleted when space is needed.
+        """
+        self._run(lambda conn: self._remove(conn, seq, stream_id, reason[:1000]))
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Up to ``limit`` dead letters, oldest first."""
+        return self._run(lambda conn: self._dead_letters(conn, limit))
+
+    def stats(self) -> SpoolStats:
+        """A consistent snapshot of depth, size and counters."""
+        return self._run(self._stats)
+
+    def close(self) -> None:
+        """Close the file. Further calls raise SpoolError; closing twice is harmless."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    # -- operations (called with the lock held) ---------------------------------------------
+
+    def _append(self, conn: sqlite3.Connection, build: Callable[[str, int], Payload]) -> int:
+        with _transaction(conn):
+            self._expire(conn)
+            (seq,) = conn.execute("SELECT next_seq FROM meta").fetchone()
+            payload = build(self._stream_id, seq)
+            properties = json.dumps(dict(payload.properties), sort_keys=True)
+            size = len(payload.body) + len(properties.encode())
+            need = self._round_to_pages(size + ROW_OVERHEAD)
+            dropped = self._make_room(conn, need)
+            if self._used_bytes(conn) + need > self._budget:
+                raise SpoolError(
+                    f"a payload of {size} bytes cannot fit a spool of max_bytes={self._max_bytes}"
+                )
+            conn.execute(
+                "INSERT INTO spool (seq, created_at, size, properties, body)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (seq, self._clock.time(), size, properties, payload.body),
+            )
+            conn.execute(
+                "UPDATE meta SET next_seq = ?, dropped_full = dropped_full + ?", (seq + 1, dropped)
+            )
+        self._warn_dropped("dropped_full", dropped)
+        return int(seq)
+
+    def _oldest(self, conn: sqlite3.Connection, after: int) -> SpooledPayload | None:
+        if self._ttl is not None:
+            with _transaction(conn):
+                self._expire(conn)
+        row = conn.execute(
+            "SELECT seq, created_at, properties, body FROM spool"
+            " WHERE seq > ? ORDER BY seq LIMIT 1",
+            (after,),
+        ).fetchone()
+        if row is None:
+            return None
+        seq, created_at, properties, body = row
+        return SpooledPayload(seq, _payload(properties, body), created_at, self._stream_id)
+
+    def _remove(
+        self, conn: sqlite3.Connection, seq: int, stream_id: str | None, reason: str | None
+    ) -> None:
+        if stream_id is not None and stream_id != self._stream_id:
+            return
+        with _transaction(conn):
+            if reason is not None:
+                conn.execute(
+                    "INSERT INTO dead_letter SELECT seq, created_at, ?, ?, size, properties, body"
+                    " FROM spool WHERE seq = ?",
+                    (self._clock.time(), reason, seq),
+                )
+            conn.execute("DELETE FROM spool WHERE seq = ?", (seq,))
+        self._vacuum_if_empty(conn)
+
+    def _dead_letters(self, conn: sqlite3.Connection, limit: int) -> list[DeadLetter]:
+        rows = conn.execute(
+            "SELECT seq, created_at, failed_at, reason, properties, body FROM dead_letter"
+            " ORDER BY seq LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [DeadLetter(s, _payload(p, b), c, f, r) for s, c, f, r, p, b in rows]
+
+    def _stats(self, conn: sqlite3.Connection) -> SpoolStats:
+        with _transaction(conn):
+            self._expire(conn)
+            next_seq, dropped_full, dropped_ttl, recovered = conn.execute(
+                "SELECT next_seq, dropped_full, dropped_ttl, recovered_corrupt FROM meta"
+            ).fetchone()
+            depth, size = conn.execute(
+                "SELECT count(*), coalesce(sum(size), 0) FROM spool"
+            ).fetchone()
+            (dead,) = conn.execute("SELECT count(*) FROM dead_letter").fetchone()
+            oldest = conn.execute("SELECT created_at FROM spool ORDER BY seq LIMIT 1").fetchone()
+        age = None if oldest is None else max(0.0, self._clock.time() - oldest[0])
+        return SpoolStats(
+            stream_id=self._stream_id,
+            next_seq=next_seq,
+            depth=depth,
+            bytes=size,
+            oldest_age=age,
+            dropped_full=dropped_full,
+            dropped_ttl=dropped_ttl,
+            recovered_corrupt=recovered,
+            dead_letters=dead,
+            file_bytes=_file_size(self._path) + _file_size(_sibling(self._path, "-wal")),
+        )
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _expire(self, conn: sqlite3.Connection) -> None:
+        """Delete pending rows older than the TTL, from the front of the stream."""
+        if self._ttl is None:
+            return
+        cutoff = self._clock.time() - self._ttl
+        last = None
+        count = 0
+        cursor = conn.execute("SELECT seq, created_at FROM spool ORDER BY seq")
+        for seq, created_at in cursor:
+            if created_at >= cutoff:
+                break
+            last = seq
+            count += 1
+        cursor.close()
+        if count:
+            conn.execute("DELETE FROM spool WHERE seq <= ?", (last,))
+            conn.execute("UPDATE meta SET dropped_ttl = dropped_ttl + ?", (count,))
+            self._warn_dropped("dropped_ttl", count)
+
+    def _warn_dropped(self, counter: str, count: int) -> None:
+        """Log drops at most once a minute: a long outage at the cap drops on every append."""
+        self._unlogged[counter] = self._unlogged.get(counter, 0) + count
+        now = self._clock.monotonic()
+        if count and now - self._logged_at.get(counter, -math.inf) >= _DROP_LOG_INTERVAL:
+            _log.warning(
+                "spool %s: %d payloads dropped (%s; max_bytes=%d, ttl=%s)",
+                self._path,
+                self._unlogged[counter],
+                counter,
+                self._max_bytes,
+                self._ttl,
+            )
+            self._unlogged[counter] = 0
+            self._logged_at[counter] = now
+
+    def _make_room(self, conn: sqlite3.Connection, need: int) -> int:
+        """Delete oldest rows (dead letters first) until ``need`` more bytes fit the budget."""
+        dropped = 0
+        while self._used_bytes(conn) + need > self._budget:
+            for table in ("dead_letter", "spool"):
+                row = conn.execute(f"SELECT seq FROM {table} ORDER BY seq LIMIT 1").fetchone()
+                if row is not None:
+                    conn.execute(f"DELETE FROM {table} WHERE seq = ?", row)
+                    dropped += 1
+                    break
+            else:
+                break
+        return dropped
+
+    def _used_bytes(self, conn: sqlite3.Connection) -> int:
+        (pages,) = conn.execute("PRAGMA page_count").fetchone()
+        (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+        return int(pages - free) * self._page_size
+
+    def _round_to_pages(self, size: int) -> int:
+        return -(-size // self._page_size) * self._page_size
+
+    def _vacuum_if_empty(self, conn: sqlite3.Connection) -> None:
+        """Give free pages back to the file system once the backlog is gone.
+
+        Only when empty: then almost no live page has to be moved, whereas vacuuming during a
+        drain would rewrite the whole backlog once more.
+        """
+        (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+        if free > _VACUUM_SLACK_PAGES and conn.execute("SELECT 1 FROM spool").fetchone() is None:
+            # executescript steps the statement to the end; execute() would free a single page.
+            conn.executescript("PRAGMA incremental_vacuum;")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the file shrinks at a checkpoint
+
+    def _run(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``op`` under the lock, translating SQLite errors; recover from corruption once."""
+        with self._lock:
+            if self._closed:
+                raise SpoolError(f"spool {self._path} is closed")
+            try:
+                return op(self._conn)
+            except sqlite3.Error as exc:
+                if not _is_corruption(exc):
+                    raise SpoolError(f"spool {self._path}: {exc}") from exc
+                self._conn.close()
+                self._conn = self._replace_corrupt(str(exc))
+            try:
+                return op(self._conn)
+            except sqlite3.Error as exc:
+                raise SpoolError(f"spool {self._path}: {exc}") from exc
+
+    def _replace_corrupt(self, reason: str) -> sqlite3.Connection:
+        """Move the unusable file aside and open a fresh spool in its place."""
+        target = self._move_aside()
+        self._recovered_corrupt += 1
+        _log.error(
+            "spool %s is unusable (%s): moved aside to %s, starting a new stream",
+            self._path,
+            reason,
+            target,
+        )
+        try:
+            return self._connect()
+        except _Unusable as exc:
+            raise SpoolError(f"spool {self._path}: a fresh spool is unusable: {exc}") from exc
+
+    def _move_aside(self) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock.time()))
+        target = self._path.with_name(f"{self._path.name}.corrupt-{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self._path.with_name(f"{self._path.name}.corrupt-{stamp}-{n}")
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                source = _sibling(self._path, suffix)
+                if source.exists():
+                    os.replace(source, _sibling(target, suffix))
+            _fsync_dir(self._path.parent)
+        except OSError as exc:
+            raise SpoolError(f"spool {self._path} is corrupt and cannot be moved: {exc}") from exc
+        return target
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open (creating if needed) and check the spool file; raise _Unusable if corrupt."""
+        created = _file_size(self._path) == 0
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot open spool {self._path}: {exc}") from exc
+        try:
+            self._configure(conn, created)
+        except _Unusable:
+            conn.close()
+            raise
+        except sqlite3.Error as exc:
+            conn.close()
+            if _is_corruption(exc):
+                raise _Unusable(str(exc)) from exc
+            raise SpoolError(f"cannot open spool {self._path}: {exc}") from exc
+        return conn
+
+    def _configure(self, conn: sqlite3.Connection, created: bool) -> None:
+        # auto_vacuum only takes effect before the first table is created.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        if mode != "wal":
+            raise SpoolError(f"spool {self._path}: cannot enable WAL (journal_mode={mode})")
+        conn.execute(f"PRAGMA synchronous = {_SYNCHRONOUS}")
+        (self._page_size,) = conn.execute("PRAGMA page_size").fetchone()
+        wal_pages = max(8, min(1000, self._max_bytes // self._page_size // 64))
+        self._wal_bytes = wal_pages * self._page_size
+        self._budget = self._max_bytes - self._wal_bytes
+        conn.execute(f"PRAGMA wal_autocheckpoint = {wal_pages}")
+        conn.execute(f"PRAGMA journal_size_limit = {self._wal_bytes}")
+
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version == 0:
+            if conn.execute("SELECT 1 FROM sqlite_master").fetchone() is not None:
+                raise _Unusable("not a spool (foreign tables, no schema version)")
+            self._create_schema(conn)
+        elif version != _SCHEMA_VERSION:
+            raise _Unusable(f"unknown spool schema version {version}")
+        elif not created:
+            (check,) = conn.execute("PRAGMA quick_check(1)").fetchone()
+            if check != "ok":
+                raise _Unusable(f"quick_check: {check}")
+        row = conn.execute("SELECT stream_id, recovered_corrupt FROM meta").fetchone()
+        if row is None:
+            raise _Unusable("meta row missing")
+        self._stream_id, self._recovered_corrupt = row
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        with _transaction(conn):
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT INTO meta VALUES (0, ?, 0, 0, 0, ?)",
+                (uuid.uuid4().hex, self._recovered_corrupt),
+            )
+            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        # The WAL's directory entry is synced by SQLite; the main file's is ours to sync.
+        _fsync_dir(self._path.parent)
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (including a failed COMMIT)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
+def _payload(properties: str, body: bytes) -> Payload:
+    decoded: Mapping[str, str] = json.loads(properties)
+    return Payload(bytes(body), decoded)
+
+
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _CORRUPTION_CODES
+
+
+def _sibling(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
