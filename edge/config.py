@@ -370,5 +370,5 @@ def _uplink(t: Table, resolve: Any) -> tuple[ForwarderConfig, UplinkConfig]:
     for key in ("path", "ca_file", "cert_file", "key_file"):
         if isinstance(table.get(key), str):
             table[key] = resolve(table[key])
-    options = cls.parse_options(table, t.path)  # type: ignore[attr-defined]
+    options = cls.parse_options(table, t.path)
     return forwarder, UplinkConfig(kind=kind, options=options)

@@ -12,6 +12,7 @@ __all__ = [
     "DatabaseLoadError",
     "PayloadError",
     "PermanentUplinkError",
+    "RejectedPayloadError",
     "SchemaMissingError",
     "SpoolError",
     "TelemetryError",
@@ -69,3 +70,8 @@ class TransientUplinkError(UplinkError):
 class PermanentUplinkError(UplinkError):
     """A failure retrying will not fix: payload rejected, bad credentials. Reported, not retried
     blindly."""
+
+
+class RejectedPayloadError(PermanentUplinkError):
+    """The destination refused *this payload* (too large, unroutable) while the uplink itself
+    works: the payload is moved to the spool's dead letters and the stream goes on."""

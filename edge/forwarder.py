@@ -11,19 +11,14 @@ Failures:
   (a random wait in ``[0, min(backoff_max, backoff_initial * 2**n)]``), forever: the spool bounds
   what waits. Each attempt re-reads the head of the spool, so a payload that the spool dropped
   meanwhile (cap, TTL) is not sent after all.
-* :class:`PermanentUplinkError` is counted and logged with its reason. It means either "this
-  payload will never be accepted" (too large, unroutable) or "this uplink accepts nothing"
-  (credentials or TLS files refused), and the exception does not say which. Dead-lettering on
-  the second kind would empty the whole backlog into the dead-letter table within seconds, so the
-  forwarder asks the uplink: the refused payload stays pending as a *suspect* and the next
-  payload is tried. If one is confirmed, the uplink works, and the suspects are moved to the
-  spool's dead-letter table (kept for inspection; the stream goes on instead of blocking behind a
-  poisoned payload). If :data:`SUSPECT_LIMIT` payloads in a row are refused, the uplink is to
-  blame: nothing is moved, the error is logged, and the stream is tried again from its oldest
-  payload after ``backoff_max``. The suspects live only in memory; after a restart they are
-  simply tried again. (Should the uplink start accepting in the instant between refusing a
-  suspect and confirming the next payload, up to ``SUSPECT_LIMIT - 1`` good payloads land in the
-  dead-letter table: kept, with the reason, not lost.)
+* :class:`RejectedPayloadError` (a :class:`PermanentUplinkError`): the destination refused
+  *this* payload (too large, unroutable). It is moved to the spool's dead-letter table, kept for
+  inspection, and the stream goes on: one poisoned payload never blocks the ones behind it.
+* Any other :class:`PermanentUplinkError` means the uplink accepts nothing (credentials or TLS
+  files refused, no IoT Edge environment): retrying soon will not help, and dropping data will
+  not either. It is counted and logged distinctly, the backlog stays in the spool, and the same
+  payload is tried again every ``backoff_max`` seconds (a renewed certificate or a fixed twin
+  setting then resumes delivery without a restart).
 * Anything else (a bug in an uplink, a SpoolError) is logged with its traceback, counted in
   ``last_error`` and retried after ``backoff_max``; the thread never dies of it.
 
@@ -42,19 +37,16 @@ from dataclasses import dataclass
 import tenacity
 
 from edge.clock import Clock, SystemClock
-from edge.errors import PermanentUplinkError, TransientUplinkError
-from edge.spool import Spool, SpooledPayload
+from edge.errors import PermanentUplinkError, RejectedPayloadError, TransientUplinkError
+from edge.spool import Spool
 from edge.uplinks.base import Uplink
 
-__all__ = ["SUSPECT_LIMIT", "Forwarder", "ForwarderStats"]
+__all__ = ["Forwarder", "ForwarderStats"]
 
 _log = logging.getLogger(__name__)
 
 #: How often an idle forwarder looks at the spool without being woken (TTL, missed wake()).
 _IDLE_POLL = 1.0
-
-#: Payloads refused for good in a row after which the uplink, not the payloads, is blamed.
-SUSPECT_LIMIT = 3
 
 #: Longest ``last_error`` kept, so a verbose error cannot bloat metrics.
 _MAX_ERROR_LENGTH = 300
@@ -115,8 +107,6 @@ class Forwarder:
         self._last_success: float | None = None
         self._last_error: str | None = None
         self._offline = False  # log an outage once when it starts and once when it ends
-        self._suspects: list[tuple[int, str]] = []  # (seq, reason) refused for good, in order
-        self._suspect_stream = ""
         self._retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(TransientUplinkError),
             wait=tenacity.wait_random_exponential(multiplier=backoff_initial, max=backoff_max),
@@ -150,11 +140,7 @@ class Forwarder:
         self._wake.set()
 
     def drain(self, timeout: float) -> bool:
-        """Wait until the spool has nothing pending; False if ``timeout`` seconds passed first.
-
-        A refused payload waiting for the next one to tell whether it is to blame counts as
-        pending.
-        """
+        """Wait until the spool has nothing pending; False if ``timeout`` seconds passed first."""
         deadline = time.monotonic() + timeout
         while self._spool.stats().depth > 0:
             self.wake()
@@ -192,14 +178,10 @@ class Forwarder:
                 self._wake.wait(_IDLE_POLL)
 
     def _deliver_oldest(self) -> bool:
-        """Send the oldest pending payload that is not a suspect; False if there is none."""
-        after = self._suspects[-1][0] if self._suspects else None
-        item = self._spool.oldest(after=after)
+        """Send the oldest pending payload; False if there is none."""
+        item = self._spool.oldest()
         if item is None:
             return False
-        if self._suspects and item.stream_id != self._suspect_stream:
-            self._suspects.clear()  # the spool was replaced: those numbers mean nothing now
-            return True
         try:
             self._uplink.send(item.payload, timeout=self._send_timeout)
         except TransientUplinkError as exc:
@@ -210,16 +192,30 @@ class Forwarder:
                 self._offline = True
                 _log.warning("uplink %s unavailable, spooling: %s", self._uplink.kind, exc)
             raise
+        except RejectedPayloadError as exc:
+            with self._lock:
+                self._permanent += 1
+            self._record_error(exc)
+            _log.error(
+                "payload %s refused by %s: %s; moved to dead letters",
+                item.payload.message_id,
+                self._uplink.kind,
+                exc,
+            )
+            self._spool.dead_letter(item.seq, str(exc), stream_id=item.stream_id)
+            return True
         except PermanentUplinkError as exc:
             with self._lock:
                 self._permanent += 1
             self._record_error(exc)
-            self._suspect(item, str(exc))
+            _log.error(
+                "uplink %s refuses to work (%s): keeping the backlog, retrying in %gs",
+                self._uplink.kind,
+                exc,
+                self._backoff_max,
+            )
+            self._sleep(self._backoff_max)
             return True
-        for seq, reason in self._suspects:  # the uplink works: those payloads were the problem
-            _log.error("payload %s:%d moved to dead letters: %s", item.stream_id, seq, reason)
-            self._spool.dead_letter(seq, reason, stream_id=item.stream_id)
-        self._suspects.clear()
         self._spool.ack(item.seq, stream_id=item.stream_id)
         with self._lock:
             self._sent += 1
@@ -228,28 +224,6 @@ class Forwarder:
             self._offline = False
             _log.info("uplink %s delivering again", self._uplink.kind)
         return True
-
-    def _suspect(self, item: SpooledPayload, reason: str) -> None:
-        """Record a permanent refusal; after SUSPECT_LIMIT in a row, blame the uplink."""
-        self._suspects.append((item.seq, reason))
-        self._suspect_stream = item.stream_id
-        if len(self._suspects) < SUSPECT_LIMIT:
-            _log.warning(
-                "uplink %s refused payload %s for good (%s); trying the next one",
-                self._uplink.kind,
-                item.payload.message_id,
-                reason,
-            )
-            return
-        _log.error(
-            "uplink %s refused %d payloads in a row (%s): keeping them, retrying in %gs",
-            self._uplink.kind,
-            len(self._suspects),
-            reason,
-            self._backoff_max,
-        )
-        self._suspects.clear()
-        self._sleep(self._backoff_max)
 
     def _sleep(self, seconds: float) -> None:
         if self._stop.wait(seconds):

@@ -52,7 +52,7 @@ class Pipeline:
         self.processor = Processor(config, self._append, clock=self._clock)
         if uplink is None:
             cls = uplink_class(config.uplink.kind)
-            uplink = cls.from_options(config.uplink.options)  # type: ignore[attr-defined]
+            uplink = cls.from_options(config.uplink.options)
         self.uplink: Uplink = uplink
         fwd = config.forwarder
         self.forwarder = Forwarder(

@@ -81,7 +81,11 @@ def uplink_class(kind: str) -> type[Uplink]:
         raise ConfigError(_FIELD, f"uplink {kind!r} cannot be loaded: {exc}") from exc
     if not (isinstance(loaded, type) and issubclass(loaded, Uplink)):
         raise ConfigError(_FIELD, f"uplink {kind!r} is {loaded!r}, not an Uplink subclass")
-    missing = [name for name in ("parse_options", "from_options") if not hasattr(loaded, name)]
+    missing = [
+        name
+        for name in ("parse_options", "from_options")
+        if getattr(loaded, name).__func__ is getattr(Uplink, name).__func__
+    ]
     if missing:
         raise ConfigError(_FIELD, f"uplink {kind!r} lacks {' and '.join(missing)}")
     return loaded

@@ -10,6 +10,8 @@ It must never block longer than ``timeout`` seconds.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
 
 from edge.payload import Payload
 
@@ -21,6 +23,18 @@ class Uplink(ABC):
 
     #: Registry name, e.g. ``"file"``, ``"mqtt"``, ``"azure-edge"``.
     kind: str = ""
+
+    @classmethod
+    def parse_options(cls, table: Mapping[str, object], field: str) -> Any:
+        """Validate this uplink's ``[uplink]`` table (without ``type``) into its frozen options
+        object, raising ConfigError naming ``{field}.{key}``. Called once, at configuration
+        load, so a bad option stops start-up instead of the first send."""
+        raise NotImplementedError(f"{cls.__name__} does not define parse_options")
+
+    @classmethod
+    def from_options(cls, options: Any) -> Uplink:
+        """Build the uplink from its parsed options; cheap, no network I/O."""
+        raise NotImplementedError(f"{cls.__name__} does not define from_options")
 
     @abstractmethod
     def send(self, payload: Payload, timeout: float) -> None:
