@@ -159,7 +159,8 @@ class Batcher:
                 self._full = True
             else:
                 self._next_measure = batch.estimate + (self._budget * 0.95 - size)
-        return self._full or tick - (batch.first_tick or tick) >= self._age_ticks
+        first = batch.first_tick if batch.first_tick is not None else tick
+        return self._full or tick - first >= self._age_ticks
 
     def expired(self) -> bool:
         """Whether the open batch is older than max age in wall time (a silent bus)."""

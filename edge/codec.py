@@ -11,22 +11,24 @@ The envelope lets a cloud function route, deduplicate and order payloads without
 them. The data body is a list of groups, one per message (and J1939 source address)::
 
     [message_index, source_address | nil, [time deltas...], [column, ...]]
-    column = [signal_index, rows | nil, values]
+    column = [signal_index, rows | nil, values] or [signal_index, rows | nil, values, 1]
 
 Times are integer ticks (``res`` nanoseconds each), the first relative to the envelope's ``t0``,
 each next one relative to its predecessor. ``rows`` is nil when the column has a value in every
 row, else the delta-encoded row numbers it has values in. Integer-coded signals carry their raw
-integers, delta-encoded; float signals carry their IEEE value as sent. The reader applies
-``raw * scale + offset`` from the schema, exactly as cantools does.
+integers, delta-encoded (a fourth element ``1`` marks a column sent plain, when a 64-bit
+signal's deltas leave msgpack's integer range); float signals carry their IEEE value as sent.
+The reader applies ``raw * scale + offset`` from the schema, exactly as cantools does.
 """
 
 from __future__ import annotations
 
+import io
 import time
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import msgpack
 import zstandard
@@ -46,6 +48,8 @@ __all__ = [
     "unpack",
 ]
 
+_T = TypeVar("_T")
+
 MAGIC = b"CT"
 FORMAT_VERSION = 1
 KIND_DATA, KIND_SCHEMA = 0, 1
@@ -55,8 +59,13 @@ _COMPRESSION_NAMES = {v: k for k, v in _COMPRESSION_CODES.items()}
 #: Refuse to inflate a body beyond this (a corrupt or hostile payload must not exhaust memory).
 MAX_BODY = 64 * 1024 * 1024
 _HEADER = 5
-#: Room the largest possible sequence number takes in the envelope beyond a small one.
-SEQ_SLACK = 16
+#: Placeholders as long as the longest stream id (a uuid4 hex) and sequence number, so a size
+#: measured before the spool numbers the payload is never exceeded after.
+_LONGEST_STREAM = "s" * 36
+_LARGEST_SEQ = 2**64 - 1
+#: Raw integers whose deltas do not fit msgpack's integer range are sent as they are.
+_INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1
+_PLAIN = 1  # column encoding flag: values not delta-encoded
 
 
 class Row(NamedTuple):
@@ -75,15 +84,27 @@ class Row(NamedTuple):
 class Codec:
     """Encodes batches and schemas for one stream configuration."""
 
-    def __init__(self, compression: str = "zstd", level: int = 9, resolution: float = 0.001):
+    def __init__(
+        self,
+        compression: str = "zstd",
+        level: int = 9,
+        resolution: float = 0.001,
+        vehicle: str = "",
+    ) -> None:
         if compression not in _COMPRESSION_CODES:
             raise ValueError(f"unknown compression {compression!r}")
         self.compression = compression
         self._code = _COMPRESSION_CODES[compression]
         self._level = level
-        self._zstd = zstandard.ZstdCompressor(level=level) if compression == "zstd" else None
+        # A 4-byte checksum per payload: a flipped bit must be an error, not other values.
+        self._zstd = (
+            zstandard.ZstdCompressor(level=level, write_checksum=True)
+            if compression == "zstd"
+            else None
+        )
         self.resolution_ns = round(resolution * 1e9)
         self.ticks_per_second = 1e9 / self.resolution_ns
+        self.vehicle = vehicle
 
     def compress(self, raw: bytes) -> bytes:
         """Compress a msgpack body."""
@@ -102,29 +123,38 @@ class Codec:
             columns = []
             for index, (rows, values) in sorted(group.columns.items()):
                 row_field = None if len(rows) == len(group.times) else _deltas(rows, 0)
-                if not signals[index].is_float:
-                    columns.append([index, row_field, _deltas(values, 0)])
-                else:
+                if signals[index].is_float:
                     columns.append([index, row_field, values])
+                else:
+                    deltas = _deltas(values, 0)
+                    if min(deltas) < _INT_MIN or max(deltas) > _UINT_MAX:  # 64-bit extremes
+                        columns.append([index, row_field, values, _PLAIN])
+                    else:
+                        columns.append([index, row_field, deltas])
             groups.append([message_index, source_address, times, columns])
         return self.compress(msgpack.packb(groups, use_bin_type=True))
 
     def envelope(self, batch: Batch | None, schema: Schema) -> dict[str, Any]:
         """The envelope fields a batch (or a schema payload, batch None) has before its
         stream/sequence are known."""
-        env: dict[str, Any] = {"schema": schema.schema_id, "created": round(time.time(), 3)}
+        env: dict[str, Any] = {
+            "schema": schema.schema_id,
+            "vehicle": self.vehicle,
+            "created": round(time.time(), 3),
+        }
         if batch is not None:
             t0, t1 = int(batch.min_tick), int(batch.max_tick)
             epoch = t0 * self.resolution_ns / 1e9 > EPOCH_THRESHOLD
             env.update(t0=t0, t1=t1, res=self.resolution_ns, tb="epoch" if epoch else "relative")
         return env
 
+    def size(self, kind: int, envelope: Mapping[str, Any], body: bytes) -> int:
+        """The payload's size once the spool numbers it: never exceeded, whatever the number."""
+        return len(self.pack(kind, envelope, body, _LONGEST_STREAM, _LARGEST_SEQ))
+
     def measure(self, batch: Batch, schema: Schema) -> int:
-        """Encoded size of ``batch`` with the largest sequence number: never exceeded later."""
-        env = self.envelope(batch, schema)
-        return (
-            len(self.pack(KIND_DATA, env, self.data_body(batch, schema), "s" * 36, 0)) + SEQ_SLACK
-        )
+        """Encoded size of ``batch`` as a data payload (see :meth:`size`)."""
+        return self.size(KIND_DATA, self.envelope(batch, schema), self.data_body(batch, schema))
 
     def schema_body(self, schema: Schema) -> bytes:
         """The compressed body of a schema payload."""
@@ -146,20 +176,18 @@ class Codec:
         body: bytes,
         stream: str,
         seq: int,
-        vehicle: str,
     ) -> Payload:
         """A spoolable :class:`Payload`: bytes plus the properties uplinks send beside them."""
-        env = dict(envelope, vehicle=vehicle)
         properties = {
             "kind": _KIND_NAMES[kind],
             "stream": stream,
             "seq": str(seq),
             "schema": str(envelope["schema"]),
-            "vehicle": vehicle,
+            "vehicle": self.vehicle,
             "compression": self.compression,
             "format": str(FORMAT_VERSION),
         }
-        return Payload(self.pack(kind, env, body, stream, seq), properties)
+        return Payload(self.pack(kind, envelope, body, stream, seq), properties)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,31 +216,49 @@ def unpack(data: bytes) -> DecodedPayload:
     unpacker.feed(data[_HEADER:])
     try:
         envelope = unpacker.unpack()
-    except (msgpack.OutOfData, ValueError, msgpack.ExtraData) as exc:
-        raise PayloadError(f"truncated or malformed envelope: {exc!r}") from exc
+    except (msgpack.OutOfData, ValueError, TypeError, msgpack.StackError) as exc:
+        raise PayloadError(f"truncated or malformed envelope: {_short(exc)}") from exc
     if not isinstance(envelope, dict):
         raise PayloadError("envelope is not a map")
     compressed = data[_HEADER + unpacker.tell() :]
     raw = _decompress(_COMPRESSION_NAMES[code], compressed)
     try:
         body = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise PayloadError(f"malformed body: {exc!r}") from exc
+    except (ValueError, TypeError, msgpack.FormatError, msgpack.StackError) as exc:
+        raise PayloadError(f"malformed body: {_short(exc)}") from exc
     return DecodedPayload(_KIND_NAMES[kind], version, _COMPRESSION_NAMES[code], envelope, body)
+
+
+def _short(exc: BaseException) -> str:
+    """An exception as a short message (msgpack's ExtraData repr carries the whole rest)."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _decompress(compression: str, data: bytes) -> bytes:
     try:
         if compression == "zstd":
-            return zstandard.ZstdDecompressor().decompress(data, max_output_size=MAX_BODY)
+            declared = zstandard.frame_content_size(data)
+            if declared > MAX_BODY:
+                raise PayloadError(f"zstd body declares {declared} bytes, over {MAX_BODY}")
+            if declared >= 0:  # one shot: checks the frame is whole and its checksum
+                return zstandard.ZstdDecompressor().decompress(data)
+            # No size in the header: stream with a read limit.
+            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
+                out = reader.read(MAX_BODY + 1)
+            if len(out) > MAX_BODY:
+                raise PayloadError(f"zstd body inflates beyond {MAX_BODY} bytes")
+            return out
         if compression == "zlib":
             inflater = zlib.decompressobj()
             out = inflater.decompress(data, MAX_BODY)
             if inflater.unconsumed_tail or not inflater.eof:
                 raise PayloadError("zlib body truncated or larger than allowed")
+            if inflater.unused_data:
+                raise PayloadError("bytes after the end of the zlib body")
             return out
     except (zstandard.ZstdError, zlib.error) as exc:
-        raise PayloadError(f"corrupt {compression} body: {exc}") from exc
+        raise PayloadError(f"corrupt {compression} body: {_short(exc)}") from exc
     return data
 
 
@@ -249,18 +295,36 @@ class PayloadDecoder:
         if schema is None:
             raise SchemaMissingError(str(schema_id))
         try:
-            t0, res = int(env["t0"]), int(env["res"])
+            t0, res = env["t0"], env["res"]
+            if type(t0) is not int or type(res) is not int or res <= 0:
+                raise PayloadError("envelope t0/res must be integers (res > 0)")
             groups = payload.body
             for message_index, source_address, time_deltas, columns in groups:
-                message = schema.messages[message_index]
-                bus = schema.buses[message.bus]
-                times = _undelta(time_deltas, t0)
+                if source_address is not None and not (
+                    type(source_address) is int and 0 <= source_address <= 0xFF
+                ):
+                    raise PayloadError(f"J1939 source address {source_address!r} out of range")
+                message = _item(schema.messages, message_index, "message")
+                bus = _item(schema.buses, message.bus, "bus")
+                times = _undelta(_ints(time_deltas), t0)
                 seconds = [t * res / 1_000_000_000 for t in times]
-                for signal_index, row_deltas, values in columns:
-                    signal = message.signals[signal_index]
-                    rows = range(len(times)) if row_deltas is None else _undelta(row_deltas, 0)
-                    if not signal.is_float:
-                        values = _undelta(values, 0)
+                for column in columns:
+                    if not 3 <= len(column) <= 4 or (len(column) == 4 and column[3] != _PLAIN):
+                        raise PayloadError("malformed column")
+                    signal_index, row_deltas, values = column[:3]
+                    signal = _item(message.signals, signal_index, "signal")
+                    if row_deltas is None:
+                        rows: Sequence[int] = range(len(times))
+                    else:
+                        rows = _undelta(_ints(row_deltas), 0)
+                        if rows and (min(rows) < 0 or max(rows) >= len(times)):
+                            raise PayloadError("row number outside its group")
+                    if signal.is_float:
+                        values = _numbers(values)
+                    elif len(column) > 3 and column[3] == _PLAIN:
+                        values = _ints(values)
+                    else:
+                        values = _undelta(_ints(values), 0)
                     if len(values) != len(rows):
                         raise PayloadError("column length does not match its rows")
                     choices = signal.choices
@@ -277,8 +341,28 @@ class PayloadDecoder:
                         )
         except PayloadError:
             raise
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise PayloadError(f"malformed data body: {exc!r}") from exc
+        except (KeyError, IndexError, TypeError, ValueError, OverflowError) as exc:
+            raise PayloadError(f"malformed data body: {_short(exc)}") from exc
+
+
+def _item(items: Sequence[_T], index: object, what: str) -> _T:
+    """``items[index]`` for a non-negative integer index (negative ones count from the end in
+    Python, which a malformed payload must not get away with)."""
+    if type(index) is not int or not 0 <= index < len(items):
+        raise PayloadError(f"{what} index {index!r} out of range")
+    return items[index]
+
+
+def _ints(values: object) -> list[int]:
+    if not isinstance(values, list) or not all(type(v) is int for v in values):
+        raise PayloadError("expected a list of integers")
+    return values
+
+
+def _numbers(values: object) -> list[int | float]:
+    if not isinstance(values, list) or not all(type(v) in (int, float) for v in values):
+        raise PayloadError("expected a list of numbers")
+    return values
 
 
 def _deltas(values: list[int], base: int) -> list[int]:

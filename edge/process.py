@@ -21,6 +21,7 @@ from edge.codec import KIND_DATA, KIND_SCHEMA, Codec
 from edge.config import Config
 from edge.database import load_databases
 from edge.decode import BusDecoder, Decoder, DecodeStats
+from edge.payload import Payload
 from edge.sample import Selection
 from edge.schema import Schema, build_schema
 
@@ -81,7 +82,9 @@ class Processor:
         ]
         self.decoder = Decoder(self.bus_decoders)
         batch = config.batch
-        self.codec = Codec(batch.compression, batch.compression_level, batch.time_resolution)
+        self.codec = Codec(
+            batch.compression, batch.compression_level, batch.time_resolution, config.vehicle_id
+        )
         self._ticks = self.codec.ticks_per_second
         self.batcher = Batcher(
             budget=batch.max_bytes,
@@ -150,13 +153,19 @@ class Processor:
         codec, schema = self.codec, self.schema
         envelope = codec.envelope(None, schema)
         body = codec.schema_body(schema)
-        vehicle = self.config.vehicle_id
-        self._append(
-            lambda stream, seq: codec.payload(KIND_SCHEMA, envelope, body, stream, seq, vehicle)
-        )
+        self._append(self._builder(KIND_SCHEMA, envelope, body))
         self.schemas += 1
-        self.payload_bytes += len(body)
         self._schema_sent_at = self._clock.monotonic()
+
+    def _builder(self, kind: int, envelope: dict[str, Any], body: bytes) -> Any:
+        """The payload builder the spool calls with the stream id and sequence it allocates."""
+
+        def build(stream: str, seq: int) -> Payload:
+            payload = self.codec.payload(kind, envelope, body, stream, seq)
+            self.payload_bytes += len(payload.body)
+            return payload
+
+        return build
 
     def _close(self) -> None:
         batch = self.batcher.take()
@@ -167,18 +176,14 @@ class Processor:
         codec, schema = self.codec, self.schema
         envelope = codec.envelope(batch, schema)
         body = codec.data_body(batch, schema)
-        size = len(codec.pack(KIND_DATA, envelope, body, "s" * 36, 0)) + 16
+        size = codec.size(KIND_DATA, envelope, body)
         if size > self.config.batch.max_bytes and batch.rows > 1:
             self.splits += 1
             for half in batch.split():
                 self._write(half)
             return
-        vehicle = self.config.vehicle_id
-        self._append(
-            lambda stream, seq: codec.payload(KIND_DATA, envelope, body, stream, seq, vehicle)
-        )
+        self._append(self._builder(KIND_DATA, envelope, body))
         self.batches += 1
-        self.payload_bytes += size
 
     def stats(self) -> PipelineStats:
         """A snapshot of the counters."""

@@ -48,6 +48,16 @@ class SignalInfo:
     def from_wire(cls, item: Sequence[Any]) -> SignalInfo:
         """Inverse of :meth:`to_wire`."""
         name, scale, offset, unit, is_float, choices = item
+        numbers = (int, float)
+        if type(name) is not str or type(unit) is not str:
+            raise TypeError("signal name and unit must be strings")
+        if type(scale) not in numbers or type(offset) not in numbers:
+            raise TypeError("signal scale and offset must be numbers")
+        if choices is not None and not (
+            isinstance(choices, dict)
+            and all(type(k) is int and type(v) is str for k, v in choices.items())
+        ):
+            raise TypeError("signal choices must map integers to strings")
         return cls(name, scale, offset, unit, bool(is_float), choices or None)
 
 
@@ -71,6 +81,8 @@ class MessageInfo:
     def from_wire(cls, item: Sequence[Any]) -> MessageInfo:
         """Inverse of :meth:`to_wire`."""
         bus, name, frame_id, is_extended, j1939, sigs = item
+        if type(bus) is not int or type(name) is not str or type(frame_id) is not int:
+            raise TypeError("message bus, name and frame id have the wrong types")
         signals = tuple(SignalInfo.from_wire(s) for s in sigs)
         return cls(int(bus), name, int(frame_id), bool(is_extended), bool(j1939), signals)
 
@@ -98,9 +110,12 @@ class Schema:
         try:
             buses = tuple(str(b) for b in body["buses"])
             messages = tuple(MessageInfo.from_wire(m) for m in body["messages"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PayloadError(f"malformed schema: {exc!r}") from exc
-        return cls(buses, messages)
+            if any(not 0 <= m.bus < len(buses) for m in messages):
+                raise ValueError("message bus index out of range")
+            return cls(buses, messages)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            text = f"{type(exc).__name__}: {exc}"[:120]
+            raise PayloadError(f"malformed schema: {text}") from exc
 
     @property
     def signal_count(self) -> int:
