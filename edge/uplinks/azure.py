@@ -58,7 +58,12 @@ from typing import Any
 from azure.iot.device import IoTHubDeviceClient, IoTHubModuleClient, Message
 from azure.iot.device import exceptions as sdk
 
-from edge.errors import PermanentUplinkError, TransientUplinkError, UplinkError
+from edge.errors import (
+    PermanentUplinkError,
+    RejectedPayloadError,
+    TransientUplinkError,
+    UplinkError,
+)
 from edge.payload import Payload
 from edge.settings import Table
 from edge.uplinks.base import Uplink
@@ -303,7 +308,7 @@ def _translate(exc: BaseException) -> BaseException:
     if isinstance(exc, sdk.CredentialError):
         return PermanentUplinkError(f"credentials refused: {_describe(exc)}")
     if isinstance(exc, ValueError):  # the SDK's size check: over 256 KB
-        return PermanentUplinkError(f"message refused: {_describe(exc)}")
+        return RejectedPayloadError(f"message refused: {_describe(exc)}")
     if isinstance(exc, sdk.ClientError | sdk.OperationCancelled | sdk.OperationTimeout):
         return TransientUplinkError(_describe(exc))
     return exc

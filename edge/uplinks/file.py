@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.errors import PermanentUplinkError, TransientUplinkError
+from edge.errors import RejectedPayloadError, TransientUplinkError
 from edge.payload import Payload
 from edge.settings import Table
 from edge.uplinks.base import Uplink
@@ -97,11 +97,11 @@ class FileUplink(Uplink):
         props = payload.properties
         stream, seq, kind = props.get("stream"), props.get("seq"), props.get("kind")
         if stream is None or not _NAME_PART.fullmatch(stream):
-            raise PermanentUplinkError(f"payload property stream={stream!r} is not a valid name")
+            raise RejectedPayloadError(f"payload property stream={stream!r} is not a valid name")
         if kind is None or not _NAME_PART.fullmatch(kind):
-            raise PermanentUplinkError(f"payload property kind={kind!r} is not a valid name")
+            raise RejectedPayloadError(f"payload property kind={kind!r} is not a valid name")
         if seq is None or not seq.isascii() or not seq.isdigit():
-            raise PermanentUplinkError(f"payload property seq={seq!r} is not a number")
+            raise RejectedPayloadError(f"payload property seq={seq!r} is not a number")
         return f"{stream}-{int(seq):012d}.{kind}{_SUFFIX}"
 
     def send(self, payload: Payload, timeout: float) -> None:

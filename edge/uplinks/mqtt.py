@@ -52,7 +52,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.errors import PermanentUplinkError, TransientUplinkError, UplinkError
+from edge.errors import (
+    PermanentUplinkError,
+    RejectedPayloadError,
+    TransientUplinkError,
+    UplinkError,
+)
 from edge.payload import Payload
 from edge.settings import Table
 from edge.uplinks.base import Uplink
@@ -177,7 +182,7 @@ class MqttUplink(Uplink):
         return f"MqttUplink({o.host}:{o.port}, tls={o.tls}, topic={o.topic!r})"
 
     def topic(self, payload: Payload) -> str:
-        """The topic for ``payload``; PermanentUplinkError if a property it needs is missing or
+        """The topic for ``payload``; RejectedPayloadError if a property it needs is missing or
         would change the topic's structure."""
         values: dict[str, str] = {}
         for _, name, _, _ in string.Formatter().parse(self.options.topic):
@@ -185,7 +190,7 @@ class MqttUplink(Uplink):
                 continue
             value = payload.properties.get(name)
             if not value or any(c in value for c in "/+#\0"):
-                raise PermanentUplinkError(
+                raise RejectedPayloadError(
                     f"payload property {name}={value!r} cannot fill the topic {self.options.topic}"
                 )
             values[name] = value
