@@ -27,7 +27,10 @@ log = logging.getLogger("edge")
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``can-telemetry``; returns the exit status."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "module":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.module_args = extra
     logging.basicConfig(
         level=getattr(logging, args.log_level or "WARNING"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -113,6 +116,13 @@ def _parser() -> argparse.ArgumentParser:
     man.add_argument("--platform", default="amd64")
     man.add_argument("--output", "-o", default="config/deployment.amd64.json")
     man.set_defaults(func=_cmd_manifest)
+
+    mod = sub.add_parser(
+        "module",
+        add_help=False,  # `can-telemetry module --help` shows the module's own options
+        help="run as an Azure IoT Edge module: module twin, direct methods, /metrics, /healthz",
+    )
+    mod.set_defaults(func=_cmd_module)
     return parser
 
 
@@ -408,6 +418,18 @@ def _cmd_decode(args: argparse.Namespace) -> int:
         if out is not sys.stdout:
             out.close()
     return 0
+
+
+# --- module --------------------------------------------------------------------------------------
+
+
+def _cmd_module(args: argparse.Namespace) -> int:
+    from edge.module import main_module
+
+    module_args = list(args.module_args)
+    if args.log_level and "--log-level" not in module_args:
+        module_args = ["--log-level", args.log_level, *module_args]
+    return main_module(module_args)
 
 
 # --- manifest ------------------------------------------------------------------------------------

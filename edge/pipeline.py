@@ -4,6 +4,11 @@ from a :class:`~edge.config.Config`, and runs the processing loop.
 Threads: one per source (reading), one processing thread (decode, sample, batch, encode, spool
 append), one forwarder (spool -> uplink). They meet at two points only: the bounded frame queue,
 and the spool on disk.
+
+The *front* (sources, queue, processor) and the *back* (spool, forwarder, uplink) have different
+lives: on IoT Edge a new configuration from the module twin replaces the front while the back
+keeps sending. A Pipeline builds both by default, or takes a running back end handed in, which
+it then leaves running at ``stop``.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +35,22 @@ __all__ = ["Pipeline"]
 log = logging.getLogger(__name__)
 
 
+def source_name(source: FrameSource) -> str:
+    """The name a source's counters appear under: its bus, or ``replay``."""
+    if isinstance(source, BusSource):
+        return source.config.name
+    if isinstance(source, ReplaySource):
+        return "replay"
+    return type(source).__name__
+
+
 class Pipeline:
-    """The whole module: sources, processor, spool, forwarder. ``start``, then ``stop``."""
+    """The whole module: sources, processor, spool, forwarder. ``start``, then ``stop``.
+
+    ``spool`` and ``forwarder`` (running, sending from that spool through ``uplink``) may be
+    handed in so they outlive this pipeline: ``start`` then does not start the forwarder and
+    ``stop`` leaves spool, forwarder and uplink running for the next pipeline.
+    """
 
     def __init__(
         self,
@@ -39,32 +59,42 @@ class Pipeline:
         uplink: Uplink | None = None,
         sources: Sequence[FrameSource] | None = None,
         clock: Clock | None = None,
+        spool: Spool | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
+        if forwarder is not None and (spool is None or uplink is None):
+            raise ValueError("a forwarder is handed in together with its spool and uplink")
         self.config = config
         self._clock = clock or SystemClock()
-        Path(config.spool.path).parent.mkdir(parents=True, exist_ok=True)
-        self.spool = Spool(
-            config.spool.path,
-            max_bytes=config.spool.max_bytes,
-            ttl=config.spool.ttl,
-            clock=self._clock,
-        )
+        self._owns_backend = forwarder is None
+        if spool is None:
+            Path(config.spool.path).parent.mkdir(parents=True, exist_ok=True)
+            spool = Spool(
+                config.spool.path,
+                max_bytes=config.spool.max_bytes,
+                ttl=config.spool.ttl,
+                clock=self._clock,
+            )
+        self.spool = spool
         self.processor = Processor(config, self._append, clock=self._clock)
         if uplink is None:
-            cls = uplink_class(config.uplink.kind)
-            uplink = cls.from_options(config.uplink.options)
+            uplink = uplink_class(config.uplink.kind).from_options(config.uplink.options)
         self.uplink: Uplink = uplink
-        fwd = config.forwarder
-        self.forwarder = Forwarder(
-            self.spool,
-            self.uplink,
-            send_timeout=fwd.send_timeout,
-            backoff_initial=fwd.backoff_initial,
-            backoff_max=fwd.backoff_max,
-            clock=self._clock,
-        )
+        if forwarder is None:
+            fwd = config.forwarder
+            forwarder = Forwarder(
+                self.spool,
+                self.uplink,
+                send_timeout=fwd.send_timeout,
+                backoff_initial=fwd.backoff_initial,
+                backoff_max=fwd.backoff_max,
+                clock=self._clock,
+            )
+        self.forwarder = forwarder
         self.sources = list(sources) if sources is not None else self._default_sources()
         self.queue = FrameQueue(config.queue_frames)
+        #: thread name -> the exception that ended it (for liveness checks)
+        self.failures: dict[str, str] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._processing: threading.Thread | None = None
@@ -85,20 +115,34 @@ class Pipeline:
         return seq
 
     def start(self) -> None:
-        """Start the forwarder, the processing thread and every source."""
-        self.forwarder.start()
-        self._processing = threading.Thread(target=self._process_loop, name="process", daemon=True)
-        self._processing.start()
-        for i, source in enumerate(self.sources):
-            thread = threading.Thread(
-                target=source.run, args=(self.queue, self._stop), name=f"source-{i}", daemon=True
+        """Start the forwarder (unless handed in), the processing thread and every source."""
+        if self._owns_backend:
+            self.forwarder.start()
+        self._processing = self._thread("process", self._process_loop)
+        for source in self.sources:
+            self._threads.append(
+                self._thread(f"source-{source_name(source)}", source.run, self.queue, self._stop)
             )
-            thread.start()
-            self._threads.append(thread)
+
+    def _thread(self, name: str, target: Callable[..., None], *args: Any) -> threading.Thread:
+        def guarded() -> None:
+            try:
+                target(*args)
+            except Exception as exc:  # recorded for liveness instead of dying silently
+                log.exception("thread %s died", name)
+                self.failures[name] = f"{type(exc).__name__}: {exc}"
+
+        thread = threading.Thread(target=guarded, name=name, daemon=True)
+        thread.start()
+        return thread
 
     def sources_finished(self) -> bool:
         """Whether every source has ended by itself (a replay reached its end)."""
         return bool(self._threads) and not any(t.is_alive() for t in self._threads)
+
+    def processing_alive(self) -> bool:
+        """Whether the processing thread runs."""
+        return self._processing is not None and self._processing.is_alive()
 
     def wait(self, stop: threading.Event | None = None, poll: float = 0.2) -> None:
         """Block until ``stop`` is set or every source has finished."""
@@ -111,14 +155,18 @@ class Pipeline:
             chunk = queue.get(timeout=0.1)
             if chunk is not None:
                 processor.process(chunk)
-            elif self._stop.is_set() or self.sources_finished():
+            elif self._stop.is_set():
+                return
+            elif self.sources_finished():  # a replay ended: send its last batch now
+                processor.flush()
                 return
             else:
                 processor.tick()
 
     def stop(self, drain_timeout: float = 0.0) -> None:
-        """Stop reading, process what was read, close the open batch into the spool, and stop
-        the forwarder (after up to ``drain_timeout`` seconds of sending what is spooled)."""
+        """Stop reading, process what was read and close the open batch into the spool. When
+        this pipeline owns its back end, also stop the forwarder (after up to ``drain_timeout``
+        seconds of sending what is spooled) and close uplink and spool."""
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=5)
@@ -127,6 +175,9 @@ class Pipeline:
         while (chunk := self.queue.get(timeout=0)) is not None:
             self.processor.process(chunk)
         self.processor.flush()
+        if not self._owns_backend:
+            self._final_stats = self.stats()
+            return
         if drain_timeout > 0:
             self.forwarder.drain(drain_timeout)
         self.forwarder.stop(timeout=10)
@@ -135,17 +186,12 @@ class Pipeline:
         self.spool.close()
 
     def stats(self) -> PipelineStats:
-        """Counters of every stage (after ``stop``: as they were when it stopped)."""
+        """Counters of every stage, sources by bus name (after ``stop``: as they were then)."""
         if self._final_stats is not None:
             return self._final_stats
-        base = self.processor.stats()
-        return PipelineStats(
-            **{
-                name: getattr(base, name)
-                for name in PipelineStats.__dataclass_fields__
-                if name not in ("sources", "spool", "forwarder")
-            },
-            sources={f"source-{i}": s.stats() for i, s in enumerate(self.sources)},
+        return replace(
+            self.processor.stats(),
+            sources={source_name(s): s.stats() for s in self.sources},
             spool=self.spool.stats(),
             forwarder=self.forwarder.stats(),
         )

@@ -1,0 +1,210 @@
+"""Direct methods of the module, invoked from the cloud
+(``az iot hub invoke-module-method --method-name getStats ...``).
+
+=============  ======================  =====================================================
+method         payload                 answer (status 200)
+=============  ======================  =====================================================
+``getStats``   none or ``{}``          the counters, as in the reported properties' ``stats``
+``flush``      none, ``{}`` or         closes the open batch into the spool and wakes the
+               ``{"wait": seconds}``   forwarder; with ``wait`` (0-60), waits until the spool
+                                       is empty: ``{"flushed": true, "spoolDepth": n,
+                                       "drained": bool}``
+``getConfig``  none or ``{}``          the configuration in effect: source, desired version,
+                                       SHA-256 and the settings, secrets replaced by ``***``
+=============  ======================  =====================================================
+
+A payload of the wrong shape is answered with status 400 and ``{"error": "<field>: <why>"}``,
+an unknown method with 404 (and the list of known ones), a method the module cannot run now
+(``flush`` before any configuration) with 409, an unexpected failure with 500.
+
+:class:`DirectMethods` is plain Python: ``handle(name, payload) -> (status, payload)``, so every
+answer can be tested without the SDK. :class:`MethodServer` connects it to the SDK: the SDK's
+handler (``client.on_method_request_received``) only queues the request; the server's own
+thread runs the method and sends the response, so a ``flush`` that waits never holds the SDK's
+handler threads. IoT Hub only delivers JSON payloads; the SDK drops a request whose payload is not
+JSON before any handler sees it (the caller then gets IoT Hub's timeout).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from edge.errors import ConfigError, TelemetryError
+from edge.settings import Table
+
+__all__ = ["METHOD_NAMES", "DirectMethods", "MethodServer", "ModuleApi", "redact"]
+
+log = logging.getLogger(__name__)
+
+METHOD_NAMES = ("getStats", "flush", "getConfig")
+
+#: Longest ``wait`` a flush accepts (IoT Hub's method timeout defaults to 30 s, max 300 s).
+MAX_FLUSH_WAIT = 60.0
+
+#: Option names whose values are never echoed back.
+SECRET_KEYS = frozenset({"password", "connection_string", "shared_access_key", "sas_token"})
+
+Result = tuple[int, Any]
+
+
+class ModuleApi(Protocol):
+    """What the methods need from the running module."""
+
+    def summary(self) -> dict[str, Any]:
+        """The counters (JSON)."""
+        ...
+
+    def flush(self) -> None:
+        """Close the open batch into the spool and wake the forwarder."""
+        ...
+
+    def spool_depth(self) -> int:
+        """Payloads waiting in the spool."""
+        ...
+
+    def config_info(self) -> dict[str, Any]:
+        """The configuration in effect (JSON; may hold secrets, which :func:`redact` hides)."""
+        ...
+
+
+def redact(value: Any) -> Any:
+    """``value`` with the values of secret keys (passwords, connection strings) replaced."""
+    if isinstance(value, Mapping):
+        return {
+            k: "***" if str(k).lower() in SECRET_KEYS and v is not None else redact(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+class _BadRequest(Exception):
+    pass
+
+
+class DirectMethods:
+    """The module's direct methods as plain functions returning ``(status, payload)``."""
+
+    def __init__(
+        self,
+        api: ModuleApi,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._api = api
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self._handlers: dict[str, Callable[[Any], Result]] = {
+            "getStats": self.get_stats,
+            "flush": self.flush,
+            "getConfig": self.get_config,
+        }
+
+    def handle(self, name: str, payload: Any) -> Result:
+        """Run method ``name``; never raises."""
+        handler = self._handlers.get(name)
+        if handler is None:
+            return 404, {"error": f"unknown method {name!r}", "methods": list(METHOD_NAMES)}
+        try:
+            return handler(payload)
+        except _BadRequest as exc:
+            return 400, {"error": str(exc)}
+        except ConfigError as exc:
+            return 400, {"error": str(exc)}
+        except TelemetryError as exc:  # e.g. nothing to flush before the first configuration
+            return 409, {"error": str(exc)}
+        except Exception as exc:  # the answer must still go out
+            log.exception("direct method %s failed", name)
+            return 500, {"error": f"{type(exc).__name__}: {exc}"}
+
+    def get_stats(self, payload: Any) -> Result:
+        """``getStats``: the counters."""
+        _no_options(payload)
+        return 200, self._api.summary()
+
+    def flush(self, payload: Any) -> Result:
+        """``flush``: close the open batch and send now; optionally wait for the spool to empty."""
+        options = _options(payload)
+        wait = options.float("wait", 0.0, min=0.0, max=MAX_FLUSH_WAIT)
+        options.finish()
+        self._api.flush()
+        depth = self._api.spool_depth()
+        deadline = self._monotonic() + wait
+        while depth > 0 and self._monotonic() < deadline:
+            self._sleep(0.05)
+            depth = self._api.spool_depth()
+        return 200, {"flushed": True, "spoolDepth": depth, "drained": depth == 0}
+
+    def get_config(self, payload: Any) -> Result:
+        """``getConfig``: the configuration in effect, secrets hidden."""
+        _no_options(payload)
+        return 200, redact(self._api.config_info())
+
+
+def _options(payload: Any) -> Table:
+    if payload is None:
+        payload = {}
+    if not isinstance(payload, Mapping):
+        raise _BadRequest(f"payload: expected an object or nothing, got {type(payload).__name__}")
+    return Table(payload, "payload")
+
+
+def _no_options(payload: Any) -> None:
+    _options(payload).finish()
+
+
+class MethodServer:
+    """Answers the SDK's method requests on a thread of its own (see the module docstring)."""
+
+    def __init__(self, methods: DirectMethods, *, max_pending: int = 32) -> None:
+        self._methods = methods
+        self._queue: queue.Queue[tuple[Any, Any] | None] = queue.Queue(max_pending)
+        self._thread: threading.Thread | None = None
+
+    def submit(self, client: Any, request: Any) -> None:
+        """The SDK's ``on_method_request_received`` handler (bind ``client`` first): queue."""
+        try:
+            self._queue.put_nowait((client, request))
+        except queue.Full:
+            log.warning("direct method %s dropped: too many requests pending", request.name)
+
+    def start(self) -> None:
+        """Start answering."""
+        if self._thread is not None:
+            raise RuntimeError("method server already started")
+        self._thread = threading.Thread(target=self._run, name="methods", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop after the request in progress."""
+        if self._thread is None:
+            return
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            return  # the thread is stuck in a request; it is a daemon
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        from azure.iot.device import MethodResponse
+
+        while (item := self._queue.get()) is not None:
+            client, request = item
+            status, payload = self._methods.handle(request.name, request.payload)
+            log.info("direct method %s: %d", request.name, status)
+            try:
+                client.send_method_response(MethodResponse(request.request_id, status, payload))
+            except Exception as exc:
+                log.warning(
+                    "direct method %s: cannot send the response: %s: %s",
+                    request.name,
+                    type(exc).__name__,
+                    exc,
+                )

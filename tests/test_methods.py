@@ -1,0 +1,289 @@
+"""edge.methods: getStats, flush, getConfig; 400 for a bad payload, 404 for an unknown method.
+
+The handlers are plain functions, tested here on a real module (virtual bus, real spool, file
+uplink) without the SDK; then through the real azure-iot-device SDK against a real TLS mosquitto,
+with tests/test_twin.py's IoTHubResponder invoking the methods as IoT Hub does.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import can
+import pytest
+
+from edge.config import parse_config
+from edge.methods import DirectMethods, redact
+from edge.module import EdgeModule, ModuleOptions
+from edge.process import PipelineStats
+from edge.simulate import DEMO_DBC, VehicleSimulator
+from edge.twin import ConfigOrigin
+from tests.support.iothub import SDK_WARNINGS, IoTHubResponder, edge_hub
+from tests.support.mosquitto import Mosquitto, TlsFiles, free_port
+
+pytestmark = SDK_WARNINGS
+
+
+@pytest.fixture
+def hub(
+    mosquitto_factory: Any,
+    loopback_address: str,
+    tls_files: TlsFiles,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Mosquitto]:
+    """edgeHub's stand-in, with the IoT Edge variables set (see tests/test_twin.py)."""
+    yield from edge_hub(mosquitto_factory, loopback_address, tls_files, monkeypatch)
+
+
+def wait_for(condition: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {condition}")
+
+
+def counters(module: EdgeModule) -> PipelineStats:
+    """The module's counters (it runs, so there are some)."""
+    stats = module.stats()
+    assert stats is not None
+    return stats
+
+
+def settings(tmp_path: Path, channel: str, **changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "vehicle_id": "car1",
+        "buses": [{"name": "vehicle", "channel": channel, "dbc": str(DEMO_DBC), "fd": True}],
+        "batch": {"max_age": 600.0},  # batches close only when flushed
+        "spool": {"path": str(tmp_path / "spool.db")},
+        "uplink": {"type": "file", "path": str(tmp_path / "outbox")},
+    }
+    data.update(changes)
+    return data
+
+
+def drive(module: EdgeModule, channel: str, seconds: float = 1.0) -> int:
+    wait_for(lambda: (s := module.stats()) is not None and s.sources["vehicle"]["connected"])
+    simulator = VehicleSimulator(seed=2, start_time=1_700_000_000.0, channel=channel)
+    frames = list(simulator.frames(seconds))
+    with can.Bus(interface="virtual", channel=channel, preserve_timestamps=True) as bus:
+        for msg in frames:
+            bus.send(msg)
+    wait_for(lambda: counters(module).frames == len(frames))
+    return len(frames)
+
+
+@pytest.fixture
+def channel() -> str:
+    return f"methods-{uuid.uuid4().hex[:8]}"
+
+
+def start(tmp_path: Path, data: dict[str, Any], *, edge: bool = False) -> EdgeModule:
+    options = ModuleOptions(
+        data_dir=str(tmp_path),
+        edge=edge,
+        metrics_host="127.0.0.1",
+        metrics_port=0,
+        report_interval=0.3,
+        keep_alive=5,
+        config_log_level=False,
+    )
+    module = EdgeModule(options)
+    config = parse_config(data, base_dir=str(tmp_path))
+    module.start((config, ConfigOrigin("file", None, "digest", data)))
+    return module
+
+
+@pytest.fixture
+def module(tmp_path: Path, channel: str) -> Iterator[EdgeModule]:
+    module = start(tmp_path, settings(tmp_path, channel))
+    yield module
+    module.stop(drain_timeout=0)
+
+
+# -- the handlers ---------------------------------------------------------------------------------
+
+
+def test_get_stats(module: EdgeModule, channel: str) -> None:
+    sent = drive(module, channel)
+    status, answer = module.methods.handle("getStats", None)
+    assert status == 200
+    assert answer["frames"] == sent
+    assert answer["buses"] == [{"bus": "vehicle", "frames": sent, "connected": True, "errors": 0}]
+    assert answer["rawBytes"] == 16 * sent
+    assert {
+        "samples",
+        "batches",
+        "payloadBytes",
+        "spoolDepth",
+        "spoolBytes",
+        "droppedBatches",
+        "sent",
+        "retries",
+        "lastSendTime",
+        "decodeSkipped",
+    } <= set(answer)
+    json.dumps(answer)
+    assert module.methods.handle("getStats", {})[0] == 200
+
+
+def test_flush_closes_the_open_batch_and_waits_for_the_send(
+    module: EdgeModule, channel: str, tmp_path: Path
+) -> None:
+    drive(module, channel)
+    assert counters(module).batches == 0  # max_age is ten minutes
+    status, answer = module.methods.handle("flush", {"wait": 5})
+    assert (status, answer) == (200, {"flushed": True, "spoolDepth": 0, "drained": True})
+    assert counters(module).batches == 1
+    assert len(list((tmp_path / "outbox").glob("*.data.ctl"))) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "error"),
+    [
+        ("flush", {"wait": "soon"}, "payload.wait: expected a number, got 'soon'"),
+        ("flush", {"wait": 61}, "payload.wait: must be at most 60.0, got 61"),
+        ("flush", {"wait": -1}, "payload.wait: must be at least 0.0, got -1"),
+        ("flush", {"now": True}, "payload.now: unknown option"),
+        ("flush", [1], "payload: expected an object or nothing, got list"),
+        ("getStats", {"all": True}, "payload.all: unknown option"),
+        ("getConfig", "everything", "payload: expected an object or nothing, got str"),
+    ],
+)
+def test_bad_payloads_are_answered_with_400(
+    module: EdgeModule, name: str, payload: Any, error: str
+) -> None:
+    assert module.methods.handle(name, payload) == (400, {"error": error})
+
+
+def test_unknown_methods_are_answered_with_404(module: EdgeModule) -> None:
+    status, answer = module.methods.handle("reboot", {})
+    assert status == 404
+    assert answer == {
+        "error": "unknown method 'reboot'",
+        "methods": ["getStats", "flush", "getConfig"],
+    }
+
+
+def test_get_config_hides_secrets(tmp_path: Path, channel: str) -> None:
+    uplink = {
+        "type": "mqtt",
+        "host": "127.0.0.1",
+        "port": free_port(),
+        "tls": False,
+        "username": "car1",
+        "password": "s3cret",
+    }
+    module = start(tmp_path, settings(tmp_path, channel, uplink=uplink))
+    try:
+        status, answer = module.methods.handle("getConfig", None)
+    finally:
+        module.stop(drain_timeout=0)
+    assert status == 200
+    assert answer["source"] == "file"
+    assert answer["config"]["uplink"]["password"] == "***"
+    assert answer["config"]["uplink"]["username"] == "car1"
+    assert "s3cret" not in json.dumps(answer)
+    assert redact({"a": [{"connection_string": "x"}]}) == {"a": [{"connection_string": "***"}]}
+
+
+def test_a_failing_method_is_answered_with_500_and_flush_without_config_with_409(
+    module: EdgeModule, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("counters unavailable")
+
+    monkeypatch.setattr(module, "summary", broken)
+    assert module.methods.handle("getStats", None) == (
+        500,
+        {"error": "RuntimeError: counters unavailable"},
+    )
+    idle = EdgeModule(ModuleOptions(data_dir=str(tmp_path / "idle"), edge=False))
+    status, answer = DirectMethods(idle).handle("flush", None)
+    assert status == 409
+    assert "no configuration yet" in answer["error"]
+
+
+# -- through the SDK ------------------------------------------------------------------------------
+
+
+def test_methods_over_the_sdk(hub: Mosquitto, tmp_path: Path, channel: str) -> None:
+    data = settings(tmp_path, channel)
+    with IoTHubResponder(hub) as responder:
+        module = start(tmp_path, data, edge=True)
+        try:
+            wait_for(lambda: module.connection is not None and module.connection.connected)
+            sent = drive(module, channel)
+
+            status, answer = responder.invoke("getStats", {})
+            assert status == 200 and answer["frames"] == sent
+
+            assert responder.invoke("flush", {"wait": 5}) == (
+                200,
+                {"flushed": True, "spoolDepth": 0, "drained": True},
+            )
+            assert len(list((tmp_path / "outbox").glob("*.data.ctl"))) == 1
+
+            status, answer = responder.invoke("flush", {"wait": "x"})
+            assert status == 400 and answer["error"].startswith("payload.wait:")
+            status, answer = responder.invoke("getConfig", [1])
+            assert status == 400
+            status, answer = responder.invoke("reboot")
+            assert status == 404 and answer["methods"] == ["getStats", "flush", "getConfig"]
+            status, answer = responder.invoke("getConfig")  # no payload at all: JSON null
+            assert status == 200 and answer["source"] == "file"
+
+            # IoT Hub only sends JSON; a payload that is not JSON is dropped inside the SDK
+            # (a background exception) and never reaches a handler, so nothing answers ...
+            with pytest.raises(AssertionError, match="no response"):
+                responder.invoke("getStats", raw=b"not json", timeout=1.0)
+            # ... and the client goes on working.
+            assert responder.invoke("getStats", {})[0] == 200
+        finally:
+            module.stop(drain_timeout=0)
+            gc.collect()
+
+
+def test_a_waiting_method_does_not_hold_the_sdk(
+    hub: Mosquitto, tmp_path: Path, channel: str
+) -> None:
+    """The SDK's handlers only queue: a flush waiting on a dead uplink does not delay a twin
+    patch, which the twin's own thread applies meanwhile."""
+    dead = {
+        "type": "mqtt",
+        "host": "127.0.0.1",
+        "port": free_port(),
+        "tls": False,
+        "backoff_initial": 0.05,
+        "backoff_max": 0.2,
+    }
+    desired = {"config": {**settings(tmp_path, channel, uplink=dead)}}
+    with IoTHubResponder(hub, desired) as responder:
+        module = start(tmp_path, settings(tmp_path, channel), edge=True)
+        try:
+            responder.wait_reported(lambda r: r.get("config", {}).get("desiredVersion") == 1)
+            drive(module, channel)
+            result: list[Any] = []
+            caller = threading.Thread(
+                target=lambda: result.append(responder.invoke("flush", {"wait": 2}))
+            )
+            started = time.monotonic()
+            caller.start()
+            time.sleep(0.2)  # the flush is waiting now
+            version = responder.patch_desired({"config": {"batch": {"max_age": 300.0}}})
+            responder.wait_reported(lambda r: r["config"]["desiredVersion"] == version)
+            applied_after = time.monotonic() - started
+            caller.join(10)
+            assert result and result[0][0] == 200 and result[0][1]["drained"] is False
+            assert applied_after < 1.5  # well before the flush answered (after 2 s)
+        finally:
+            module.stop(drain_timeout=0)
+            gc.collect()

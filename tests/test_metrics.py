@@ -1,0 +1,282 @@
+"""edge.metrics: the real HTTP endpoint scraped and parsed, its values checked against the
+pipeline's own counters; /healthz 200, then 503 when the processing stage is stalled or a thread
+died."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import can
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from edge.config import parse_config
+from edge.metrics import Health, MetricsServer, ProgressWatch, TelemetryCollector
+from edge.module import EdgeModule, ModuleOptions
+from edge.pipeline import Pipeline
+from edge.process import PipelineStats
+from edge.simulate import DEMO_DBC, VehicleSimulator
+from edge.source import FrameQueue, FrameSource
+from edge.twin import ConfigOrigin
+from tests.support.mosquitto import free_port
+
+
+def wait_for(condition: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {condition}")
+
+
+def counters(module: EdgeModule) -> PipelineStats:
+    """The module's counters (it runs, so there are some)."""
+    stats = module.stats()
+    assert stats is not None
+    return stats
+
+
+def settings(tmp_path: Path, channel: str, **changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "vehicle_id": "car1",
+        "buses": [
+            {
+                "name": "vehicle",
+                "channel": channel,
+                "dbc": str(DEMO_DBC),
+                "fd": True,
+                "kernel_filters": False,
+            }
+        ],
+        "batch": {"max_age": 0.2},
+        "spool": {"path": str(tmp_path / "spool.db")},
+        "uplink": {"type": "file", "path": str(tmp_path / "outbox")},
+    }
+    data.update(changes)
+    return data
+
+
+def start(tmp_path: Path, data: dict[str, Any], **options: Any) -> EdgeModule:
+    module = EdgeModule(
+        ModuleOptions(
+            data_dir=str(tmp_path),
+            edge=False,
+            metrics_host="127.0.0.1",
+            metrics_port=0,
+            config_log_level=False,
+            **options,
+        ),
+    )
+    config = parse_config(data, base_dir=str(tmp_path))
+    module.start((config, ConfigOrigin("file", None, "digest", data)))
+    return module
+
+
+@pytest.fixture
+def channel() -> str:
+    return f"metrics-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def module(tmp_path: Path, channel: str) -> Iterator[EdgeModule]:
+    module = start(tmp_path, settings(tmp_path, channel), stall_after=0.5)
+    yield module
+    module.stop(drain_timeout=0)
+
+
+def get(port: int, path: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, content_type, text = get(port, "/metrics")
+    assert status == 200
+    assert content_type.startswith("text/plain; version=")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def send(channel: str, frames: list[can.Message]) -> None:
+    with can.Bus(interface="virtual", channel=channel, preserve_timestamps=True) as bus:
+        for msg in frames:
+            bus.send(msg)
+
+
+def drive(module: EdgeModule, channel: str, seconds: float = 1.0) -> int:
+    wait_for(lambda: (s := module.stats()) is not None and s.sources["vehicle"]["connected"])
+    simulator = VehicleSimulator(seed=4, start_time=1_700_000_000.0, channel=channel)
+    frames = list(simulator.frames(seconds))
+    unknown = can.Message(
+        arbitration_id=0x7FE,
+        data=bytes(8),
+        is_extended_id=False,
+        timestamp=simulator.time,
+        channel=channel,
+    )
+    send(channel, [*frames, unknown])
+    wait_for(lambda: counters(module).frames == len(frames) + 1)
+    return len(frames) + 1
+
+
+def test_metrics_are_read_from_the_pipeline_at_scrape_time(
+    module: EdgeModule, channel: str
+) -> None:
+    sent = drive(module, channel)
+    wait_for(lambda: counters(module).spool.depth == 0 and counters(module).forwarder.sent > 0)
+    port = module.metrics_port
+    assert port
+    metrics = scrape(port)
+    stats = counters(module)
+    expected = {
+        ("can_telemetry_frames_total", (("bus", "vehicle"),)): sent,
+        ("can_telemetry_processed_frames_total", ()): sent,
+        ("can_telemetry_decode_skipped_total", (("reason", "unknown_id"),)): 1,
+        ("can_telemetry_samples_total", ()): stats.samples,
+        ("can_telemetry_batches_total", ()): stats.batches,
+        ("can_telemetry_schema_payloads_total", ()): 1,
+        ("can_telemetry_raw_bytes_total", ()): 16 * sent,
+        ("can_telemetry_payload_bytes_total", ()): stats.payload_bytes,
+        ("can_telemetry_spool_depth", ()): 0,
+        ("can_telemetry_spool_bytes", ()): 0,
+        ("can_telemetry_spool_dropped_total", (("reason", "full"),)): 0,
+        ("can_telemetry_spool_dropped_total", (("reason", "ttl"),)): 0,
+        ("can_telemetry_uplink_sent_total", ()): stats.forwarder.sent,
+        ("can_telemetry_uplink_retries_total", ()): 0,
+        ("can_telemetry_uplink_errors_total", (("kind", "transient"),)): 0,
+        ("can_telemetry_bus_up", (("bus", "vehicle"),)): 1,
+        ("can_telemetry_bus_errors_total", (("bus", "vehicle"),)): 0,
+        ("can_telemetry_queue_chunks", ()): 0,
+        ("can_telemetry_queue_capacity_chunks", ()): 100_000 // 256,
+    }
+    for key, value in expected.items():
+        assert metrics.get(key) == value, key
+    assert stats.samples > 0 and stats.batches > 0
+    last_send = metrics[("can_telemetry_last_send_timestamp_seconds", ())]
+    assert abs(last_send - time.time()) < 60
+    assert any(name == "can_telemetry_build_info" for name, _ in metrics)
+    assert get(port, "/other")[0] == 404
+
+
+def test_healthz_fails_while_the_processing_stage_is_stalled(
+    module: EdgeModule, channel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = module.metrics_port
+    assert port
+    assert get(port, "/healthz")[:3:2] == (200, "ok\n")
+    drive(module, channel, 0.5)
+    processor = module._front.processor  # type: ignore[union-attr]
+    release = threading.Event()
+    process = processor.process
+
+    def stuck(frames: list[can.Message]) -> None:  # as a deadlock in the processing stage would
+        release.wait()
+        process(frames)
+
+    monkeypatch.setattr(processor, "process", stuck)
+    simulator = VehicleSimulator(seed=9, start_time=1_700_000_100.0, channel=channel)
+    send(channel, list(simulator.frames(2.0)))
+    wait_for(lambda: module.queue_level().chunks > 0)  # type: ignore[union-attr]
+    get(port, "/healthz")  # first look: progress noted
+    _, _, body = wait_for(lambda: (r := get(port, "/healthz"))[0] == 503 and r)
+    assert body.startswith("processing stalled: no frame taken for")
+    assert "chunk(s) queued" in body
+    assert module.reported_state()["state"] == "degraded"
+    release.set()
+    wait_for(lambda: get(port, "/healthz")[0] == 200)
+    assert module.reported_state()["state"] == "running"
+
+
+class BrokenSource(FrameSource):
+    """A source whose thread dies of a bug."""
+
+    def run(self, out: FrameQueue, stop: threading.Event) -> None:
+        raise RuntimeError("driver bug")
+
+
+def test_healthz_fails_when_a_source_thread_died(tmp_path: Path, channel: str) -> None:
+    module = EdgeModule(
+        ModuleOptions(data_dir=str(tmp_path), edge=False, metrics_host="127.0.0.1", metrics_port=0),
+        sources=lambda config: [BrokenSource()],
+    )
+    data = settings(tmp_path, channel)
+    module.start(
+        (parse_config(data, base_dir=str(tmp_path)), ConfigOrigin("file", None, "d", data))
+    )
+    try:
+        port = module.metrics_port
+        assert port
+        _, _, body = wait_for(lambda: (r := get(port, "/healthz"))[0] == 503 and r)
+        assert body == "thread source-BrokenSource died: RuntimeError: driver bug\n"
+    finally:
+        module.stop(drain_timeout=0)
+
+
+def test_progress_watch_tells_stuck_from_idle() -> None:
+    now = [0.0]
+    watch = ProgressWatch(10.0, lambda: now[0])
+    assert watch.check(progress=5, waiting=0) is None
+    now[0] = 100.0
+    assert watch.check(progress=5, waiting=0) is None  # idle: nothing waiting
+    assert watch.check(progress=5, waiting=3) is None
+    now[0] = 109.0
+    assert watch.check(progress=5, waiting=3) is None
+    now[0] = 111.0
+    assert watch.check(progress=5, waiting=3) == (
+        "processing stalled: no frame taken for 11 s with 3 chunk(s) queued"
+    )
+    assert watch.check(progress=6, waiting=3) is None  # moving again
+
+
+def test_a_configured_metrics_port_moves_the_server(tmp_path: Path, channel: str) -> None:
+    module = start(tmp_path, settings(tmp_path, channel))
+    try:
+        old = module.metrics_port
+        port = free_port()
+        data = settings(tmp_path, channel, metrics_port=port)
+        module.apply_config(
+            parse_config(data, base_dir=str(tmp_path)), ConfigOrigin("file", None, "e", data)
+        )
+        assert module.metrics_port == port
+        assert get(port, "/healthz")[0] == 200
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(f"http://127.0.0.1:{old}/healthz", timeout=1)
+    finally:
+        module.stop(drain_timeout=0)
+
+
+def test_the_collector_serves_a_plain_pipeline_too(tmp_path: Path, channel: str) -> None:
+    """``can-telemetry run`` could serve metrics the same way: the collector only needs
+    ``stats()``."""
+    pipeline = Pipeline(parse_config(settings(tmp_path, channel), base_dir=str(tmp_path)))
+    server = MetricsServer(
+        TelemetryCollector(pipeline.stats), lambda: Health(), host="127.0.0.1", port=0
+    )
+    pipeline.start()
+    server.start()
+    try:
+        bus = pipeline.config.buses[0].name  # sources are counted under their bus's name
+        wait_for(lambda: pipeline.stats().sources[bus]["connected"])
+        send(channel, list(VehicleSimulator(seed=1, channel=channel).frames(0.5)))
+        wait_for(lambda: pipeline.stats().frames > 0)
+        metrics = scrape(server.port)
+        frames = pipeline.stats().sources[bus]["frames"]
+        assert metrics[("can_telemetry_frames_total", (("bus", bus),))] == frames
+        assert get(server.port, "/healthz")[0] == 200
+    finally:
+        server.stop()
+        pipeline.stop()
