@@ -8,7 +8,8 @@ The public API is what ``__all__`` lists; every other module is an implementatio
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError as _NotInstalled
+from importlib.metadata import version as _version
 
 from edge.codec import PayloadDecoder, Row
 from edge.config import Config, load_config, parse_config
@@ -17,6 +18,7 @@ from edge.errors import (
     DatabaseLoadError,
     PayloadError,
     PermanentUplinkError,
+    RejectedPayloadError,
     SchemaMissingError,
     SpoolError,
     TelemetryError,
@@ -26,8 +28,8 @@ from edge.errors import (
 from edge.payload import Payload
 
 try:
-    __version__ = version("can-telemetry")
-except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = _version("can-telemetry")
+except _NotInstalled:  # running from a source tree without installation
     __version__ = "0.0.0+source"
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "PayloadDecoder",
     "PayloadError",
     "PermanentUplinkError",
+    "RejectedPayloadError",
     "Row",
     "SchemaMissingError",
     "SpoolError",
