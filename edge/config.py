@@ -211,6 +211,11 @@ def parse_config(data: Mapping[str, Any], *, base_dir: str = ".") -> Config:
     )
     metrics_port = root.int("metrics_port", None, min=0, max=65535)
     root.finish()
+    topic = getattr(uplink.options, "topic", "")
+    if "{vehicle}" in topic and any(c in vehicle_id for c in "/+#\0"):
+        raise ConfigError(
+            "vehicle_id", f"{vehicle_id!r} cannot be part of the MQTT topic {topic!r} (/, +, #)"
+        )
     return Config(
         vehicle_id=vehicle_id,
         buses=buses,

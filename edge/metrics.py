@@ -185,6 +185,9 @@ def _pipeline_metrics(f: _Families, stats: PipelineStats) -> None:
     f.counter("batches", "data payloads closed", stats.batches)
     f.counter("schema_payloads", "schema payloads written", stats.schemas)
     f.counter("batch_splits", "batches split to fit max_bytes", stats.splits)
+    f.counter(
+        "spool_errors", "payloads the spool refused (disk full, I/O error)", stats.spool_errors
+    )
     f.counter("raw_bytes", "bytes of the frames read, as 16-byte SocketCAN frames", stats.raw_bytes)
     f.counter("payload_bytes", "bytes of the encoded payloads", stats.payload_bytes)
     spool = stats.spool

@@ -419,6 +419,7 @@ def _add_counters(a: PipelineStats | None, b: PipelineStats) -> PipelineStats:
         splits=a.splits + b.splits,
         raw_bytes=a.raw_bytes + b.raw_bytes,
         payload_bytes=a.payload_bytes + b.payload_bytes,
+        spool_errors=a.spool_errors + b.spool_errors,
         sources=_add_sources(a.sources, b.sources),
     )
 

@@ -95,6 +95,8 @@ class Pipeline:
         self.queue = FrameQueue(config.queue_frames)
         #: thread name -> the exception that ended it (for liveness checks)
         self.failures: dict[str, str] = {}
+        #: chunks whose processing raised (logged; the stream went on)
+        self.processing_errors = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._processing: threading.Thread | None = None
@@ -152,16 +154,20 @@ class Pipeline:
     def _process_loop(self) -> None:
         processor, queue = self.processor, self.queue
         while True:
-            chunk = queue.get(timeout=0.1)
-            if chunk is not None:
-                processor.process(chunk)
-            elif self._stop.is_set():
-                return
-            elif self.sources_finished():  # a replay ended: send its last batch now
-                processor.flush()
-                return
-            else:
-                processor.tick()
+            try:
+                chunk = queue.get(timeout=0.1)
+                if chunk is not None:
+                    processor.process(chunk)
+                elif self._stop.is_set():
+                    return
+                elif self.sources_finished():  # a replay ended: send its last batch now
+                    processor.flush()
+                    return
+                else:
+                    processor.tick()
+            except Exception:  # a bug must cost one chunk, not the whole stream
+                self.processing_errors += 1
+                log.exception("processing failed (%d so far); going on", self.processing_errors)
 
     def stop(self, drain_timeout: float = 0.0) -> None:
         """Stop reading, process what was read and close the open batch into the spool. When

@@ -8,6 +8,7 @@ builders that receive the stream id and sequence number the spool allocates.
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,12 +16,14 @@ from typing import Any
 
 import can
 
-from edge.batch import Batch, Batcher
+from edge.batch import COLUMN_BOUND, TIME_BOUND, Batch, Batcher, value_bound
 from edge.clock import Clock, SystemClock
 from edge.codec import KIND_DATA, KIND_SCHEMA, Codec
 from edge.config import Config
 from edge.database import load_databases
-from edge.decode import BusDecoder, Decoder, DecodeStats
+from edge.decode import EXTENDED_KEY as _EXTENDED
+from edge.decode import BusDecoder, Decoder, DecodeStats, Track
+from edge.errors import SpoolError
 from edge.payload import Payload
 from edge.sample import Selection
 from edge.schema import Schema, build_schema
@@ -46,6 +49,7 @@ class PipelineStats:
     splits: int
     raw_bytes: int
     payload_bytes: int
+    spool_errors: int = 0
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     spool: Any = None
     forwarder: Any = None
@@ -81,6 +85,21 @@ class Processor:
             for i, (name, db, j1939) in enumerate(databases)
         ]
         self.decoder = Decoder(self.bus_decoders)
+        self._tracks_by_bus = {b.name: (b.tracks, b) for b in self.bus_decoders}
+        self._pending: list[Track] = []  # tracks with pending rows (see _run)
+        # Estimate bounds per message (by schema index), tighter than the batcher's general
+        # ones: each value's bound from its signal's size, each pending row reserving them all.
+        self._value_bounds: list[list[int]] = []
+        for info in self.schema.messages:
+            message = databases[info.bus][1].get_message_by_name(info.name)
+            self._value_bounds.append(
+                [
+                    value_bound(message.get_signal_by_name(s.name).length, s.is_float)
+                    for s in info.signals
+                ]
+            )
+        self._row_bounds = [TIME_BOUND + sum(b) for b in self._value_bounds]
+        self._reserved = 0  # estimate reserved by pending rows
         batch = config.batch
         self.codec = Codec(
             batch.compression, batch.compression_level, batch.time_resolution, config.vehicle_id
@@ -90,7 +109,7 @@ class Processor:
             budget=batch.max_bytes,
             max_age=batch.max_age,
             ticks_per_second=self._ticks,
-            measure=lambda b: self.codec.measure(b, self.schema),
+            measure=self._measure,
             clock=self._clock,
         )
         self.samples = 0
@@ -101,7 +120,13 @@ class Processor:
         self.payload_bytes = 0
         self.last_time = 0.0  # timestamp of the newest frame processed
         self._schema_sent_at = -float("inf")
+        self.spool_errors = 0
+        self._spool_error_logged = -float("inf")
+        self._stream: str | None = None
         self._lock = threading.Lock()
+        self._slack = batch.max_bytes / 32
+        self._room = 0.0
+        self._rearm()
 
     def filters(self, bus: str) -> list[dict[str, Any]]:
         """python-can ``can_filters`` that let through only the selected messages of ``bus``."""
@@ -113,27 +138,203 @@ class Processor:
 
     def process(self, frames: Sequence[can.Message]) -> None:
         """Decode, sample and batch ``frames`` (closing batches as they fill or age)."""
-        decode = self.decoder.decode
-        batcher = self.batcher
-        ticks = self._ticks
         with self._lock:
             if self._clock.monotonic() - self._schema_sent_at >= self.config.batch.schema_interval:
                 self._send_schema()
-            for msg in frames:
-                track = decode(msg)
-                if track is None:
-                    continue
-                t = msg.timestamp
-                items = track.sampler.sample(t, track.values, track.repeated)
-                if items:
-                    self.samples += len(items)
-                    self.rows += 1
-                    if batcher.add(
-                        track.message_index, track.source_address, round(t * ticks), items
-                    ):
-                        self._close()
+            self._run(frames)
             if frames:
                 self.last_time = frames[-1].timestamp
+
+    def _run(self, frames: Sequence[can.Message]) -> None:
+        """The hot loop: :meth:`_process_one` (decode, sample, add) inlined for the common case.
+
+        A frame of a known bus and of a track whose sampling can be deferred (not multiplexed,
+        lossless on-change sampling: ``Track.deferred``) is handled here: a repeated payload
+        costs one comparison; a changed one is unpacked in one C call and, when its selected
+        values differ from the previous frame's, appended to the track's pending rows, which
+        :meth:`_settle` samples into the batch later, a column at a time (see TrackSampler).
+        Each pending row reserves its pessimistic size; when the reservations could have
+        brought the batch's estimate to its next measurement (``_room``), or the batch may be
+        old enough to close, :meth:`_check` settles and lets the batcher decide. Everything else
+        (error and remote frames, multiplexed messages, other lengths, heartbeats due, other
+        sampling modes) takes the plain steps. Both ways give the same rows
+        (tests/test_optimizations.py).
+
+        ``spent`` counts reservations not yet in ``_reserved``: it is flushed there before any
+        call that may settle or close, and ``room``/``age_due`` are read again after it.
+        """
+        decoder = self.decoder
+        buses = self._tracks_by_bus
+        skipped = decoder.skipped
+        batcher = self.batcher
+        bounds = self._row_bounds
+        pending = self._pending
+        handled = decoded = repeated = rows = spent = 0
+        room = self._room - self._reserved
+        age_due = batcher.age_due
+        try:
+            for msg in frames:
+                if msg.is_error_frame or msg.is_remote_frame:
+                    self._reserved += spent
+                    spent = 0
+                    self._process_one(msg)
+                    room, age_due = self._room - self._reserved, batcher.age_due
+                    continue
+                entry = buses.get(msg.channel)  # type: ignore[arg-type]
+                if entry is None:
+                    handled += 1
+                    skipped["unknown_bus"] += 1
+                    continue
+                tracks, bus = entry
+                arbitration_id = msg.arbitration_id
+                key = arbitration_id | _EXTENDED if msg.is_extended_id else arbitration_id
+                track = tracks.get(key)
+                if track is None:
+                    if key not in tracks:
+                        track = bus.track(arbitration_id, msg.is_extended_id)
+                        if track is not None and track.shared:
+                            self._reserved += spent
+                            spent = 0
+                            self._settle_all()  # the track it shares a group with stops deferring
+                            room, age_due = self._room - self._reserved, batcher.age_due
+                    if track is None:
+                        handled += 1
+                        skipped[bus.skip_reasons[key]] += 1
+                        continue
+                handled += 1
+                data = msg.data
+                t = msg.timestamp
+                if not track.deferred or len(data) != track.length:
+                    self._reserved += spent
+                    spent = 0
+                    if decoder.update(track, msg):
+                        self._sample(track, t)
+                    room, age_due = self._room - self._reserved, batcher.age_due
+                    continue
+                sampler = track.sampler
+                if data == track.payload:
+                    repeated += 1
+                    if t >= sampler.next_check:  # a heartbeat may be due
+                        self._reserved += spent
+                        spent = 0
+                        self._sample_now(track, t, True)
+                        room, age_due = self._room - self._reserved, batcher.age_due
+                    continue
+                decoded += 1
+                raw = track.raw = track.unpack(data)  # type: ignore[misc]
+                track.payload = bytes(data)
+                if t >= sampler.next_check:  # the first frame, or a heartbeat may be due
+                    self._reserved += spent
+                    spent = 0
+                    self._sample_now(track, t, False)
+                    room, age_due = self._room - self._reserved, batcher.age_due
+                    continue
+                select = sampler.select
+                selected = raw if select is None else select(raw)
+                if selected == sampler.last_raw:
+                    continue  # only bits of unselected signals changed
+                sampler.last_raw = selected
+                times = sampler.pending_times
+                if not times:
+                    if track.generation != batcher.generation:
+                        self._join(track)
+                        room = self._room - self._reserved - spent
+                    pending.append(track)
+                times.append(t)
+                sampler.pending_rows.append(selected)
+                rows += 1
+                spent += bounds[track.message_index]
+                if spent >= room or t >= age_due:
+                    self._reserved += spent
+                    spent = 0
+                    self._check(t)
+                    room, age_due = self._room - self._reserved, batcher.age_due
+        finally:
+            self._reserved += spent
+            decoder.frames += handled
+            decoder.decoded += decoded
+            decoder.repeated += repeated
+            self.rows += rows
+
+    def _process_one(self, msg: can.Message) -> None:
+        """Decode, sample and batch one frame, in plain steps (what :meth:`_run` inlines)."""
+        track = self.decoder.decode(msg)
+        if track is not None:
+            self._sample(track, msg.timestamp)
+
+    def _sample(self, track: Track, t: float) -> None:
+        """Sample the frame ``track`` was just updated with (the decoder's way)."""
+        if track.unpack is not None:
+            self._sample_now(track, t, track.repeated)
+            return
+        items = track.sampler.sample(t, track.values, track.repeated)
+        if items:
+            self._add(track, t, items)
+
+    def _sample_now(self, track: Track, t: float, repeated: bool) -> None:
+        """Sample the frame ``track`` just decoded (as a tuple) now, after its pending rows."""
+        if track.sampler.pending_rows:
+            self._settle(track)
+        items = track.sampler.sample_raw(t, track.raw, repeated)
+        if items:
+            self._add(track, t, items)
+
+    def _add(self, track: Track, t: float, items: list[tuple[int, Any]]) -> None:
+        self.samples += len(items)
+        self.rows += 1
+        tick = round(t * self._ticks)
+        if self.batcher.add(track.message_index, track.source_address, tick, items):
+            self._close()
+        else:
+            self._rearm()
+
+    def _join(self, track: Track) -> None:
+        """Give ``track`` its group in the open batch (the header of every column it may fill
+        goes into the estimate now)."""
+        track.group = self.batcher.group(track.message_index, track.source_address)
+        track.generation = self.batcher.generation
+        self.batcher.batch.estimate += COLUMN_BOUND * track.width
+        self._rearm()
+
+    def _settle(self, track: Track) -> None:
+        """Sample the pending rows of ``track`` into its group of the open batch."""
+        sampler = track.sampler
+        count = len(sampler.pending_rows)
+        sent, low, high = sampler.settle(track.group, self._ticks)
+        bounds = self._value_bounds[track.message_index]
+        values = sum(sent)
+        value_bytes = sum(map(operator.mul, sent, bounds))
+        self.batcher.batch.counted_rows(count, values, value_bytes, low, high)
+        self.samples += values
+        self._reserved -= count * self._row_bounds[track.message_index]
+        self._rearm()
+
+    def _settle_all(self) -> None:
+        for track in self._pending:
+            if track.sampler.pending_rows:
+                self._settle(track)
+        self._pending.clear()
+
+    def _check(self, t: float) -> None:
+        """Reservations reached ``_room``, or the batch may be old enough: settle if the estimate
+        may have reached the next measurement, then let the batcher decide (close or not)."""
+        if self._reserved >= self._room:
+            self._settle_all()
+        if self.batcher.check(round(t * self._ticks)):
+            self._close()
+        else:
+            self._rearm()
+
+    def _rearm(self) -> None:
+        """Room left for reservations before the next :meth:`_check` must settle: up to the next
+        measurement, plus a slack that lets reservations run ahead (a measurement may then come
+        at most ``slack`` estimate bytes late: well within the 5 % a batch keeps free)."""
+        batcher = self.batcher
+        self._room = batcher.next_measure + self._slack - batcher.batch.estimate
+
+    def _measure(self, batch: Batch) -> int:
+        self._settle_all()
+        return self.codec.measure(batch, self.schema)
 
     def tick(self) -> None:
         """Periodic housekeeping from the processing loop: close a batch a silent bus left open,
@@ -153,22 +354,43 @@ class Processor:
         codec, schema = self.codec, self.schema
         envelope = codec.envelope(None, schema)
         body = codec.schema_body(schema)
-        self._append(self._builder(KIND_SCHEMA, envelope, body))
-        self.schemas += 1
-        self._schema_sent_at = self._clock.monotonic()
+        if self._spool(KIND_SCHEMA, envelope, body):
+            self.schemas += 1
+            self._schema_sent_at = self._clock.monotonic()
 
-    def _builder(self, kind: int, envelope: dict[str, Any], body: bytes) -> Any:
-        """The payload builder the spool calls with the stream id and sequence it allocates."""
+    def _spool(self, kind: int, envelope: dict[str, Any], body: bytes) -> bool:
+        """Append one payload to the spool, which numbers it. A spool that refuses it (disk
+        full, I/O error) costs this payload only: it is counted and logged, and processing goes
+        on. A new stream (the spool file was replaced) gets the schema again at once."""
+        sizes: list[int] = []
+        new_stream = False
 
         def build(stream: str, seq: int) -> Payload:
+            nonlocal new_stream
+            new_stream = self._stream is not None and stream != self._stream
+            self._stream = stream
             payload = self.codec.payload(kind, envelope, body, stream, seq)
-            self.payload_bytes += len(payload.body)
+            sizes.append(len(payload.body))
             return payload
 
-        return build
+        try:
+            self._append(build)
+        except SpoolError as exc:
+            self.spool_errors += 1
+            now = self._clock.monotonic()
+            if now - self._spool_error_logged >= 60:
+                self._spool_error_logged = now
+                log.error("spool refused a payload (%d so far): %s", self.spool_errors, exc)
+            return False
+        self.payload_bytes += sizes[-1]
+        if new_stream and kind == KIND_DATA:
+            self._send_schema()
+        return True
 
     def _close(self) -> None:
+        self._settle_all()
         batch = self.batcher.take()
+        self._rearm()
         if batch is not None:
             self._write(batch)
 
@@ -182,8 +404,8 @@ class Processor:
             for half in batch.split():
                 self._write(half)
             return
-        self._append(self._builder(KIND_DATA, envelope, body))
-        self.batches += 1
+        if self._spool(KIND_DATA, envelope, body):
+            self.batches += 1
 
     def stats(self) -> PipelineStats:
         """A snapshot of the counters."""
@@ -198,4 +420,5 @@ class Processor:
             splits=self.splits,
             raw_bytes=decode.frames * RAW_FRAME_BYTES,
             payload_bytes=self.payload_bytes,
+            spool_errors=self.spool_errors,
         )

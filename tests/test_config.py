@@ -981,3 +981,14 @@ def test_cli_run_with_a_missing_config_exits_2_naming_the_file(tmp_path: Path) -
     assert result.returncode == 2, result.stderr
     assert str(path) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_vehicle_id_that_would_break_the_mqtt_topic_is_refused(tmp_path: Path) -> None:
+    data = {
+        "vehicle_id": "fleet/car+1",
+        "buses": [{"name": "can0", "dbc": [str(ROOT / "dbc" / "demo_vehicle.dbc")]}],
+        "uplink": {"type": "mqtt", "host": "localhost", "tls": False},
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, base_dir=str(tmp_path))
+    assert info.value.field == "vehicle_id"

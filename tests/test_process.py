@@ -16,6 +16,7 @@ from cantools.j1939 import pgn_from_frame_id
 
 from edge.codec import PayloadDecoder
 from edge.config import parse_config
+from edge.errors import SpoolError
 from edge.payload import Payload
 from edge.process import Processor
 from edge.source import ReplaySource
@@ -194,3 +195,50 @@ def test_unknown_ids_and_unmapped_channels_are_counted_not_fatal() -> None:
     assert stats.decode.skipped["unknown_id"] > 0
     assert stats.decode.skipped["unknown_bus"] > 0  # can128, the TX echo, is mapped to no bus
     assert stats.frames == len(frames)
+
+
+class FlakySpool(Collector):
+    """The append contract with a spool that refuses some payloads (disk full) and then starts
+    a new stream (its file was replaced)."""
+
+    def __init__(self, refuse: set[int], new_stream_at: int) -> None:
+        super().__init__()
+        self.calls = 0
+        self.refuse = refuse
+        self.new_stream_at = new_stream_at
+
+    def __call__(self, build: Any) -> int:
+        self.calls += 1
+        if self.calls in self.refuse:
+            raise SpoolError("disk full")
+        stream = "first" if self.calls < self.new_stream_at else "second"
+        seq = sum(1 for p in self.payloads if p.properties["stream"] == stream)
+        self.payloads.append(build(stream, seq))
+        return seq
+
+
+def test_a_refused_append_costs_one_payload_and_a_new_stream_gets_its_schema() -> None:
+    from edge.simulate import DEMO_DBC, VehicleSimulator
+
+    config = parse_config(
+        {"buses": [{"name": "can0", "dbc": [str(DEMO_DBC)]}], "batch": {"max_age": 1.0}}
+    )
+    spool = FlakySpool(refuse={3, 4}, new_stream_at=8)
+    processor = Processor(config, spool)
+    frames = list(VehicleSimulator(seed=2, start_time=1000.0, channel="can0").frames(12))
+    processor.process(frames)
+    processor.flush()
+    stats = processor.stats()
+    assert stats.spool_errors == 2
+    assert stats.payload_bytes == sum(len(p.body) for p in spool.payloads)
+    kinds = [(p.properties["stream"], p.properties["kind"]) for p in spool.payloads]
+    assert kinds[0] == ("first", "schema")
+    second = [kind for stream, kind in kinds if stream == "second"]
+    assert second[:2] == ["data", "schema"]  # the new stream's schema follows at once
+    decoder = PayloadDecoder()
+    rows = [
+        r
+        for p in sorted(spool.payloads, key=lambda p: p.properties["kind"] != "schema")
+        for r in decoder.rows(p.body)
+    ]
+    assert 0 < len(rows) < stats.samples  # the two refused batches are the only loss
