@@ -20,14 +20,35 @@ from typing import Any
 
 from edge.clock import Clock, SystemClock
 
-__all__ = ["Batch", "Batcher", "Group"]
+__all__ = ["COLUMN_BOUND", "TIME_BOUND", "Batch", "Batcher", "Group", "value_bound"]
 
 #: Upper bounds, in msgpack bytes, of one time delta and one (row delta, value) pair.
-_TIME_BOUND = 9
+TIME_BOUND = _TIME_BOUND = 9
 _VALUE_BOUND = 18
 _GROUP_BOUND = 24
 #: Timestamps above this are seconds since the epoch (after 2001-09-09); below, relative time.
 EPOCH_THRESHOLD = 1e9
+
+
+#: Upper bound of the header of one column in a group: [index, rows | nil, values].
+COLUMN_BOUND = 14
+
+
+def value_bound(length: int, is_float: bool) -> int:
+    """A tighter upper bound, in msgpack bytes, than the general one of a (row delta, value)
+    pair of a signal of ``length`` bits: row numbers stay below 2**32 (5 bytes); an integer
+    signal's deltas lie within +-(2**length - 1); a float goes as a float64."""
+    if is_float or length >= 32:
+        size = 9
+    elif length <= 5:
+        size = 1
+    elif length <= 7:
+        size = 2
+    elif length <= 15:
+        size = 3
+    else:
+        size = 5
+    return 5 + size
 
 
 class Group:
@@ -77,12 +98,20 @@ class Batch:
 
     def add(self, message_index: int, source_address: int | None, tick: int, items: Any) -> None:
         """Add one row of ``(signal index, raw value)`` items for a message."""
+        n = self.group(message_index, source_address).add(tick, items)
+        self.counted(tick, n)
+
+    def group(self, message_index: int, source_address: int | None) -> Group:
+        """The group of a message (and source address), created empty on first use."""
         key = (message_index, source_address)
         group = self.groups.get(key)
         if group is None:
             group = self.groups[key] = Group()
             self.estimate += _GROUP_BOUND
-        n = group.add(tick, items)
+        return group
+
+    def counted(self, tick: int, n: int) -> None:
+        """Account for a row of ``n`` values at ``tick`` added to one of the groups."""
         self.values += n
         self.estimate += _TIME_BOUND + _VALUE_BOUND * n
         if self.first_tick is None:
@@ -91,6 +120,17 @@ class Batch:
             self.min_tick = tick
         if tick > self.max_tick:
             self.max_tick = tick
+
+    def counted_rows(self, rows: int, values: int, value_bytes: int, low: int, high: int) -> None:
+        """Account for ``rows`` rows holding ``values`` values (bounded by ``value_bytes``), with
+        ticks from ``low`` to ``high``, added to the groups at once (``first_tick`` is set by
+        whoever adds the first row: see :meth:`Batcher.check`)."""
+        self.values += values
+        self.estimate += _TIME_BOUND * rows + value_bytes
+        if low < self.min_tick:
+            self.min_tick = low
+        if high > self.max_tick:
+            self.max_tick = high
 
     def split(self) -> tuple[Batch, Batch]:
         """Two batches holding the rows before and from the middle of the time range."""
@@ -133,13 +173,20 @@ class Batcher:
     ) -> None:
         self._budget = budget
         self._max_age = max_age
+        self._ticks_per_second = ticks_per_second
         self._age_ticks = max_age * ticks_per_second
         self._measure = measure
         self._clock = clock or SystemClock()
         self._batch = Batch(self._clock.monotonic())
-        self._next_measure: float = budget
+        #: the estimate at which the open batch is measured next
+        self.next_measure: float = budget
+        #: a frame time before which the open batch cannot be old enough to close
+        self.age_due = -math.inf
         self._full = False
         self.measurements = 0
+        #: increases each time a batch is taken (rows added directly to a group of the open batch
+        #: must know when that batch is gone)
+        self.generation = 0
 
     @property
     def batch(self) -> Batch:
@@ -148,19 +195,40 @@ class Batcher:
 
     def add(self, message_index: int, source_address: int | None, tick: int, items: Any) -> bool:
         """Add a row; returns True when the batch should now be closed (full or old)."""
+        n = self.group(message_index, source_address).add(tick, items)
+        return self.added(tick, n)
+
+    def group(self, message_index: int, source_address: int | None) -> Group:
+        """The group of the open batch for a message (and source address); the caller adds one
+        row to it and then calls :meth:`added`."""
         batch = self._batch
         if not batch.groups:
             batch.opened_at = self._clock.monotonic()
-        batch.add(message_index, source_address, tick, items)
-        if batch.estimate >= self._next_measure:
+        return batch.group(message_index, source_address)
+
+    def added(self, tick: int, n: int) -> bool:
+        """Account for a row of ``n`` values at ``tick`` just added to a group of the open batch;
+        returns True when the batch should now be closed (full or old)."""
+        self._batch.counted(tick, n)
+        return self.check(tick)
+
+    def check(self, tick: int) -> bool:
+        """Whether the open batch should close now that it holds rows up to ``tick`` (measuring
+        it when its estimate has reached :attr:`next_measure`). Rows that are only reserved in
+        the estimate (added later) count from their first one: it sets ``first_tick``."""
+        batch = self._batch
+        if batch.first_tick is None:
+            batch.first_tick = tick
+        if batch.estimate >= self.next_measure:
             self.measurements += 1
             size = self._measure(batch)
             if size >= self._budget * 0.95:
                 self._full = True
             else:
-                self._next_measure = batch.estimate + (self._budget * 0.95 - size)
-        first = batch.first_tick if batch.first_tick is not None else tick
-        return self._full or tick - first >= self._age_ticks
+                self.next_measure = batch.estimate + (self._budget * 0.95 - size)
+        # 1 tick of margin for rounding: a lower bound, checked exactly here
+        self.age_due = (batch.first_tick + self._age_ticks - 1) / self._ticks_per_second
+        return self._full or tick - batch.first_tick >= self._age_ticks
 
     def expired(self) -> bool:
         """Whether the open batch is older than max age in wall time (a silent bus)."""
@@ -171,6 +239,8 @@ class Batcher:
         """Close the open batch and return it (None when empty); a new one opens."""
         batch = self._batch
         self._batch = Batch(self._clock.monotonic())
-        self._next_measure = float(self._budget)
+        self.generation += 1
+        self.next_measure = float(self._budget)
+        self.age_due = -math.inf
         self._full = False
         return batch if batch.groups else None

@@ -1,26 +1,141 @@
-"""Loading CAN databases (DBC, ARXML, KCD, SYM) with cantools, with errors a user can act on."""
+"""Loading CAN databases (DBC, ARXML, KCD, SYM) with cantools, with errors a user can act on.
+
+Parsing a large database takes cantools tens of milliseconds (a few hundred on a small ARM
+board), at every start. A database that took at least ``CACHE_MIN_SECONDS`` to parse is therefore
+kept as a pickle in a cache folder (:func:`cache_dir`), under a name made of the SHA-256 of the
+file's bytes, the strict flag, the file's suffix, and the cantools and Python versions: an edited
+file, another cantools or Python never reads a stale entry. An entry that cannot be read back
+(truncated, corrupt, from a class that changed) is ignored, removed and rebuilt. The folder is
+created private (0700) and is not used when it belongs to another user or others may write to it,
+since unpickling runs code. Caching is best effort: any error there only costs the parse.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
+import pickle
+import sys
+import tempfile
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import cantools
 from cantools.database.can import Database
 
 from edge.errors import DatabaseLoadError
 
-__all__ = ["load_database", "load_databases"]
+__all__ = ["CACHE_MIN_SECONDS", "cache_dir", "load_database", "load_databases"]
 
 log = logging.getLogger(__name__)
 
+#: Databases that parse faster than this are not worth a cache entry.
+CACHE_MIN_SECONDS = 0.02
+#: Bumped when what is cached changes.
+_CACHE_FORMAT = 1
+#: Environment variable naming the cache folder; empty disables the cache.
+CACHE_ENV = "CAN_TELEMETRY_CACHE_DIR"
 
-def load_database(path: str | os.PathLike[str], *, strict: bool = True) -> Database:
+
+def cache_dir() -> Path | None:
+    """Where parsed databases are cached: ``$CAN_TELEMETRY_CACHE_DIR`` (empty: no cache), else
+    ``$XDG_CACHE_HOME/can-telemetry``, else ``~/.cache/can-telemetry``."""
+    configured = os.environ.get(CACHE_ENV)
+    if configured is not None:
+        return Path(configured) if configured else None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "can-telemetry"
+
+
+def _cache_key(content: bytes, name: str, strict: bool) -> str:
+    digest = hashlib.sha256(content).hexdigest()
+    suffix = Path(name).suffix.lower().lstrip(".") or "none"
+    python = f"{sys.version_info[0]}{sys.version_info[1]}"
+    return (
+        f"{digest}-{'strict' if strict else 'relaxed'}-{suffix}"
+        f"-cantools{cantools.__version__}-py{python}-v{_CACHE_FORMAT}.pickle"
+    )
+
+
+def _private_folder(folder: Path, create: bool) -> bool:
+    """Whether ``folder`` is ours alone (created 0700 if ``create``)."""
+    try:
+        if create:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = folder.stat()
+    except OSError:
+        return False
+    owner_ok = not hasattr(os, "getuid") or info.st_uid == os.getuid()
+    return owner_ok and not info.st_mode & 0o022
+
+
+def _cached(folder: Path | None, key: str) -> Database | None:
+    if folder is None:
+        return None
+    entry = folder / key
+    try:
+        blob = entry.read_bytes()
+    except OSError:
+        return None
+    if not _private_folder(folder, create=False):
+        log.warning("database cache %s is not private to this user: not used", folder)
+        return None
+    try:
+        db = pickle.loads(blob)
+        if not isinstance(db, Database):
+            raise TypeError(f"not a cantools Database: {type(db).__name__}")
+    except Exception as exc:  # anything a damaged or foreign pickle raises
+        log.warning("database cache entry %s is unreadable (%s): rebuilding it", entry, exc)
+        entry.unlink(missing_ok=True)
+        return None
+    return db
+
+
+def _store(folder: Path | None, key: str, db: Database) -> None:
+    if folder is None or not _private_folder(folder, create=True):
+        return
+    try:
+        blob = pickle.dumps(db, protocol=pickle.HIGHEST_PROTOCOL)
+        fd, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pickle")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(blob)
+            os.replace(temporary, folder / key)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+    except Exception as exc:  # a full disk, a read-only home, an unpicklable object...
+        log.debug("database not cached in %s: %s", folder, exc)
+
+
+def load_database(
+    path: str | os.PathLike[str],
+    *,
+    strict: bool = True,
+    cache: Path | bool | None = True,
+) -> Database:
     """Load one CAN database file. Any failure (missing file, syntax error, overlapping signals in
     strict mode, an ARXML that is not a CAN database) raises :class:`DatabaseLoadError` naming the
-    file and cantools' reason."""
+    file and cantools' reason.
+
+    ``cache``: True for the default cache folder (:func:`cache_dir`), a folder, or False/None for
+    no cache (see the module docstring)."""
     name = os.fspath(path)
+    folder = cache_dir() if cache is True else (cache or None)
+    content: bytes | None = None
+    if folder is not None:
+        # Missing, a folder, unreadable: cantools reports it below, as without a cache.
+        with contextlib.suppress(OSError):
+            content = Path(name).read_bytes()
+    key = _cache_key(content, name, strict) if content is not None else ""
+    if content is not None:
+        cached = _cached(folder, key)
+        if cached is not None:
+            return cached
+    started = time.perf_counter()
     try:
         db = cantools.database.load_file(name, strict=strict, database_format=None)
     except FileNotFoundError as exc:
@@ -38,6 +153,8 @@ def load_database(path: str | os.PathLike[str], *, strict: bool = True) -> Datab
         raise DatabaseLoadError(name, reason) from exc
     if not isinstance(db, Database):
         raise DatabaseLoadError(name, "not a CAN database (a diagnostics database?)")
+    if content is not None and time.perf_counter() - started >= CACHE_MIN_SECONDS:
+        _store(folder, key, db)
     return db
 
 

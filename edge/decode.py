@@ -6,6 +6,15 @@ the cloud applies scale and offset from the schema, so nothing is lost to float 
 remembers the last payload, so a frame that repeats its predecessor (most CAN frames do) is not
 decoded again.
 
+Speed. ``Message.decode`` spends most of its time around the decoding rather than in it (length
+checks, merging dicts, a Python loop over the signals to apply scaling we do not want). A track
+therefore decodes with cantools' own compiled ``bitstruct`` layout directly: for a message that is
+not multiplexed, one C call returns a tuple of every raw value (:func:`tuple_decoder`); for a
+multiplexed one, :func:`dict_decoder` walks cantools' codec tree without the extra work. Both give
+exactly what ``message.decode(data, False, False)`` gives (checked when the track is created, and
+over the corpus by tests/test_optimizations.py); any message they do not cover, or that fails the
+check, is decoded by cantools itself.
+
 Frames that cannot be decoded are counted by reason and skipped; the stream never stops for a bad
 frame. Reasons: ``error_frame``, ``remote_frame``, ``unknown_id`` (not in the database),
 ``not_selected`` (no signal of it is kept), ``short_frame``, ``decode_error`` (e.g. a multiplexer
@@ -15,11 +24,14 @@ value the database does not define), ``unknown_bus``.
 from __future__ import annotations
 
 import logging
+import math
+import random
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+import bitstruct  # type: ignore[import-untyped]
 import can
 from cantools.database.can import Database, Message
 from cantools.database.errors import DecodeError
@@ -27,9 +39,206 @@ from cantools.database.errors import DecodeError
 from edge.sample import Policy, Selection, TrackSampler
 from edge.schema import MessageInfo, Schema
 
-__all__ = ["BusDecoder", "DecodeStats", "Decoder", "Track"]
+__all__ = ["BusDecoder", "DecodeStats", "Decoder", "Track", "dict_decoder", "tuple_decoder"]
 
 log = logging.getLogger(__name__)
+
+RawValues = dict[str, Any]
+TupleDecoder = Callable[[bytes | bytearray], tuple[Any, ...]]
+DictDecoder = Callable[[bytes | bytearray], RawValues]
+
+
+# --- raw decoding straight from cantools' compiled layout -------------------------------------
+
+
+def _start_bit(signal: Any) -> int:
+    """Network-order start bit (cantools.database.utils.start_bit)."""
+    start = int(signal.start)
+    if signal.byte_order == "big_endian":
+        return 8 * (start // 8) + (7 - (start % 8))
+    return start
+
+
+def _field(signal: Any) -> str:
+    kind = "f" if signal.conversion.is_float else "s" if signal.is_signed else "u"
+    return f"{kind}{signal.length}"
+
+
+def _layouts(signals: Sequence[Any], length: int) -> tuple[tuple[str, list[str]], ...]:
+    """The two bitstruct layouts cantools compiles for ``signals`` in a ``length``-byte frame
+    (``create_encode_decode_formats``): big-endian signals read from the payload as it is,
+    little-endian ones from the reversed payload; same fields, same padding, same order."""
+    total = 8 * length
+    big: list[str] = []
+    big_names: list[str] = []
+    start = 0
+    for signal in sorted((s for s in signals if s.byte_order == "big_endian"), key=_start_bit):
+        if _start_bit(signal) - start > 0:
+            big.append(f"p{_start_bit(signal) - start}")
+        big.append(_field(signal))
+        big_names.append(signal.name)
+        start = _start_bit(signal) + signal.length
+    if start < total:
+        big.append(f"p{total - start}")
+    little: list[str] = []
+    little_names: list[str] = []
+    end = total
+    for signal in reversed(signals):
+        if signal.byte_order == "big_endian":
+            continue
+        if end - (signal.start + signal.length) > 0:
+            little.append(f"p{end - (signal.start + signal.length)}")
+        little.append(_field(signal))
+        little_names.append(signal.name)
+        end = signal.start
+    if end > 0:
+        little.append(f"p{end}")
+    return ("".join(big), big_names), ("".join(little), little_names)
+
+
+def _compile(layout: str) -> Any:
+    """Compiled as cantools compiles it: with the C module, or pure Python for what it refuses."""
+    try:
+        import bitstruct.c  # type: ignore[import-untyped]
+
+        return bitstruct.c.compile(layout)
+    except Exception:
+        return bitstruct.compile(layout)
+
+
+def _root_codec(message: Message) -> dict[str, Any] | None:
+    """cantools' codec tree of ``message`` (a private attribute: None if it is not as expected)."""
+    codec = getattr(message, "_codecs", None)
+    if not isinstance(codec, dict) or not {"signals", "formats", "multiplexers"} <= codec.keys():
+        return None
+    return codec
+
+
+def _same_values(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Equal raw values, of equal types, NaN equal to NaN."""
+    if a.keys() != b.keys():
+        return False
+    for name, x in a.items():
+        y = b[name]
+        if type(x) is not type(y):
+            return False
+        if x != y and not (isinstance(x, float) and math.isnan(x) and math.isnan(y)):
+            return False
+    return True
+
+
+def _probes(length: int) -> list[bytes]:
+    rng = random.Random(length)
+    fixed = [bytes(length), b"\xff" * length, b"\x55" * length, b"\xaa" * length]
+    return [*fixed, bytes(range(1, length + 1)), *(rng.randbytes(length) for _ in range(8))]
+
+
+def _agrees(message: Message, decode: DictDecoder) -> bool:
+    """Whether ``decode`` gives what cantools gives on a few payloads (errors included)."""
+    for data in _probes(message.length):
+        try:
+            expected = cast(RawValues, message.decode(data, False, False))
+        except DecodeError:
+            try:
+                decode(data)
+            except DecodeError:
+                continue
+            return False
+        try:
+            got = decode(data)
+        except DecodeError:
+            return False
+        if not _same_values(got, expected):
+            return False
+    return True
+
+
+def tuple_decoder(message: Message) -> tuple[TupleDecoder, tuple[str, ...]] | None:
+    """``(decode, names)`` where ``decode(data)`` returns the raw value of every signal of
+    ``message`` as a tuple, ``names`` in the same order, for a payload of exactly
+    ``message.length`` bytes: ``dict(zip(names, decode(data))) == message.decode(data, False,
+    False)``. None for a multiplexed or container message, or one the fast path does not
+    reproduce exactly (cantools then decodes it)."""
+    codec = _root_codec(message)
+    if codec is None or codec["multiplexers"] or message.is_container or not message.signals:
+        return None
+    try:
+        (big, big_names), (little, little_names) = _layouts(codec["signals"], message.length)
+        unpack_big = _compile(big).unpack
+        unpack_little = _compile(little).unpack
+    except Exception:
+        return None
+    decode: TupleDecoder
+    if not little_names:
+        decode = unpack_big
+    elif not big_names:
+
+        def decode(data: bytes | bytearray) -> tuple[Any, ...]:
+            return unpack_little(data[::-1])  # type: ignore[no-any-return]
+
+    else:
+
+        def decode(data: bytes | bytearray) -> tuple[Any, ...]:
+            return unpack_big(data) + unpack_little(data[::-1])  # type: ignore[no-any-return]
+
+    names = (*big_names, *little_names)
+
+    def as_dict(data: bytes | bytearray) -> RawValues:
+        return dict(zip(names, decode(data), strict=True))
+
+    if not _agrees(message, as_dict):
+        log.debug("%s: fast decoding differs from cantools; cantools decodes it", message.name)
+        return None
+    return decode, names
+
+
+def dict_decoder(message: Message) -> DictDecoder:
+    """``decode(data)`` equal to ``message.decode(data, False, False)`` for a payload of exactly
+    ``message.length`` bytes (DecodeError for a multiplexer value the database does not define),
+    walking cantools' codec tree without its per-signal scaling loop. Falls back to cantools'
+    ``decode`` when the tree is not as expected or the result would differ."""
+    codec = _root_codec(message)
+
+    def plain(data: bytes | bytearray) -> RawValues:
+        return cast(RawValues, message.decode(bytes(data), False, False))
+
+    if codec is None or message.is_container:
+        return plain
+
+    def compile_node(node: dict[str, Any]) -> tuple[Any, Any, list[tuple[str, dict[int, Any]]]]:
+        # Only the unpackers that have signals to read (every node has both layouts).
+        orders = {signal.byte_order for signal in node["signals"]}
+        big = node["formats"].big_endian.unpack if "big_endian" in orders else None
+        little = node["formats"].little_endian.unpack if "little_endian" in orders else None
+        muxes = [
+            (signal, {value: compile_node(child) for value, child in children.items()})
+            for signal, children in node["multiplexers"].items()
+        ]
+        return big, little, muxes
+
+    def walk(node: tuple[Any, Any, list[tuple[str, dict[int, Any]]]], data: Any) -> RawValues:
+        big, little, muxes = node
+        try:
+            values: RawValues = big(data) if big is not None else {}
+            if little is not None:
+                values.update(little(data[::-1]))
+        except (ValueError, bitstruct.Error) as exc:
+            raise DecodeError("unpacking failed") from exc
+        for signal, children in muxes:
+            mux = int(values[signal])
+            child = children.get(mux)
+            if child is None:
+                raise DecodeError(f"undefined multiplexer value {mux} of {signal}")
+            values.update(walk(child, data))
+        return values
+
+    root = compile_node(codec)
+
+    def fast(data: bytes | bytearray) -> RawValues:
+        return walk(root, data)
+
+    return fast if _agrees(message, fast) else plain
+
 
 def pgn_from_frame_id(frame_id: int) -> int:
     """The J1939 parameter group number of a 29-bit frame ID: extended data page, data page, PDU
@@ -39,22 +248,40 @@ def pgn_from_frame_id(frame_id: int) -> int:
     return (frame_id >> 8) & 0x30000 | pdu_format << 8 | pdu_specific
 
 
-_EXTENDED = 1 << 29  # key bit that keeps 11-bit and 29-bit IDs with the same number apart
+#: Bit set in track keys of 29-bit IDs: keeps 11-bit and 29-bit IDs with the same number apart.
+EXTENDED_KEY = 1 << 29
+_EXTENDED = EXTENDED_KEY
 _J1939_PGN_MASK = 0x3FFFF00
 
 
 class Track:
-    """One message as seen on one bus (and one J1939 source address)."""
+    """One message as seen on one bus (and one J1939 source address).
+
+    The last decoded values are ``raw``, a tuple in ``names`` order, when the message has a tuple
+    decoder (``unpack``: not multiplexed), else a dict; ``values`` gives them as a dict either
+    way. ``deferred`` says the Processor may defer its sampling (see TrackSampler); it does not
+    for a track that shares its batch group with another (``shared``: J1939 frames of one PGN
+    and source address with different priorities), whose rows must interleave in frame order.
+    ``group`` and ``generation`` are the Processor's place for this track in the open batch.
+    """
 
     __slots__ = (
+        "_values",
         "decode",
+        "deferred",
+        "generation",
+        "group",
         "length",
         "message_index",
+        "names",
         "payload",
+        "raw",
         "repeated",
         "sampler",
+        "shared",
         "source_address",
-        "values",
+        "unpack",
+        "width",
     )
 
     def __init__(
@@ -63,15 +290,44 @@ class Track:
         message_index: int,
         sampler: TrackSampler,
         source_address: int | None,
+        decoders: tuple[DictDecoder, tuple[TupleDecoder, tuple[str, ...]] | None] | None = None,
     ) -> None:
-        self.decode: Any = message.decode
+        if decoders is None:
+            decoders = (dict_decoder(message), tuple_decoder(message))
+        self.decode: DictDecoder = decoders[0]
+        self.unpack: TupleDecoder | None = None
+        self.names: tuple[str, ...] = ()
+        if decoders[1] is not None:
+            self.unpack, self.names = decoders[1]
         self.length: int = message.length
         self.message_index = message_index
         self.sampler = sampler
         self.source_address = source_address
         self.payload: bytes | bytearray | None = None
         self.repeated = False
-        self.values: dict[str, Any] = {}
+        self.raw: tuple[Any, ...] = ()
+        self._values: RawValues = {}
+        self.width = sampler.width  # selected signals
+        self.deferred = self.unpack is not None and sampler.fast
+        self.shared = False
+        self.group: Any = None
+        self.generation = -1
+
+    @property
+    def values(self) -> RawValues:
+        """The raw value of each signal of the last decoded payload (multiplexed signals that
+        were absent from it are missing)."""
+        if self.unpack is not None:
+            return dict(zip(self.names, self.raw, strict=True)) if self.raw else {}
+        return self._values
+
+    def decode_payload(self, data: bytes | bytearray) -> None:
+        """Decode a payload of exactly ``length`` bytes into ``raw`` or ``values``. Raises
+        DecodeError."""
+        if self.unpack is not None:
+            self.raw = self.unpack(data)
+        else:
+            self._values = self.decode(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +357,13 @@ class BusDecoder:
         self._db = database
         self._j1939 = j1939
         self._selection = selection
-        self._tracks: dict[int, Track | None] = {}
-        self._skipped_reason: dict[int, str] = {}
+        #: key (frame ID, with bit 29 set for extended IDs) -> its track, or None when its
+        #: frames are skipped for the reason in ``skip_reasons``. Read by the Processor's loop.
+        self.tracks: dict[int, Track | None] = {}
+        self.skip_reasons: dict[int, str] = {}
+        self._decoders: dict[int, tuple[DictDecoder, tuple[TupleDecoder, tuple[str, ...]] | None]]
+        self._decoders = {}
+        self._group_tracks: dict[tuple[int, int | None], Track] = {}
         # Schema index of each selected message of this bus, by cantools message.
         self._selected: dict[int, tuple[int, MessageInfo]] = {}
         by_name = {m.name: m for m in database.messages}
@@ -132,8 +393,8 @@ class BusDecoder:
     def track(self, arbitration_id: int, extended: bool) -> Track | None:
         """The track of a frame ID (created on first sight), or None (reason recorded)."""
         key = arbitration_id | _EXTENDED if extended else arbitration_id
-        if key in self._tracks:
-            return self._tracks[key]
+        if key in self.tracks:
+            return self.tracks[key]
         message: Message | None = None
         source_address: int | None = None
         try:
@@ -148,9 +409,9 @@ class BusDecoder:
             source_address = arbitration_id & 0xFF
         track: Track | None = None
         if message is None:
-            self._skipped_reason[key] = "unknown_id"
+            self.skip_reasons[key] = "unknown_id"
         elif id(message) not in self._selected:
-            self._skipped_reason[key] = "not_selected"
+            self.skip_reasons[key] = "not_selected"
         else:
             index, info = self._selected[id(message)]
             policies: list[Policy] = []
@@ -160,14 +421,29 @@ class BusDecoder:
                 )
                 assert policy is not None  # the schema holds selected signals only
                 policies.append(policy)
-            track = Track(message, index, TrackSampler(info, policies), source_address)
-        self._tracks[key] = track
+            decoders = self._decoders.get(id(message))
+            if decoders is None:  # shared by the tracks of one message (J1939 source addresses)
+                decoders = self._decoders[id(message)] = (
+                    dict_decoder(message),
+                    tuple_decoder(message),
+                )
+            sampler = TrackSampler(info, policies)
+            if decoders[1] is not None:
+                names = decoders[1][1]
+                position = {name: i for i, name in enumerate(names)}
+                sampler.bind([position[s.name] for s in info.signals], len(names))
+            track = Track(message, index, sampler, source_address, decoders)
+            other = self._group_tracks.setdefault((index, source_address), track)
+            if other is not track:
+                other.shared = track.shared = True
+                other.deferred = track.deferred = False
+        self.tracks[key] = track
         return track
 
     def skip_reason(self, arbitration_id: int, extended: bool) -> str:
         """Why frames with this ID are skipped."""
         key = arbitration_id | _EXTENDED if extended else arbitration_id
-        return self._skipped_reason.get(key, "unknown_id")
+        return self.skip_reasons.get(key, "unknown_id")
 
 
 class Decoder:
@@ -203,23 +479,30 @@ class Decoder:
         if track is None:
             self.skipped[bus.skip_reason(msg.arbitration_id, msg.is_extended_id)] += 1
             return None
+        return track if self.update(track, msg) else None
+
+    def update(self, track: Track, msg: can.Message) -> bool:
+        """Decode ``msg``, a frame of ``track`` (already counted in ``frames``), as
+        :meth:`decode` does; False when it is skipped (counted by reason)."""
         data = msg.data
         if data == track.payload:
             self.repeated += 1
             track.repeated = True
-            return track
-        if len(data) < track.length:
-            self.skipped["short_frame"] += 1
-            return None
+            return True
+        if len(data) != track.length:
+            if len(data) < track.length:
+                self.skipped["short_frame"] += 1
+                return False
+            data = data[: track.length]  # as cantools: bytes beyond the message are ignored
         try:
-            track.values = track.decode(data, False, False)
+            track.decode_payload(data)
         except DecodeError:
             self.skipped["decode_error"] += 1
-            return None
-        track.payload = bytes(data)
+            return False
+        track.payload = bytes(msg.data)
         track.repeated = False
         self.decoded += 1
-        return track
+        return True
 
     def stats(self) -> DecodeStats:
         """A snapshot of the counters."""
