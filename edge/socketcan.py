@@ -9,15 +9,24 @@ only with the next frame that gets through; ``SO_MEMINFO`` reads the total at an
 
 :class:`DropCountingReceiver` reads frames from a bus's socket itself (as python-can's
 ``capture_message`` does) and returns each as a :class:`can.Message` with that total. Read a
-socket through it *or* through the bus, not both. Linux only; the module imports everywhere.
+socket through it *or* through the bus, not both. :class:`DropCounter` adds those totals up over
+the sockets a source opens in turn.
+
+The rest is what a long-running reader needs around python-can's bus: :func:`set_receive_buffer`
+(the default buffer holds only a few hundred frames), :func:`link_is_up` (the interface's
+administrative state), :func:`require_interface` and :func:`close_unbound_socket` (opening a bus
+on a missing interface). Linux only; the module imports everywhere.
 """
 
 from __future__ import annotations
 
+import errno
 import select
 import socket
 import struct
 import time
+import traceback
+from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import can
@@ -25,10 +34,19 @@ import can
 if TYPE_CHECKING:
     from can.interfaces.socketcan import SocketcanBus
 
-__all__ = ["DropCountingReceiver", "ReceivedFrame"]
+__all__ = [
+    "DropCounter",
+    "DropCountingReceiver",
+    "ReceivedFrame",
+    "close_unbound_socket",
+    "link_is_up",
+    "require_interface",
+    "set_receive_buffer",
+]
 
 # <asm-generic/socket.h> and <linux/sock_diag.h>; Python's socket module does not name them.
 _SO_TIMESTAMP = 29  # struct timeval
+_SO_RCVBUFFORCE = 33  # SO_RCVBUF beyond net.core.rmem_max; needs CAP_NET_ADMIN
 _SO_TIMESTAMPNS = 35  # struct timespec
 _SO_RXQ_OVFL = 40  # uint32: frames dropped so far
 _SO_MEMINFO = 55  # uint32[SK_MEMINFO_VARS]
@@ -45,6 +63,8 @@ _CANFD_ESI = 0x02
 _CAN_MTU = 16
 _CANFD_MTU = 72
 _CAN_MAX_DLEN = 8
+_IFF_UP = 0x1  # <linux/if.h>
+_COUNTER_WRAP = 1 << 32
 # can_id, len, flags (FD only), padding, len8_dlc (classic only), then the data at offset 8
 _FRAME_HEADER = struct.Struct("=IBB1xB")
 _TIME_PAIR = struct.Struct("@ll")  # timeval and timespec alike: seconds, then µs or ns
@@ -88,12 +108,23 @@ class DropCountingReceiver:
             raise can.CanOperationError(f"cannot enable SO_RXQ_OVFL: {exc}", exc.errno) from exc
 
     def recv(self, timeout: float | None = None) -> ReceivedFrame | None:
-        """The next frame, or None if none arrives within ``timeout`` seconds (None: wait)."""
+        """The next frame, or None if none arrives within ``timeout`` seconds (None: wait).
+
+        A pending socket error (``ENETDOWN`` after the link went down, ``ENODEV`` after it was
+        deleted) is raised before any frame still queued, once."""
         try:
-            readable, _, _ = select.select([self._socket], [], [], timeout)
-            if not readable:
-                return None
-            frame, ancillary, flags, address = self._socket.recvmsg(_CANFD_MTU, _ANCILLARY_SIZE)
+            if timeout == 0:  # what is queued already: one system call, not two
+                try:
+                    frame, ancillary, flags, address = self._socket.recvmsg(
+                        _CANFD_MTU, _ANCILLARY_SIZE, socket.MSG_DONTWAIT
+                    )
+                except BlockingIOError:
+                    return None
+            else:
+                readable, _, _ = select.select([self._socket], [], [], timeout)
+                if not readable:
+                    return None
+                frame, ancillary, flags, address = self._socket.recvmsg(_CANFD_MTU, _ANCILLARY_SIZE)
         except OSError as exc:
             raise can.CanOperationError(f"cannot receive: {exc.strerror}", exc.errno) from exc
 
@@ -128,6 +159,89 @@ class DropCountingReceiver:
             raise can.CanOperationError(f"cannot read SO_MEMINFO: {exc}", exc.errno) from exc
         (dropped,) = _DROP_COUNTER.unpack_from(meminfo, 4 * _SK_MEMINFO_DROPS)
         return int(dropped)
+
+
+class DropCounter:
+    """Frames lost to full receive buffers, added up over the sockets a reader opens in turn.
+
+    Each socket's kernel counter starts at 0 and wraps at 2**32. Readings may come out of order:
+    a frame queued before a drop carries the older total, after ``SO_MEMINFO`` read a newer one.
+    So a reading counts only when it is ahead of the last one (serial number arithmetic).
+    """
+
+    def __init__(self) -> None:
+        #: frames dropped so far, over every socket
+        self.total = 0
+        self._last = 0  # the current socket's last counted reading
+
+    def new_socket(self) -> None:
+        """The readings now come from a newly opened socket (whose counter starts at 0)."""
+        self._last = 0
+
+    def update(self, reading: int) -> int:
+        """Take a reading of the current socket's counter; return :attr:`total`."""
+        ahead = (reading - self._last) % _COUNTER_WRAP
+        if 0 < ahead < _COUNTER_WRAP // 2:
+            self._last = reading % _COUNTER_WRAP
+            self.total += ahead
+        return self.total
+
+
+def set_receive_buffer(sock: socket.socket, size: int) -> int:
+    """Ask for a receive buffer of ``size`` bytes; return what the socket got.
+
+    Linux reserves twice the size asked for (half of it pays for its bookkeeping) and reports
+    that; it stores a classic frame in about 800 bytes of it. Above ``net.core.rmem_max`` only
+    a process with ``CAP_NET_ADMIN`` gets the size (``SO_RCVBUFFORCE``); any other gets that
+    limit.
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, size)
+    except OSError as exc:
+        if exc.errno != errno.EPERM:
+            raise
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
+def link_is_up(channel: str, sysfs: Path = Path("/sys/class/net")) -> bool | None:
+    """Whether network interface ``channel`` is administratively up (``ip link set ... up``):
+    False when it is down or does not exist, None when that cannot be told (no sysfs)."""
+    if not channel or "/" in channel or not sysfs.is_dir():
+        return None
+    try:
+        flags = int((sysfs / channel / "flags").read_text(), 0)
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return None
+    return bool(flags & _IFF_UP)
+
+
+def require_interface(channel: str) -> None:
+    """Raise ``OSError(ENODEV)`` unless network interface ``channel`` exists.
+
+    Checked before python-can opens a bus, which would log an error of its own on each attempt
+    and leave an open socket behind (see :func:`close_unbound_socket`).
+    """
+    try:
+        socket.if_nametoindex(channel)
+    except OSError:
+        raise OSError(errno.ENODEV, f"no network interface {channel!r}") from None
+
+
+def close_unbound_socket(exc: BaseException) -> None:
+    """Close the socket python-can's ``SocketcanBus`` created and leaves behind when it raises
+    ``exc`` from its constructor (binding to a missing interface): left to the garbage
+    collector, it would be closed with a ``ResourceWarning`` at some random later time."""
+    from can.interfaces.socketcan import SocketcanBus  # importable here: it just raised
+
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, SocketcanBus) and isinstance(
+            getattr(candidate, "socket", None), socket.socket
+        ):
+            candidate.socket.close()
 
 
 def _parse_frame(frame: bytes, timestamp: float, channel: str, is_rx: bool) -> can.Message:

@@ -24,7 +24,7 @@ import can
 import pytest
 from can.interfaces.socketcan import SocketcanBus
 
-from edge.socketcan import DropCountingReceiver
+from edge.socketcan import DropCountingReceiver, close_unbound_socket
 
 LINKS = ("vcan0", "vcan1")
 CANFD_MTU = 72
@@ -83,14 +83,15 @@ def open_bus_and_fail(channel: str) -> OSError:
         can.Bus(interface="socketcan", channel=channel, fd=True)
     # python-can does not close the socket it failed to bind; it leaves it to the garbage
     # collector, whose ResourceWarning is an error under this project's filterwarnings. A source
-    # that reopens a bus in a loop should expect that. Close it here.
+    # that reopens a bus in a loop must close it: edge.socketcan.close_unbound_socket does.
     leaked = [
         tb_frame.f_locals["self"].socket
         for tb_frame, _ in traceback.walk_tb(excinfo.tb)
         if isinstance(tb_frame.f_locals.get("self"), SocketcanBus)
     ]
     assert leaked and leaked[0].fileno() != -1
-    leaked[0].close()
+    close_unbound_socket(excinfo.value)
+    assert leaked[0].fileno() == -1
     return excinfo.value
 
 
