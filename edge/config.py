@@ -60,6 +60,7 @@ class BusConfig:
     j1939: bool = False
     kernel_filters: bool = True
     receive_own_messages: bool = False
+    receive_buffer: int | None = None  # SocketCAN receive buffer, bytes (None: 4 MiB)
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -256,6 +257,7 @@ def _bus(t: Table, resolve: Any) -> BusConfig:
         j1939=t.bool("j1939", False),
         kernel_filters=t.bool("kernel_filters", True),
         receive_own_messages=t.bool("receive_own_messages", False),
+        receive_buffer=t.int("receive_buffer", None, min=0, max=1 << 30),
         options=dict(t.table("options").rest()),
     )
     t.finish()

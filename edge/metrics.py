@@ -175,6 +175,20 @@ def _pipeline_metrics(f: _Families, stats: PipelineStats) -> None:
             f.counter(
                 "bus_errors", "failures opening or reading a bus", source.get("errors", 0), bus=bus
             )
+        if "kernel_dropped" in source:  # SocketCAN
+            f.gauge("link_up", "1 while the CAN interface is up", bool(source["link_up"]), bus=bus)
+            f.counter(
+                "link_down_events",
+                "times the interface went down",
+                source["link_down_events"],
+                bus=bus,
+            )
+            f.counter(
+                "kernel_dropped_frames",
+                "frames the kernel dropped for a full receive buffer (SO_RXQ_OVFL)",
+                source["kernel_dropped"],
+                bus=bus,
+            )
     decode = stats.decode
     f.counter("processed_frames", "frames taken by the processing stage", decode.frames)
     f.counter("decoded_frames", "frames decoded (not repeats, not skipped)", decode.decoded)

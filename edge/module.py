@@ -394,6 +394,7 @@ def _add_sources(
                 entry[key] = entry.get(key, 0) + value
     for name in set(a) - set(b):  # a bus no longer configured is not "connected"
         merged[name].pop("connected", None)
+        merged[name].pop("link_up", None)
     return merged
 
 

@@ -103,8 +103,9 @@ def open_bus(config: BusConfig, filters: Sequence[Mapping[str, Any]] | None = No
     ``filters`` are python-can ``can_filters``; None lets every frame through, and so does an
     empty list except on SocketCAN, where it lets none through (no message is selected).
 
-    On SocketCAN the option ``receive_buffer`` (bytes, default :data:`DEFAULT_RECEIVE_BUFFER`)
-    sizes the socket's receive buffer and is not passed to python-can; a missing interface
+    On SocketCAN ``config.receive_buffer`` (bytes, default :data:`DEFAULT_RECEIVE_BUFFER`; also
+    accepted as the option ``receive_buffer``) sizes the socket's receive buffer and is not
+    passed to python-can; a missing interface
     raises ``OSError(ENODEV)`` without python-can's own error log and leaves no socket behind.
     """
     kwargs: dict[str, Any] = dict(config.options)
@@ -112,6 +113,8 @@ def open_bus(config: BusConfig, filters: Sequence[Mapping[str, Any]] | None = No
     receive_buffer = DEFAULT_RECEIVE_BUFFER
     if socketcan:
         receive_buffer = kwargs.pop("receive_buffer", DEFAULT_RECEIVE_BUFFER)
+        if config.receive_buffer is not None:
+            receive_buffer = config.receive_buffer
         if (
             isinstance(receive_buffer, bool)
             or not isinstance(receive_buffer, int)

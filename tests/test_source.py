@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -189,3 +190,46 @@ def test_replay_as_fast_as_possible_ends_and_loses_nothing(tmp_path: Path) -> No
     with Running(replay, queue):
         got = drain(queue, 5000)
     assert len(got) == 5000 and replay.frames == 5000
+
+
+def test_bus_source_backs_off_from_a_bus_that_fails_as_soon_as_it_is_open() -> None:
+    channel = f"test-{time.monotonic_ns()}"
+    config = BusConfig(name="b", interface="virtual", channel=channel, databases=("x",))
+    opened: list[float] = []
+
+    def opener(cfg: BusConfig, filters: Any) -> can.BusABC:
+        bus = open_bus(cfg, filters)
+        bus.shutdown()  # reading it fails at once
+        opened.append(time.monotonic())
+        return bus
+
+    source = BusSource(config, opener=opener, reopen_max=0.4)
+    with Running(source, FrameQueue()):
+        time.sleep(1.6)
+    gaps = [b - a for a, b in itertools.pairwise(opened)]
+    # 0.1, 0.2, 0.4, 0.4, ...: not ten times a second
+    assert 3 <= len(opened) <= 7, gaps
+    assert max(gaps) >= 0.35
+    assert len(opened) - 1 <= source.reopens <= len(opened)
+
+
+def test_bus_source_keeps_an_empty_filter_list() -> None:
+    # No selected message: [] is "nothing" (SocketCAN honours it), not None ("everything").
+    config = BusConfig(name="b", interface="virtual", channel="x", databases=("x",))
+    assert BusSource(config, []).filters == []
+    assert BusSource(config).filters is None
+
+
+def test_bus_source_counters_by_interface() -> None:
+    virtual = BusSource(BusConfig(name="a", interface="virtual", databases=("x",)))
+    assert set(virtual.stats()) == {"frames", "errors", "reopens", "connected"}
+    socketcan = BusSource(BusConfig(name="b", interface="socketcan", databases=("x",)))
+    assert socketcan.stats() == {
+        "frames": 0,
+        "errors": 0,
+        "reopens": 0,
+        "connected": False,
+        "link_up": False,
+        "link_down_events": 0,
+        "kernel_dropped": 0,
+    }
