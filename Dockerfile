@@ -23,6 +23,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \
     CAN_TELEMETRY_DATA_DIR=/var/lib/can-telemetry \
+    CAN_TELEMETRY_CACHE_DIR=/var/lib/can-telemetry/cache \
     CAN_TELEMETRY_METRICS_PORT=9600
 # A fixed, unprivileged user (as the Azure IoT Edge Python module template does). Reading
 # SocketCAN needs no privilege; the host brings can0 up. The spool folder is bind-mounted from

@@ -10,6 +10,11 @@ when that bound reaches the byte budget is the batch really encoded and measured
 batches are several times smaller than the bound); the next measurement is then due when the
 bound has grown by the measured headroom. The writer measures again at close and splits a batch
 that is still too large, so the limit holds whatever the input.
+
+The Processor's fast path adds rows to a group directly and accounts for them with tighter bounds
+that know each signal's size (:func:`value_bound`, :data:`COLUMN_BOUND`), sometimes for many rows
+at once (:meth:`Batch.counted_rows`); :meth:`Batcher.check` then decides as :meth:`Batcher.add`
+does.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from edge.clock import Clock, SystemClock
 __all__ = ["COLUMN_BOUND", "TIME_BOUND", "Batch", "Batcher", "Group", "value_bound"]
 
 #: Upper bounds, in msgpack bytes, of one time delta and one (row delta, value) pair.
-TIME_BOUND = _TIME_BOUND = 9
+TIME_BOUND = 9
 _VALUE_BOUND = 18
 _GROUP_BOUND = 24
 #: Timestamps above this are seconds since the epoch (after 2001-09-09); below, relative time.
@@ -113,7 +118,7 @@ class Batch:
     def counted(self, tick: int, n: int) -> None:
         """Account for a row of ``n`` values at ``tick`` added to one of the groups."""
         self.values += n
-        self.estimate += _TIME_BOUND + _VALUE_BOUND * n
+        self.estimate += TIME_BOUND + _VALUE_BOUND * n
         if self.first_tick is None:
             self.first_tick = tick
         if tick < self.min_tick:
@@ -126,7 +131,7 @@ class Batch:
         ticks from ``low`` to ``high``, added to the groups at once (``first_tick`` is set by
         whoever adds the first row: see :meth:`Batcher.check`)."""
         self.values += values
-        self.estimate += _TIME_BOUND * rows + value_bytes
+        self.estimate += TIME_BOUND * rows + value_bytes
         if low < self.min_tick:
             self.min_tick = low
         if high > self.max_tick:

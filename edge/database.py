@@ -5,7 +5,8 @@ board), at every start. A database that took at least ``CACHE_MIN_SECONDS`` to p
 kept as a pickle in a cache folder (:func:`cache_dir`), under a name made of the SHA-256 of the
 file's bytes, the strict flag, the file's suffix, and the cantools and Python versions: an edited
 file, another cantools or Python never reads a stale entry. An entry that cannot be read back
-(truncated, corrupt, from a class that changed) is ignored, removed and rebuilt. The folder is
+(truncated, corrupt, from a class that changed) is ignored, removed and rebuilt; the
+``CACHE_MAX_ENTRIES`` most recently used entries are kept. The folder is
 created private (0700) and is not used when it belongs to another user or others may write to it,
 since unpickling runs code. Caching is best effort: any error there only costs the parse.
 """
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: Databases that parse faster than this are not worth a cache entry.
 CACHE_MIN_SECONDS = 0.02
+#: Entries kept, the most recently used.
+CACHE_MAX_ENTRIES = 64
 #: Bumped when what is cached changes.
 _CACHE_FORMAT = 1
 #: Environment variable naming the cache folder; empty disables the cache.
@@ -91,6 +94,8 @@ def _cached(folder: Path | None, key: str) -> Database | None:
         log.warning("database cache entry %s is unreadable (%s): rebuilding it", entry, exc)
         entry.unlink(missing_ok=True)
         return None
+    with contextlib.suppress(OSError):
+        os.utime(entry)  # recently used: kept by _prune
     return db
 
 
@@ -107,8 +112,19 @@ def _store(folder: Path | None, key: str, db: Database) -> None:
         except BaseException:
             os.unlink(temporary)
             raise
+        _prune(folder)
     except Exception as exc:  # a full disk, a read-only home, an unpicklable object...
         log.debug("database not cached in %s: %s", folder, exc)
+
+
+def _prune(folder: Path) -> None:
+    """Keep the ``CACHE_MAX_ENTRIES`` most recently used entries (edited files leave old ones)."""
+    entries = [p for p in folder.glob("*.pickle") if not p.name.startswith(".")]
+    if len(entries) <= CACHE_MAX_ENTRIES:
+        return
+    entries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in entries[CACHE_MAX_ENTRIES:]:
+        stale.unlink(missing_ok=True)
 
 
 def load_database(

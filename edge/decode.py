@@ -29,7 +29,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import bitstruct  # type: ignore[import-untyped]
 import can
@@ -39,7 +39,15 @@ from cantools.database.errors import DecodeError
 from edge.sample import Policy, Selection, TrackSampler
 from edge.schema import MessageInfo, Schema
 
-__all__ = ["BusDecoder", "DecodeStats", "Decoder", "Track", "dict_decoder", "tuple_decoder"]
+__all__ = [
+    "BusDecoder",
+    "DecodeStats",
+    "Decoder",
+    "Track",
+    "TupleLayout",
+    "dict_decoder",
+    "tuple_decoder",
+]
 
 log = logging.getLogger(__name__)
 
@@ -143,44 +151,62 @@ def _agrees(message: Message, decode: DictDecoder) -> bool:
                 decode(data)
             except DecodeError:
                 continue
+            except Exception:
+                return False
             return False
         try:
             got = decode(data)
-        except DecodeError:
+        except Exception:
             return False
         if not _same_values(got, expected):
             return False
     return True
 
 
-def tuple_decoder(message: Message) -> tuple[TupleDecoder, tuple[str, ...]] | None:
-    """``(decode, names)`` where ``decode(data)`` returns the raw value of every signal of
-    ``message`` as a tuple, ``names`` in the same order, for a payload of exactly
-    ``message.length`` bytes: ``dict(zip(names, decode(data))) == message.decode(data, False,
-    False)``. None for a multiplexed or container message, or one the fast path does not
-    reproduce exactly (cantools then decodes it)."""
+class TupleLayout(NamedTuple):
+    """How to decode a message's payload into a tuple of raw values (see :func:`tuple_decoder`).
+    ``decode(data)`` does it all; ``unpack`` is the one C call behind it when there is one, to be
+    given the reversed payload when ``reverse`` (little-endian signals only)."""
+
+    decode: TupleDecoder
+    names: tuple[str, ...]
+    unpack: TupleDecoder
+    reverse: bool
+
+
+def tuple_decoder(message: Message) -> TupleLayout | None:
+    """The layout whose ``decode(data)`` returns the raw value of every signal of ``message``
+    as a tuple, ``names`` in the same order, for a payload of exactly ``message.length`` bytes:
+    ``dict(zip(names, decode(data))) == message.decode(data, False, False)``. None for a
+    multiplexed or container message, or one the fast path does not reproduce exactly (cantools
+    then decodes it)."""
     codec = _root_codec(message)
     if codec is None or codec["multiplexers"] or message.is_container or not message.signals:
         return None
     try:
         (big, big_names), (little, little_names) = _layouts(codec["signals"], message.length)
-        unpack_big = _compile(big).unpack
-        unpack_little = _compile(little).unpack
+        compiled = _compile(big), _compile(little)
     except Exception:
         return None
+    if any(c.calcsize() != 8 * message.length for c in compiled):
+        return None  # signals beyond the frame or overlapping: cantools cannot unpack them
+    unpack_big, unpack_little = compiled[0].unpack, compiled[1].unpack
     decode: TupleDecoder
     if not little_names:
         decode = unpack_big
+        layout = (unpack_big, False)
     elif not big_names:
 
         def decode(data: bytes | bytearray) -> tuple[Any, ...]:
             return unpack_little(data[::-1])  # type: ignore[no-any-return]
 
+        layout = (unpack_little, True)
     else:
 
         def decode(data: bytes | bytearray) -> tuple[Any, ...]:
             return unpack_big(data) + unpack_little(data[::-1])  # type: ignore[no-any-return]
 
+        layout = (decode, False)
     names = (*big_names, *little_names)
 
     def as_dict(data: bytes | bytearray) -> RawValues:
@@ -189,7 +215,7 @@ def tuple_decoder(message: Message) -> tuple[TupleDecoder, tuple[str, ...]] | No
     if not _agrees(message, as_dict):
         log.debug("%s: fast decoding differs from cantools; cantools decodes it", message.name)
         return None
-    return decode, names
+    return TupleLayout(decode, names, *layout)
 
 
 def dict_decoder(message: Message) -> DictDecoder:
@@ -269,6 +295,7 @@ class Track:
         "_values",
         "decode",
         "deferred",
+        "direct",
         "generation",
         "group",
         "length",
@@ -277,6 +304,7 @@ class Track:
         "payload",
         "raw",
         "repeated",
+        "reverse",
         "sampler",
         "shared",
         "source_address",
@@ -290,15 +318,17 @@ class Track:
         message_index: int,
         sampler: TrackSampler,
         source_address: int | None,
-        decoders: tuple[DictDecoder, tuple[TupleDecoder, tuple[str, ...]] | None] | None = None,
+        decoders: tuple[DictDecoder, TupleLayout | None] | None = None,
     ) -> None:
         if decoders is None:
             decoders = (dict_decoder(message), tuple_decoder(message))
         self.decode: DictDecoder = decoders[0]
         self.unpack: TupleDecoder | None = None
         self.names: tuple[str, ...] = ()
+        self.direct: TupleDecoder | None = None  # the C call of ``unpack``...
+        self.reverse = False  # ...given the reversed payload
         if decoders[1] is not None:
-            self.unpack, self.names = decoders[1]
+            self.unpack, self.names, self.direct, self.reverse = decoders[1]
         self.length: int = message.length
         self.message_index = message_index
         self.sampler = sampler
@@ -358,11 +388,9 @@ class BusDecoder:
         self._j1939 = j1939
         self._selection = selection
         #: key (frame ID, with bit 29 set for extended IDs) -> its track, or None when its
-        #: frames are skipped for the reason in ``skip_reasons``. Read by the Processor's loop.
-        self.tracks: dict[int, Track | None] = {}
-        self.skip_reasons: dict[int, str] = {}
-        self._decoders: dict[int, tuple[DictDecoder, tuple[TupleDecoder, tuple[str, ...]] | None]]
-        self._decoders = {}
+        #: frames are skipped: why (a ``DecodeStats.skipped`` key). Read by the Processor's loop.
+        self.tracks: dict[int, Track | str] = {}
+        self._decoders: dict[int, tuple[DictDecoder, TupleLayout | None]] = {}
         self._group_tracks: dict[tuple[int, int | None], Track] = {}
         # Schema index of each selected message of this bus, by cantools message.
         self._selected: dict[int, tuple[int, MessageInfo]] = {}
@@ -393,8 +421,9 @@ class BusDecoder:
     def track(self, arbitration_id: int, extended: bool) -> Track | None:
         """The track of a frame ID (created on first sight), or None (reason recorded)."""
         key = arbitration_id | _EXTENDED if extended else arbitration_id
-        if key in self.tracks:
-            return self.tracks[key]
+        known = self.tracks.get(key)
+        if known is not None:
+            return known if isinstance(known, Track) else None
         message: Message | None = None
         source_address: int | None = None
         try:
@@ -409,9 +438,9 @@ class BusDecoder:
             source_address = arbitration_id & 0xFF
         track: Track | None = None
         if message is None:
-            self.skip_reasons[key] = "unknown_id"
+            self.tracks[key] = "unknown_id"
         elif id(message) not in self._selected:
-            self.skip_reasons[key] = "not_selected"
+            self.tracks[key] = "not_selected"
         else:
             index, info = self._selected[id(message)]
             policies: list[Policy] = []
@@ -429,7 +458,7 @@ class BusDecoder:
                 )
             sampler = TrackSampler(info, policies)
             if decoders[1] is not None:
-                names = decoders[1][1]
+                names = decoders[1].names
                 position = {name: i for i, name in enumerate(names)}
                 sampler.bind([position[s.name] for s in info.signals], len(names))
             track = Track(message, index, sampler, source_address, decoders)
@@ -437,13 +466,14 @@ class BusDecoder:
             if other is not track:
                 other.shared = track.shared = True
                 other.deferred = track.deferred = False
-        self.tracks[key] = track
+            self.tracks[key] = track
         return track
 
     def skip_reason(self, arbitration_id: int, extended: bool) -> str:
         """Why frames with this ID are skipped."""
         key = arbitration_id | _EXTENDED if extended else arbitration_id
-        return self.skip_reasons.get(key, "unknown_id")
+        reason = self.tracks.get(key)
+        return reason if isinstance(reason, str) else "unknown_id"
 
 
 class Decoder:

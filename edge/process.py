@@ -85,7 +85,11 @@ class Processor:
             for i, (name, db, j1939) in enumerate(databases)
         ]
         self.decoder = Decoder(self.bus_decoders)
-        self._tracks_by_bus = {b.name: (b.tracks, b) for b in self.bus_decoders}
+        # Values typed Any: the hot loop tells a Track from a skip reason by class, which
+        # mypy does not narrow on (type() or isinstance() would cost a call per frame).
+        self._tracks_by_bus: dict[str, tuple[dict[int, Any], BusDecoder]] = {
+            b.name: (b.tracks, b) for b in self.bus_decoders
+        }
         self._pending: list[Track] = []  # tracks with pending rows (see _run)
         # Estimate bounds per message (by schema index), tighter than the batcher's general
         # ones: each value's bound from its signal's size, each pending row reserving them all.
@@ -170,6 +174,7 @@ class Processor:
         bounds = self._row_bounds
         pending = self._pending
         handled = decoded = repeated = rows = spent = 0
+        skips: list[str] = []  # why each skipped frame was, counted at the end
         room = self._room - self._reserved
         age_due = batcher.age_due
         try:
@@ -182,24 +187,26 @@ class Processor:
                     continue
                 entry = buses.get(msg.channel)  # type: ignore[arg-type]
                 if entry is None:
-                    handled += 1
-                    skipped["unknown_bus"] += 1
+                    skips.append("unknown_bus")
                     continue
                 tracks, bus = entry
                 arbitration_id = msg.arbitration_id
                 key = arbitration_id | _EXTENDED if msg.is_extended_id else arbitration_id
-                track = tracks.get(key)
-                if track is None:
-                    if key not in tracks:
-                        track = bus.track(arbitration_id, msg.is_extended_id)
-                        if track is not None and track.shared:
-                            self._reserved += spent
-                            spent = 0
-                            self._settle_all()  # the track it shares a group with stops deferring
-                            room, age_due = self._room - self._reserved, batcher.age_due
-                    if track is None:
-                        handled += 1
-                        skipped[bus.skip_reasons[key]] += 1
+                track: Any = tracks.get(key)  # a Track, a skip reason, or None (a new ID)
+                kind = track.__class__
+                if kind is not Track:
+                    if kind is str:
+                        skips.append(track)
+                        continue
+                    new = bus.track(arbitration_id, msg.is_extended_id)
+                    if new is not None and new.shared:
+                        self._reserved += spent
+                        spent = 0
+                        self._settle_all()  # the track it shares a group with stops deferring
+                        room, age_due = self._room - self._reserved, batcher.age_due
+                    track = tracks[key]
+                    if track.__class__ is str:
+                        skips.append(track)
                         continue
                 handled += 1
                 data = msg.data
@@ -221,7 +228,8 @@ class Processor:
                         room, age_due = self._room - self._reserved, batcher.age_due
                     continue
                 decoded += 1
-                raw = track.raw = track.unpack(data)  # type: ignore[misc]
+                direct = track.direct
+                raw = track.raw = direct(data[::-1]) if track.reverse else direct(data)
                 track.payload = bytes(data)
                 if t >= sampler.next_check:  # the first frame, or a heartbeat may be due
                     self._reserved += spent
@@ -238,7 +246,7 @@ class Processor:
                 if not times:
                     if track.generation != batcher.generation:
                         self._join(track)
-                        room = self._room - self._reserved - spent
+                        room = self._room - self._reserved
                     pending.append(track)
                 times.append(t)
                 sampler.pending_rows.append(selected)
@@ -251,7 +259,8 @@ class Processor:
                     room, age_due = self._room - self._reserved, batcher.age_due
         finally:
             self._reserved += spent
-            decoder.frames += handled
+            skipped.update(skips)
+            decoder.frames += handled + len(skips)
             decoder.decoded += decoded
             decoder.repeated += repeated
             self.rows += rows
@@ -280,13 +289,22 @@ class Processor:
             self._add(track, t, items)
 
     def _add(self, track: Track, t: float, items: list[tuple[int, Any]]) -> None:
+        """Add a row of samples to the track's group in the open batch."""
         self.samples += len(items)
         self.rows += 1
         tick = round(t * self._ticks)
-        if self.batcher.add(track.message_index, track.source_address, tick, items):
+        batcher = self.batcher
+        if track.generation != batcher.generation:
+            track.group = batcher.group(track.message_index, track.source_address)
+            track.generation = batcher.generation
+        batch = batcher.batch
+        batch.counted(tick, track.group.add(tick, items))
+        # Batcher.check only when it may answer yes: a measurement due, or the batch may be old
+        # enough (age_due is a lower bound it keeps; -inf until the batch's first check).
+        if (batch.estimate >= batcher.next_measure or t >= batcher.age_due) and batcher.check(tick):
             self._close()
         else:
-            self._rearm()
+            self._room = batcher.next_measure + self._slack - batch.estimate
 
     def _join(self, track: Track) -> None:
         """Give ``track`` its group in the open batch (the header of every column it may fill

@@ -94,8 +94,8 @@ class TrackSampler:
     previous frame, so there is no per-signal decision to make frame by frame: the caller only
     appends the selected values of each frame whose values differ from the previous frame's to
     ``pending_rows`` (with its time in ``pending_times``), and :meth:`settle` later turns the
-    pending rows into columns in one pass per signal, with C-level loops, keeping exactly the
-    values that changed. Heartbeats stay exact: ``next_check`` is a lower bound of the first time
+    pending rows into columns, one tight pass per signal, keeping exactly the values that
+    changed. Heartbeats stay exact: ``next_check`` is a lower bound of the first time
     a heartbeat can be due (sending only moves the true bound later); the caller settles and then
     takes the full evaluation (:meth:`sample_raw`) for a frame at or after it, which recomputes
     the bound.
@@ -135,7 +135,7 @@ class TrackSampler:
         self._sent_at = [-math.inf] * len(policies)
         #: frames before this time that repeat their predecessor can produce no sample
         self.next_check = -math.inf
-        #: whether ``changes`` may be used (every signal on_change, no deadband)
+        #: every signal on_change without deadband: rows may be deferred (see the class doc)
         self.fast = all(m == _ON_CHANGE for m in self._modes) and not any(self._deadbands)
         #: picks this sampler's signals, in column order, out of a decoded tuple (None: as is)
         self.select: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None
@@ -155,9 +155,7 @@ class TrackSampler:
         else:
             self.select = operator.itemgetter(*positions)
 
-    def sample(
-        self, t: float, values: Mapping[str, int | float], repeated: bool
-    ) -> list[tuple[int, int | float]]:
+    def sample(self, t: float, values: Mapping[str, int | float], repeated: bool) -> list[Sample]:
         """The columns to send for a frame at time ``t`` whose raw signal values are ``values``.
 
         ``repeated`` says the frame's payload equals the previous one of this message: then only
@@ -174,13 +172,11 @@ class TrackSampler:
             return self._evaluate(t, present)
         return self._evaluate(t, [(i, values.get(n)) for i, n in enumerate(self._names)])
 
-    def _changes(
-        self, t: float, values: Mapping[str, int | float]
-    ) -> list[tuple[int, int | float]]:
+    def _changes(self, t: float, values: Mapping[str, int | float]) -> list[Sample]:
         """:meth:`_evaluate` for a ``fast`` sampler (on_change, no deadband): the same output,
         looking only at the signals present (a multiplexed frame holds few of them)."""
         index, last, sent_at, heartbeats = self._index, self._last, self._sent_at, self._heartbeats
-        out: list[tuple[int, int | float]] = []
+        out: list[Sample] = []
         next_check = math.inf
         for name, value in values.items():
             i = index.get(name)
@@ -198,9 +194,7 @@ class TrackSampler:
             out.sort(key=_first)  # column order, as the full evaluation gives it
         return out
 
-    def sample_raw(
-        self, t: float, raw: tuple[Any, ...], repeated: bool
-    ) -> list[tuple[int, int | float]]:
+    def sample_raw(self, t: float, raw: tuple[Any, ...], repeated: bool) -> list[Sample]:
         """:meth:`sample` for values decoded as a tuple (see :meth:`bind`)."""
         if repeated and t < self.next_check:
             return []
@@ -252,10 +246,8 @@ class TrackSampler:
         self.pending_times = []
         return sent, min(ticks), max(ticks)
 
-    def _evaluate(
-        self, t: float, values: Iterable[tuple[int, int | float | None]]
-    ) -> list[tuple[int, int | float]]:
-        out: list[tuple[int, int | float]] = []
+    def _evaluate(self, t: float, values: Iterable[tuple[int, int | float | None]]) -> list[Sample]:
+        out: list[Sample] = []
         next_check = math.inf
         last, sent_at = self._last, self._sent_at
         for i, value in values:
