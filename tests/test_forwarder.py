@@ -17,6 +17,7 @@ from edge.payload import Payload
 from edge.spool import Spool
 from edge.uplinks.base import Uplink
 from edge.uplinks.file import FileUplink
+from tests.support.waiting import wait_for
 
 
 def fast(spool: Spool, uplink: Uplink, clock: FakeClock | None = None) -> Forwarder:
@@ -56,13 +57,6 @@ class MemoryUplink(Uplink):
     def seqs(self) -> list[int]:
         with self._lock:
             return [int(p.properties["seq"]) for p in self.received]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
 
 
 @pytest.fixture

@@ -25,30 +25,11 @@ from edge.module import EdgeModule, ModuleOptions
 from edge.process import PipelineStats
 from edge.simulate import DEMO_DBC, VehicleSimulator
 from edge.twin import ConfigOrigin
-from tests.support.iothub import SDK_WARNINGS, IoTHubResponder, edge_hub
-from tests.support.mosquitto import Mosquitto, TlsFiles, free_port
+from tests.support.iothub import SDK_WARNINGS, IoTHubResponder
+from tests.support.mosquitto import Mosquitto, free_port
+from tests.support.waiting import wait_for
 
 pytestmark = SDK_WARNINGS
-
-
-@pytest.fixture
-def hub(
-    mosquitto_factory: Any,
-    loopback_address: str,
-    tls_files: TlsFiles,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Mosquitto]:
-    """edgeHub's stand-in, with the IoT Edge variables set (see tests/test_twin.py)."""
-    yield from edge_hub(mosquitto_factory, loopback_address, tls_files, monkeypatch)
-
-
-def wait_for(condition: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {condition}")
 
 
 def counters(module: EdgeModule) -> PipelineStats:

@@ -26,15 +26,7 @@ from edge.simulate import DEMO_DBC, VehicleSimulator
 from edge.source import FrameQueue, FrameSource
 from edge.twin import ConfigOrigin
 from tests.support.mosquitto import free_port
-
-
-def wait_for(condition: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {condition}")
+from tests.support.waiting import wait_for
 
 
 def counters(module: EdgeModule) -> PipelineStats:

@@ -11,11 +11,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,36 +26,16 @@ from edge.errors import ConfigError
 from edge.module import SAVED_CONFIG, EdgeModule, ModuleOptions
 from edge.process import PipelineStats
 from edge.simulate import VehicleSimulator
-from tests.support.iothub import SDK_WARNINGS, IoTHubResponder, edge_hub
-from tests.support.mosquitto import Mosquitto, Subscriber, TlsFiles, free_port
+from tests.support.iothub import SDK_WARNINGS, IoTHubResponder
+from tests.support.mosquitto import Mosquitto, Subscriber, free_port
+from tests.support.waiting import wait_for
 
 pytestmark = SDK_WARNINGS
-
-
-@pytest.fixture
-def hub(
-    mosquitto_factory: Any,
-    loopback_address: str,
-    tls_files: TlsFiles,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Mosquitto]:
-    """edgeHub's stand-in, with the IoT Edge variables set (see tests/test_twin.py)."""
-    yield from edge_hub(mosquitto_factory, loopback_address, tls_files, monkeypatch)
 
 
 ROOT = Path(__file__).resolve().parents[1]
 EDGE_TOPIC = "devices/car1/modules/CanTelemetry/messages/events/#"
 PAYLOAD_NAME = re.compile(r"(?P<stream>[A-Za-z0-9_-]+)-(?P<seq>\d{12})\.(?P<kind>\w+)\.ctl")
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what or condition}")
 
 
 def counters(module: EdgeModule) -> PipelineStats:
