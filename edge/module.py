@@ -280,11 +280,8 @@ class _SharedClientUplink(AzureEdgeUplink):
         super()._retire(client)  # shut down after a failure, as the uplink always does
         self._connection.forget(client)
 
-    def close(self) -> None:
-        """Let go of the client without shutting it down: the connection owns it."""
-        with self._lock:
-            self._client = None
-        super().close()
+    def _release(self, client: Any) -> None:
+        """At close, let go of the client without shutting it down: the connection owns it."""
 
 
 # -- the pipeline, in two parts ----------------------------------------------------------------

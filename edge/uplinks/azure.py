@@ -255,11 +255,16 @@ class _AzureUplink(Uplink):
         thread.start()
         self._retiring.append(thread)
 
+    def _release(self, client: Any) -> None:
+        """Let go of the idle client at :meth:`close`. Default: shut it down; a subclass whose
+        clients belong to someone else (a shared connection) only lets go."""
+        self._retire(client)
+
     def close(self) -> None:
-        """Shut the client down, waiting up to CLOSE_TIMEOUT seconds in all."""
+        """Let go of the client, waiting up to CLOSE_TIMEOUT seconds for shutdowns in all."""
         with self._lock:
             if self._client is not None:
-                self._retire(self._client)
+                self._release(self._client)
                 self._client = None
             end = time.monotonic() + CLOSE_TIMEOUT
             for thread in self._retiring:
