@@ -156,6 +156,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     pipeline.start()
+    server = _metrics_server(pipeline, config.metrics_port)
     log.warning(
         "running: %d bus(es), %d signals selected, uplink %s, spool %s",
         len(config.buses),
@@ -165,6 +166,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     pipeline.wait(stop)
     pipeline.stop(drain_timeout=5.0 if not stop.is_set() else 2.0)
+    if server is not None:
+        server.stop()
     stats = pipeline.stats()
     log.warning(
         "stopped: %d frames, %d samples, %d batches, %d payload bytes",
@@ -174,6 +177,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
         stats.payload_bytes,
     )
     return 0
+
+
+def _metrics_server(pipeline: Any, port: int | None) -> Any:
+    """Prometheus ``/metrics`` and ``/healthz`` for ``run`` when ``metrics_port`` is set."""
+    if port is None:
+        return None
+    from edge.metrics import Health, MetricsServer, ProgressWatch, TelemetryCollector
+
+    watch = ProgressWatch(30.0, time.monotonic)
+    server = MetricsServer(
+        TelemetryCollector(pipeline.stats, pipeline.queue_level),
+        lambda: Health(tuple(pipeline.problems(watch))),
+        port=port,
+    )
+    server.start()
+    log.warning("metrics on http://0.0.0.0:%d/metrics, liveness on /healthz", server.port)
+    return server
 
 
 # --- demo ----------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ from edge.metrics import (
 )
 from edge.pipeline import Pipeline
 from edge.process import PipelineStats, Processor
-from edge.source import CHUNK, FrameSource
+from edge.source import FrameSource
 from edge.spool import Spool
 from edge.twin import ConfigOrigin, TwinAgent, config_digest, iso_time, parse_desired
 from edge.uplinks import uplink_class
@@ -353,26 +353,6 @@ class _Front(Pipeline):
     def counters(self) -> PipelineStats:
         """Counters of the sources and the processing stage (the backend counts its own)."""
         return replace(self.stats(), spool=None, forwarder=None)
-
-    def problems(self, watch: ProgressWatch) -> list[str]:
-        """What is wrong with the threads, for liveness."""
-        found = [f"thread {name} died: {error}" for name, error in sorted(self.failures.items())]
-        if self._stop.is_set():
-            return found
-        if (
-            not self.processing_alive()
-            and not self.sources_finished()
-            and "process" not in self.failures
-        ):
-            found.append("processing thread ended while sources run")
-        stalled = watch.check(self.processor.decoder.frames, self.queue.qsize())
-        if stalled:
-            found.append(stalled)
-        return found
-
-    def queue_level(self) -> QueueLevel:
-        """Chunks waiting and the queue's capacity."""
-        return QueueLevel(self.queue.qsize(), max(1, self.config.queue_frames // CHUNK))
 
 
 # -- counters across reconfigurations ---------------------------------------------------------

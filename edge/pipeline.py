@@ -24,8 +24,9 @@ from typing import Any
 from edge.clock import Clock, SystemClock
 from edge.config import Config
 from edge.forwarder import Forwarder
+from edge.metrics import ProgressWatch, QueueLevel
 from edge.process import PipelineStats, Processor
-from edge.source import BusSource, FrameQueue, FrameSource, ReplaySource
+from edge.source import CHUNK, BusSource, FrameQueue, FrameSource, ReplaySource
 from edge.spool import Spool
 from edge.uplinks import uplink_class
 from edge.uplinks.base import Uplink
@@ -201,3 +202,23 @@ class Pipeline:
             spool=self.spool.stats(),
             forwarder=self.forwarder.stats(),
         )
+
+    def problems(self, watch: ProgressWatch) -> list[str]:
+        """What is wrong with the threads, for liveness."""
+        found = [f"thread {name} died: {error}" for name, error in sorted(self.failures.items())]
+        if self._stop.is_set():
+            return found
+        if (
+            not self.processing_alive()
+            and not self.sources_finished()
+            and "process" not in self.failures
+        ):
+            found.append("processing thread ended while sources run")
+        stalled = watch.check(self.processor.decoder.frames, self.queue.qsize())
+        if stalled:
+            found.append(stalled)
+        return found
+
+    def queue_level(self) -> QueueLevel:
+        """Chunks waiting and the queue's capacity."""
+        return QueueLevel(self.queue.qsize(), max(1, self.config.queue_frames // CHUNK))

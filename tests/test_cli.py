@@ -10,11 +10,14 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import can
 
 from edge.simulate import DEMO_DBC, VehicleSimulator
+from tests.support.mosquitto import free_port
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,3 +144,38 @@ def test_sigterm_stops_cleanly_and_closes_the_open_batch(tmp_path: Path) -> None
     assert proc.returncode == 0, stderr
     outbox = tmp_path / "outbox"
     assert any(outbox.glob("*.data.ctl")), "the open batch was not closed on SIGTERM"
+
+
+def test_run_serves_metrics_and_liveness_when_metrics_port_is_set(tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path)
+    config.write_text(f"metrics_port = {port}\n" + config.read_text())  # a top-level key
+    log = tmp_path / "slow.log"
+    with can.Logger(str(log)) as writer:
+        for msg in VehicleSimulator(seed=4, start_time=1_700_000_000.0).frames(30):
+            writer.on_message_received(msg)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge", "run", "--config", str(config), "--replay", str(log)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        metrics = wait_for(lambda: _get(port, "/metrics"), timeout=20, what="/metrics")
+        assert "can_telemetry_frames_total" in metrics
+        assert _get(port, "/healthz") is not None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+
+
+def _get(port: int, path: str) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            text: str = response.read().decode()
+            return text if "frames_total" in text or path == "/healthz" else None
+    except OSError:
+        return None
