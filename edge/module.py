@@ -52,16 +52,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edge import __version__
 from edge.clock import Clock, SystemClock
 from edge.config import Config, load_config
-from edge.decode import DecodeStats
 from edge.errors import ConfigError, PermanentUplinkError, TelemetryError, TransientUplinkError
-from edge.forwarder import Forwarder, ForwarderStats
+from edge.forwarder import ForwarderStats
 from edge.methods import DirectMethods, MethodServer
 from edge.metrics import (
     DEFAULT_METRICS_PORT,
@@ -71,7 +70,7 @@ from edge.metrics import (
     QueueLevel,
     TelemetryCollector,
 )
-from edge.pipeline import Pipeline
+from edge.pipeline import Pipeline, new_forwarder, open_spool
 from edge.process import PipelineStats, Processor
 from edge.source import FrameSource
 from edge.spool import Spool
@@ -301,21 +300,10 @@ class _Backend:
             uplink: Uplink = _SharedClientUplink(options, connection)
         else:
             uplink = uplink_class(kind).from_options(options)
-        Path(config.spool.path).parent.mkdir(parents=True, exist_ok=True)
         self.settings = _backend_settings(config)
-        self.spool = Spool(
-            config.spool.path, max_bytes=config.spool.max_bytes, ttl=config.spool.ttl, clock=clock
-        )
+        self.spool = open_spool(config, clock)
         self.uplink = uplink
-        fwd = config.forwarder
-        self.forwarder = Forwarder(
-            self.spool,
-            uplink,
-            send_timeout=fwd.send_timeout,
-            backoff_initial=fwd.backoff_initial,
-            backoff_max=fwd.backoff_max,
-            clock=clock,
-        )
+        self.forwarder = new_forwarder(config, self.spool, uplink, clock)
         self.forwarder.start()
 
     def close(self, drain_timeout: float = 0.0) -> None:
@@ -375,31 +363,31 @@ def _add_sources(
     return merged
 
 
+_Counters = TypeVar("_Counters")
+
+
 def _add_counters(a: PipelineStats | None, b: PipelineStats) -> PipelineStats:
     """Counters of ``a`` (retired stages) plus ``b`` (the running one)."""
-    if a is None:
-        return b
-    skipped = dict(a.decode.skipped)
-    for reason, count in b.decode.skipped.items():
-        skipped[reason] = skipped.get(reason, 0) + count
-    return PipelineStats(
-        frames=a.frames + b.frames,
-        decode=DecodeStats(
-            a.decode.frames + b.decode.frames,
-            a.decode.decoded + b.decode.decoded,
-            a.decode.repeated + b.decode.repeated,
-            skipped,
-        ),
-        samples=a.samples + b.samples,
-        rows=a.rows + b.rows,
-        batches=a.batches + b.batches,
-        schemas=a.schemas + b.schemas,
-        splits=a.splits + b.splits,
-        raw_bytes=a.raw_bytes + b.raw_bytes,
-        payload_bytes=a.payload_bytes + b.payload_bytes,
-        spool_errors=a.spool_errors + b.spool_errors,
-        sources=_add_sources(a.sources, b.sources),
-    )
+    return b if a is None else _summed(a, b)
+
+
+def _summed(a: _Counters, b: _Counters) -> _Counters:
+    """Field by field: integers and per-reason counts add up, nested counters recursively,
+    sources by bus name; anything else is ``b``'s."""
+    values: dict[str, Any] = {}
+    for f in fields(a):  # type: ignore[arg-type]
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if f.name == "sources":
+            values[f.name] = _add_sources(x, y)
+        elif is_dataclass(x) and is_dataclass(y):
+            values[f.name] = _summed(x, y)
+        elif type(x) is int and type(y) is int:
+            values[f.name] = x + y
+        elif isinstance(x, Mapping) and isinstance(y, Mapping):
+            values[f.name] = {k: x.get(k, 0) + y.get(k, 0) for k in {*x, *y}}
+        else:
+            values[f.name] = y
+    return replace(a, **values)  # type: ignore[type-var]
 
 
 def _add_forwarder(a: ForwarderStats | None, b: ForwarderStats) -> ForwarderStats:

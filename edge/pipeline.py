@@ -31,9 +31,30 @@ from edge.spool import Spool
 from edge.uplinks import uplink_class
 from edge.uplinks.base import Uplink
 
-__all__ = ["Pipeline"]
+__all__ = ["Pipeline", "new_forwarder", "open_spool", "source_name"]
 
 log = logging.getLogger(__name__)
+
+
+def open_spool(config: Config, clock: Clock) -> Spool:
+    """The spool ``config.spool`` describes (its folder created)."""
+    Path(config.spool.path).parent.mkdir(parents=True, exist_ok=True)
+    return Spool(
+        config.spool.path, max_bytes=config.spool.max_bytes, ttl=config.spool.ttl, clock=clock
+    )
+
+
+def new_forwarder(config: Config, spool: Spool, uplink: Uplink, clock: Clock) -> Forwarder:
+    """A forwarder from ``spool`` to ``uplink`` with ``config.forwarder``'s retry settings."""
+    fwd = config.forwarder
+    return Forwarder(
+        spool,
+        uplink,
+        send_timeout=fwd.send_timeout,
+        backoff_initial=fwd.backoff_initial,
+        backoff_max=fwd.backoff_max,
+        clock=clock,
+    )
 
 
 def source_name(source: FrameSource) -> str:
@@ -68,29 +89,13 @@ class Pipeline:
         self.config = config
         self._clock = clock or SystemClock()
         self._owns_backend = forwarder is None
-        if spool is None:
-            Path(config.spool.path).parent.mkdir(parents=True, exist_ok=True)
-            spool = Spool(
-                config.spool.path,
-                max_bytes=config.spool.max_bytes,
-                ttl=config.spool.ttl,
-                clock=self._clock,
-            )
-        self.spool = spool
+        self.spool = spool if spool is not None else open_spool(config, self._clock)
         self.processor = Processor(config, self._append, clock=self._clock)
         if uplink is None:
             uplink = uplink_class(config.uplink.kind).from_options(config.uplink.options)
         self.uplink: Uplink = uplink
         if forwarder is None:
-            fwd = config.forwarder
-            forwarder = Forwarder(
-                self.spool,
-                self.uplink,
-                send_timeout=fwd.send_timeout,
-                backoff_initial=fwd.backoff_initial,
-                backoff_max=fwd.backoff_max,
-                clock=self._clock,
-            )
+            forwarder = new_forwarder(config, self.spool, self.uplink, self._clock)
         self.forwarder = forwarder
         self.sources = list(sources) if sources is not None else self._default_sources()
         self.queue = FrameQueue(config.queue_frames)

@@ -123,14 +123,13 @@ def test_bad_config_stops_startup_naming_the_field(tmp_path: Path) -> None:
     assert "batch.max_age" in result.stderr
 
 
-def test_sigterm_stops_cleanly_and_closes_the_open_batch(tmp_path: Path) -> None:
-    config = write_config(tmp_path, "\n[batch]\nmax_age = 3600\n")
-    # A replay paced in real time stands for a live bus: only SIGTERM can close this batch.
+def run_real_time_replay(config: Path, tmp_path: Path) -> subprocess.Popen[str]:
+    """``can-telemetry run`` replaying 30 s of driving in real time (a stand-in for a live bus)."""
     log = tmp_path / "slow.log"
     with can.Logger(str(log)) as writer:
         for msg in VehicleSimulator(seed=4, start_time=1_700_000_000.0).frames(30):
             writer.on_message_received(msg)
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "edge", "run", "--config", str(config), "--replay", str(log)],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -138,6 +137,12 @@ def test_sigterm_stops_cleanly_and_closes_the_open_batch(tmp_path: Path) -> None
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_sigterm_stops_cleanly_and_closes_the_open_batch(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "\n[batch]\nmax_age = 3600\n")
+    # A replay paced in real time stands for a live bus: only SIGTERM can close this batch.
+    proc = run_real_time_replay(config, tmp_path)
     time.sleep(3)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
@@ -150,18 +155,7 @@ def test_run_serves_metrics_and_liveness_when_metrics_port_is_set(tmp_path: Path
     port = free_port()
     config = write_config(tmp_path)
     config.write_text(f"metrics_port = {port}\n" + config.read_text())  # a top-level key
-    log = tmp_path / "slow.log"
-    with can.Logger(str(log)) as writer:
-        for msg in VehicleSimulator(seed=4, start_time=1_700_000_000.0).frames(30):
-            writer.on_message_received(msg)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edge", "run", "--config", str(config), "--replay", str(log)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = run_real_time_replay(config, tmp_path)
     try:
         metrics = wait_for(lambda: _get(port, "/metrics"), timeout=20, what="/metrics")
         assert "can_telemetry_frames_total" in metrics

@@ -20,6 +20,7 @@ queued for it rather than lost to the test: every gap seen here is the module's.
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import random
@@ -76,44 +77,13 @@ Streams = dict[str, dict[int, bytes]]
 # -- the broker and the subscriber -----------------------------------------------------------
 
 
-class PersistentMosquitto(Mosquitto):
-    """A test broker that keeps sessions and queued messages across a restart."""
-
-    def _write_config(self, require_certificate: bool) -> None:
-        super()._write_config(require_certificate)
-        persistent = (
-            f"persistence true\npersistence_location {self.folder}/\n"
-            "max_queued_messages 0\nmax_queued_bytes 0"  # no limit: the test counts everything
-        )
-        text = self.config_file.read_text().replace("persistence false", persistent)
-        self.config_file.write_text(text)
-
-    def change_users(self, users: Mapping[str, str]) -> None:
-        """Replace the user names and passwords (from the next start on)."""
-        self.users = dict(users)
-        self._write_config(require_certificate=False)
-
-
-BrokerFactory = Callable[..., PersistentMosquitto]
+BrokerFactory = Callable[..., Mosquitto]
 
 
 @pytest.fixture
-def brokers(tmp_path: Path, tls_files: TlsFiles) -> Iterator[BrokerFactory]:
-    """Start persistent brokers: ``brokers(host, port, users=None)``; stopped (log printed) at
-    teardown."""
-    started: list[Mosquitto] = []
-
-    def start(host: str, port: int, users: Mapping[str, str] | None = None) -> PersistentMosquitto:
-        folder = tmp_path / f"broker{len(started)}"
-        broker = PersistentMosquitto(folder, host, port, tls_files, users=users)
-        started.append(broker)
-        broker.start()
-        return broker
-
-    yield start
-    for broker in started:
-        broker.stop()
-        sys.stderr.write(f"---- mosquitto {broker.host}:{broker.port} log ----\n{broker.log()}")
+def brokers(mosquitto_factory: Any) -> BrokerFactory:
+    """Start persistent brokers: ``brokers(host, port, users=None)``."""
+    return functools.partial(mosquitto_factory, persistent=True)
 
 
 class Collector:

@@ -139,7 +139,10 @@ class Mosquitto:
         *,
         users: Mapping[str, str] | None = None,
         require_certificate: bool = False,
+        persistent: bool = False,
     ) -> None:
+        """``persistent`` keeps sessions and queued messages across a restart (on disk, with no
+        queue limit), so a test-side subscriber with a persistent session misses nothing."""
         executable = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not os.access(executable, os.X_OK):
             pytest.skip("mosquitto is not installed (run .ci/setup)")
@@ -150,16 +153,32 @@ class Mosquitto:
         self.plain_port = free_port()
         self.tls = tls
         self.users = dict(users or {})
+        self.require_certificate = require_certificate
+        self.persistent = persistent
         self.log_file = folder / "mosquitto.log"
         self.config_file = folder / "mosquitto.conf"
         self._process: subprocess.Popen[bytes] | None = None
         folder.mkdir(parents=True, exist_ok=True)
-        self._write_config(require_certificate)
+        self._write_config()
 
-    def _write_config(self, require_certificate: bool) -> None:
+    def change_users(self, users: Mapping[str, str]) -> None:
+        """Replace the user names and passwords (from the next start on)."""
+        self.users = dict(users)
+        self._write_config()
+
+    def _write_config(self) -> None:
+        if self.persistent:
+            persistence = [
+                "persistence true",
+                f"persistence_location {self.folder}/",
+                "max_queued_messages 0",  # no limit: tests count everything
+                "max_queued_bytes 0",
+            ]
+        else:
+            persistence = ["persistence false"]
         lines = [
             f"user {pwd.getpwuid(os.getuid()).pw_name}",  # do not drop privileges when root
-            "persistence false",
+            *persistence,
             "log_dest stderr",
             "log_type all",
             "connection_messages true",
@@ -174,7 +193,7 @@ class Mosquitto:
             f"cafile {self.tls.ca_file}",
             f"certfile {self.tls.server_cert_file}",
             f"keyfile {self.tls.server_key_file}",
-            f"require_certificate {'true' if require_certificate else 'false'}",
+            f"require_certificate {'true' if self.require_certificate else 'false'}",
             f"listener {self.plain_port} 127.0.0.1",
         ]
         self.config_file.write_text("\n".join(lines) + "\n")
