@@ -463,8 +463,9 @@ def main() -> int:
         "none": {"batch": {"compression": "none"}},
         "zlib (level 9)": {"batch": {"compression": "zlib"}},
         "zstd level 3": {"batch": {"compression": "zstd", "compression_level": 3}},
-        "zstd level 9 (default)": {},
-        "zstd level 9, counters and checksums not selected": {"signals": {"exclude": NOISE}},
+        "zstd level 6 (default)": {},
+        "zstd level 9": {"batch": {"compression": "zstd", "compression_level": 9}},
+        "zstd level 6, counters and checksums not selected": {"signals": {"exclude": NOISE}},
     }
     codec_rows: dict[str, dict[str, list[float]]] = {v: {"hour": [], "s": []} for v in variants}
     for log in LOGS:
@@ -608,7 +609,7 @@ What each column counts:
     vw_results = vw_section()
     print()
     print(vcan_line())
-    summary(rows, compression, vw_results)
+    summary(rows, compression, compression_all, vw_results)
 
 
 def vw_section() -> list[dict[str, Any]]:
@@ -655,7 +656,12 @@ def run_child_plain() -> float:
     return time.time() - started
 
 
-def summary(rows: list[dict[str, Any]], compression: list[float], vw: list[dict[str, Any]]) -> None:
+def summary(
+    rows: list[dict[str, Any]],
+    compression: list[float],
+    compression_all: list[float],
+    vw: list[dict[str, Any]],
+) -> None:
     print("\n## Targets\n")
     ratios = {r["log"]: r["bare"] / r["ours"] for r in rows}
     low = ", ".join(f"{k} ({v:.2f})" for k, v in ratios.items() if v < TARGET_RATIO)
@@ -665,11 +671,17 @@ def summary(rows: list[dict[str, Any]], compression: list[float], vw: list[dict[
         f"{'met' if not low else 'MISSED on ' + low}; lowest {min(ratios.values()):.2f} over "
         f"whole logs, {filtered:.2f} over the known frames only (spool on tmpfs)."
     )
-    mean = geomean(compression)
+    mean, mean_all = geomean(compression), geomean(compression_all)
+
+    def verdict(value: float) -> str:
+        return "met" if value >= TARGET_COMPRESSION else "MISSED"
+
     print(
-        f"- (b) bytes, geo-mean raw / ours >= {TARGET_COMPRESSION:.0f}x: "
-        f"{'met' if mean >= TARGET_COMPRESSION else 'MISSED'} ({mean:.1f}x against the frames "
-        f"of the decoded messages; per log {min(compression):.1f}x to {max(compression):.1f}x)."
+        f"- (b) bytes, geo-mean raw / ours >= {TARGET_COMPRESSION:.0f}x: against every frame of "
+        f"the logs (what a raw-frame forwarder sends) {verdict(mean_all)}, {mean_all:.1f}x (per "
+        f"log {min(compression_all):.1f}x to {max(compression_all):.1f}x); against only the "
+        f"frames of the messages the DBCs decode {verdict(mean)}, {mean:.1f}x (per log "
+        f"{min(compression):.1f}x to {max(compression):.1f}x)."
     )
     worst_rss = max(v["rss"] for v in vw)
     print(

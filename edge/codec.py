@@ -1,29 +1,37 @@
-"""The wire format (docs/format.md, version 1): batches and schemas to bytes, and bytes back to
-rows.
+"""The wire format (docs/format.md, version 2): batches and schemas to bytes, and bytes back to
+rows. The reader also reads version 1.
 
 A payload is::
 
     b"CT" | version: u8 | kind: u8 (0 data, 1 schema) | compression: u8 (0 none, 1 zlib, 2 zstd)
-    | envelope: msgpack map, uncompressed (stream, seq, vehicle, schema id, time range, ...)
+    | envelope: msgpack array, uncompressed
     | body: msgpack, compressed as named
 
+    data envelope   = [schema id: bin 8, stream: bin, seq, t0, span, res, ...]
+    schema envelope = [schema id: bin 8, stream: bin, seq, vehicle, created, ...]
+
 The envelope lets a cloud function route, deduplicate and order payloads without decompressing
-them. The data body is a list of groups, one per message (and J1939 source address)::
+them (version 1's was a map with string keys; :func:`unpack` gives both as the same dict). The
+data body is a list of groups, one per message (and J1939 source address)::
 
     [message_index, source_address | nil, [time deltas...], [column, ...]]
     column = [signal_index, rows | nil, values] or [signal_index, rows | nil, values, 1]
 
 Times are integer ticks (``res`` nanoseconds each), the first relative to the envelope's ``t0``,
-each next one relative to its predecessor. ``rows`` is nil when the column has a value in every
-row, else the delta-encoded row numbers it has values in. Integer-coded signals carry their raw
-integers, delta-encoded (a fourth element ``1`` marks a column sent plain, when a 64-bit
-signal's deltas leave msgpack's integer range); float signals carry their IEEE value as sent.
-The reader applies ``raw * scale + offset`` from the schema, exactly as cantools does.
+each next one relative to its predecessor. ``rows`` is nil when the column is *dense*: one
+value per row of the group, nil in the rows the signal has no value in (a column with a value in
+every row has no nil); else the delta-encoded row numbers it has values in. The writer sends a
+column dense when it has values in at least 30 % of its group's rows. Integer-coded signals
+carry their raw integers, delta-encoded across the values present (a fourth element ``1`` marks
+a column sent plain, when a 64-bit signal's deltas leave msgpack's integer range); float signals
+carry their IEEE value as sent. The reader applies ``raw * scale + offset`` from the schema,
+exactly as cantools does.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -51,7 +59,9 @@ __all__ = [
 _T = TypeVar("_T")
 
 MAGIC = b"CT"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions :func:`unpack` reads.
+_READABLE = (1, 2)
 KIND_DATA, KIND_SCHEMA = 0, 1
 _KIND_NAMES = {KIND_DATA: "data", KIND_SCHEMA: "schema"}
 _COMPRESSION_CODES = {"none": 0, "zlib": 1, "zstd": 2}
@@ -59,13 +69,23 @@ _COMPRESSION_NAMES = {v: k for k, v in _COMPRESSION_CODES.items()}
 #: Refuse to inflate a body beyond this (a corrupt or hostile payload must not exhaust memory).
 MAX_BODY = 64 * 1024 * 1024
 _HEADER = 5
-#: Placeholders as long as the longest stream id (a uuid4 hex) and sequence number, so a size
-#: measured before the spool numbers the payload is never exceeded after.
-_LONGEST_STREAM = "s" * 36
+#: Placeholders as long as the longest stream id the writer accepts (16 bytes: a uuid4 hex) and
+#: the largest sequence number, so a size measured before the spool numbers the payload is never
+#: exceeded after.
+_LONGEST_STREAM = "ff" * 16
 _LARGEST_SEQ = 2**64 - 1
+#: Stream ids the writer accepts: lower-case hex of at most 16 bytes, which travel as bin (and
+#: come back from the reader as the same string).
+_STREAM_ID = re.compile(r"(?:[0-9a-f]{2}){0,16}")
+#: A column with values in at least this share (3/10) of its group's rows is sent dense.
+_DENSE_NUM, _DENSE_DEN = 3, 10
+#: Envelope lengths (the reader ignores elements after these).
+_DATA_ENVELOPE, _SCHEMA_ENVELOPE = 6, 5
 #: Raw integers whose deltas do not fit msgpack's integer range are sent as they are.
 _INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1
 _PLAIN = 1  # column encoding flag: values not delta-encoded
+#: Integer values spanning at most this have every delta within msgpack's range.
+_SAFE_SPAN = 2**63
 
 
 class Row(NamedTuple):
@@ -117,36 +137,67 @@ class Codec:
     def data_body(self, batch: Batch, schema: Schema) -> bytes:
         """The compressed body of a data payload."""
         groups = []
+        messages = schema.messages
+        base = int(batch.min_tick)
         for (message_index, source_address), group in batch.groups.items():
-            signals = schema.messages[message_index].signals
-            times = _deltas(group.times, int(batch.min_tick))
+            signals = messages[message_index].signals
+            n = len(group.times)
+            dense_from = n * _DENSE_NUM  # a column of k values is dense when k * 10 >= this
             columns = []
             for index, (rows, values) in sorted(group.columns.items()):
-                row_field = None if len(rows) == len(group.times) else _deltas(rows, 0)
-                if signals[index].is_float:
-                    columns.append([index, row_field, values])
-                else:
+                # Integer values are sent as deltas, unless one leaves msgpack's integer range
+                # (only 64-bit signals between extremes can; within a span of 2**63 none does).
+                delta = not signals[index].is_float
+                plain = False
+                if delta and max(values) - min(values) > _SAFE_SPAN:
                     deltas = _deltas(values, 0)
-                    if min(deltas) < _INT_MIN or max(deltas) > _UINT_MAX:  # 64-bit extremes
-                        columns.append([index, row_field, values, _PLAIN])
+                    if min(deltas) < _INT_MIN or max(deltas) > _UINT_MAX:
+                        plain = True
                     else:
-                        columns.append([index, row_field, deltas])
-            groups.append([message_index, source_address, times, columns])
+                        values = deltas
+                    delta = False
+                row_field = None
+                k = len(rows)
+                if k == n:
+                    if delta:
+                        values = _deltas(values, 0)
+                elif k * _DENSE_DEN >= dense_from:
+                    dense: list[Any] = [None] * n
+                    if delta:
+                        previous = 0
+                        for row, value in zip(rows, values, strict=True):
+                            dense[row] = value - previous
+                            previous = value
+                    else:
+                        for row, value in zip(rows, values, strict=True):
+                            dense[row] = value
+                    values = dense
+                else:
+                    row_field = _deltas(rows, 0)
+                    if delta:
+                        values = _deltas(values, 0)
+                if plain:
+                    columns.append([index, row_field, values, _PLAIN])
+                else:
+                    columns.append([index, row_field, values])
+            groups.append([message_index, source_address, _deltas(group.times, base), columns])
         return self.compress(msgpack.packb(groups, use_bin_type=True))
 
     def envelope(self, batch: Batch | None, schema: Schema) -> dict[str, Any]:
         """The envelope fields a batch (or a schema payload, batch None) has before its
-        stream/sequence are known."""
-        env: dict[str, Any] = {
+        stream/sequence are known: what :meth:`pack` puts in the envelope array."""
+        if batch is None:
+            return {
+                "schema": schema.schema_id,
+                "vehicle": self.vehicle,
+                "created": round(time.time(), 3),
+            }
+        return {
             "schema": schema.schema_id,
-            "vehicle": self.vehicle,
-            "created": round(time.time(), 3),
+            "t0": int(batch.min_tick),
+            "t1": int(batch.max_tick),
+            "res": self.resolution_ns,
         }
-        if batch is not None:
-            t0, t1 = int(batch.min_tick), int(batch.max_tick)
-            epoch = t0 * self.resolution_ns / 1e9 > EPOCH_THRESHOLD
-            env.update(t0=t0, t1=t1, res=self.resolution_ns, tb="epoch" if epoch else "relative")
-        return env
 
     def size(self, kind: int, envelope: Mapping[str, Any], body: bytes) -> int:
         """The payload's size once the spool numbers it: never exceeded, whatever the number."""
@@ -163,10 +214,26 @@ class Codec:
     def pack(
         self, kind: int, envelope: Mapping[str, Any], body: bytes, stream: str, seq: int
     ) -> bytes:
-        """Assemble a payload from an encoded body."""
-        env = dict(envelope, stream=stream, seq=seq)
+        """Assemble a payload from an encoded body. Raises ValueError for a stream id that is
+        not lower-case hex of at most 16 bytes (the spool's are a uuid4's 32 hex digits) or a
+        negative sequence number."""
+        if not _STREAM_ID.fullmatch(stream):
+            raise ValueError(f"stream id {stream!r} is not lower-case hex of at most 16 bytes")
+        if seq < 0:
+            raise ValueError(f"sequence number {seq} is negative")
+        schema_id = bytes.fromhex(envelope["schema"])
+        if len(schema_id) != 8:
+            raise ValueError(f"schema id {envelope['schema']!r} is not 16 hex digits")
+        fields: list[Any]
+        if kind == KIND_DATA:
+            t0 = envelope["t0"]
+            span = envelope["t1"] - t0
+            fields = [schema_id, bytes.fromhex(stream), seq, t0, span, envelope["res"]]
+        else:
+            vehicle, created = envelope["vehicle"], envelope["created"]
+            fields = [schema_id, bytes.fromhex(stream), seq, vehicle, created]
         header = bytes((MAGIC[0], MAGIC[1], FORMAT_VERSION, kind, self._code))
-        packed: bytes = msgpack.packb(env, use_bin_type=True)
+        packed: bytes = msgpack.packb(fields, use_bin_type=True)
         return header + packed + body
 
     def payload(
@@ -192,7 +259,11 @@ class Codec:
 
 @dataclass(frozen=True, slots=True)
 class DecodedPayload:
-    """A payload taken apart: its kind, envelope and (decompressed, unpacked) body."""
+    """A payload taken apart: its kind, format version, envelope and (decompressed, unpacked)
+    body. ``envelope`` is a dict with the keys of version 1's envelope map, whatever the
+    version: data ``schema``, ``stream``, ``seq``, ``t0``, ``t1``, ``res``, ``tb`` (and, in
+    version 1, ``vehicle`` and ``created``); schema ``schema``, ``stream``, ``seq``, ``vehicle``,
+    ``created``."""
 
     kind: str
     version: int
@@ -202,12 +273,13 @@ class DecodedPayload:
 
 
 def unpack(data: bytes) -> DecodedPayload:
-    """Take a payload apart. Raises :class:`PayloadError` for anything malformed."""
+    """Take a payload of version 1 or 2 apart. Raises :class:`PayloadError` for anything
+    malformed."""
     if len(data) < _HEADER or data[:2] != MAGIC:
         raise PayloadError("not a can-telemetry payload (bad magic)")
     version, kind, code = data[2], data[3], data[4]
-    if version != FORMAT_VERSION:
-        raise PayloadError(f"unsupported format version {version} (this reader knows 1)")
+    if version not in _READABLE:
+        raise PayloadError(f"unsupported format version {version} (this reader knows 1 and 2)")
     if kind not in _KIND_NAMES:
         raise PayloadError(f"unknown payload kind {kind}")
     if code not in _COMPRESSION_NAMES:
@@ -218,8 +290,11 @@ def unpack(data: bytes) -> DecodedPayload:
         envelope = unpacker.unpack()
     except (msgpack.OutOfData, ValueError, TypeError, msgpack.StackError) as exc:
         raise PayloadError(f"truncated or malformed envelope: {_short(exc)}") from exc
-    if not isinstance(envelope, dict):
-        raise PayloadError("envelope is not a map")
+    if version == 1:
+        if not isinstance(envelope, dict):
+            raise PayloadError("envelope is not a map")
+    else:
+        envelope = _envelope_v2(kind, envelope)
     compressed = data[_HEADER + unpacker.tell() :]
     raw = _decompress(_COMPRESSION_NAMES[code], compressed)
     try:
@@ -227,6 +302,50 @@ def unpack(data: bytes) -> DecodedPayload:
     except (ValueError, TypeError, msgpack.FormatError, msgpack.StackError) as exc:
         raise PayloadError(f"malformed body: {_short(exc)}") from exc
     return DecodedPayload(_KIND_NAMES[kind], version, _COMPRESSION_NAMES[code], envelope, body)
+
+
+def _envelope_v2(kind: int, fields: object) -> dict[str, Any]:
+    """A version 2 envelope array as the dict of version 1's keys (see :class:`DecodedPayload`).
+    Elements after the known ones are ignored."""
+    if not isinstance(fields, list):
+        raise PayloadError("envelope is not an array")
+    length = _DATA_ENVELOPE if kind == KIND_DATA else _SCHEMA_ENVELOPE
+    if len(fields) < length:
+        raise PayloadError(
+            f"{_KIND_NAMES[kind]} envelope has {len(fields)} elements, expected {length}"
+        )
+    schema_id, stream, seq = fields[:3]
+    if type(schema_id) is not bytes or len(schema_id) != 8:
+        raise PayloadError("envelope schema id is not 8 bytes")
+    if type(stream) is not bytes:
+        raise PayloadError("envelope stream id is not bytes")
+    if type(seq) is not int or seq < 0:
+        raise PayloadError(f"envelope seq {_shorter(seq)} is not an unsigned integer")
+    env: dict[str, Any] = {"schema": schema_id.hex(), "stream": stream.hex(), "seq": seq}
+    if kind == KIND_DATA:
+        t0, span, res = fields[3:6]
+        if type(t0) is not int:
+            raise PayloadError(f"envelope t0 {_shorter(t0)} is not an integer")
+        if type(span) is not int or span < 0:
+            raise PayloadError(f"envelope span {_shorter(span)} is not an unsigned integer")
+        if type(res) is not int or res <= 0:
+            raise PayloadError(f"envelope res {_shorter(res)} is not a positive integer")
+        epoch = t0 * res / 1e9 > EPOCH_THRESHOLD  # within float range: |t0|, res < 2**64
+        env.update(t0=t0, t1=t0 + span, res=res, tb="epoch" if epoch else "relative")
+    else:
+        vehicle, created = fields[3:5]
+        if type(vehicle) is not str:
+            raise PayloadError(f"envelope vehicle {_shorter(vehicle)} is not a string")
+        if type(created) not in (float, int):
+            raise PayloadError(f"envelope created {_shorter(created)} is not a number")
+        env.update(vehicle=vehicle, created=created)
+    return env
+
+
+def _shorter(value: object) -> str:
+    """A field of a malformed payload for an error message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _short(exc: BaseException) -> str:
@@ -294,6 +413,7 @@ class PayloadDecoder:
         schema = self.schemas.get(str(schema_id))
         if schema is None:
             raise SchemaMissingError(str(schema_id))
+        nils = payload.version >= 2  # version 1 has no nil in a column
         try:
             t0, res = env["t0"], env["res"]
             if type(t0) is not int or type(res) is not int or res <= 0:
@@ -315,6 +435,12 @@ class PayloadDecoder:
                     signal = _item(message.signals, signal_index, "signal")
                     if row_deltas is None:
                         rows: Sequence[int] = range(len(times))
+                        if nils and isinstance(values, list) and None in values:
+                            # dense: one entry per row, nil where the signal has no value
+                            if len(values) != len(times):
+                                raise PayloadError("dense column length does not match its group")
+                            rows = [row for row, v in enumerate(values) if v is not None]
+                            values = [v for v in values if v is not None]
                     else:
                         rows = _undelta(_ints(row_deltas), 0)
                         if rows and (min(rows) < 0 or max(rows) >= len(times)):

@@ -104,7 +104,7 @@ class BatchConfig:
     max_bytes: int = 200_000
     time_resolution: float = 0.001
     compression: Compression = "zstd"
-    compression_level: int = 9
+    compression_level: int = 6
     schema_interval: float = 3600.0
 
 
@@ -338,7 +338,7 @@ def _batch(t: Table) -> BatchConfig:
         max_bytes=t.int("max_bytes", 200_000, min=4096, max=limit),
         time_resolution=t.float("time_resolution", 0.001, min=1e-6, max=1.0),
         compression=t.str("compression", "zstd", choices=COMPRESSIONS),
-        compression_level=t.int("compression_level", 9, min=1, max=19),
+        compression_level=t.int("compression_level", 6, min=1, max=19),
         schema_interval=t.float("schema_interval", 3600.0, min=1.0),
     )
     t.finish()

@@ -40,6 +40,7 @@ from edge.sample import Policy, Selection, TrackSampler
 from edge.schema import MessageInfo, Schema
 
 __all__ = [
+    "UNKNOWN_ID",
     "BusDecoder",
     "DecodeStats",
     "Decoder",
@@ -274,9 +275,9 @@ def pgn_from_frame_id(frame_id: int) -> int:
     return (frame_id >> 8) & 0x30000 | pdu_format << 8 | pdu_specific
 
 
-#: Bit set in track keys of 29-bit IDs: keeps 11-bit and 29-bit IDs with the same number apart.
-EXTENDED_KEY = 1 << 29
-_EXTENDED = EXTENDED_KEY
+#: Why frames of an ID the databases do not know are skipped: the commonest reason by far, which
+#: the Processor's loop counts by identity (``is``) instead of by name.
+UNKNOWN_ID = "unknown_id"
 _J1939_PGN_MASK = 0x3FFFF00
 
 
@@ -387,9 +388,11 @@ class BusDecoder:
         self._db = database
         self._j1939 = j1939
         self._selection = selection
-        #: key (frame ID, with bit 29 set for extended IDs) -> its track, or None when its
-        #: frames are skipped: why (a ``DecodeStats.skipped`` key). Read by the Processor's loop.
-        self.tracks: dict[int, Track | str] = {}
+        #: frame ID -> its track or, when its frames are skipped, why (a ``DecodeStats.skipped``
+        #: key), for 11-bit and 29-bit IDs apart; IDs not seen yet are absent. Read by the
+        #: Processor's loop (two tables keyed by the ID itself: no key to compute per frame).
+        self.standard: dict[int, Track | str] = {}
+        self.extended: dict[int, Track | str] = {}
         self._decoders: dict[int, tuple[DictDecoder, TupleLayout | None]] = {}
         self._group_tracks: dict[tuple[int, int | None], Track] = {}
         # Schema index of each selected message of this bus, by cantools message.
@@ -420,8 +423,8 @@ class BusDecoder:
 
     def track(self, arbitration_id: int, extended: bool) -> Track | None:
         """The track of a frame ID (created on first sight), or None (reason recorded)."""
-        key = arbitration_id | _EXTENDED if extended else arbitration_id
-        known = self.tracks.get(key)
+        table = self.extended if extended else self.standard
+        known = table.get(arbitration_id)
         if known is not None:
             return known if isinstance(known, Track) else None
         message: Message | None = None
@@ -438,9 +441,9 @@ class BusDecoder:
             source_address = arbitration_id & 0xFF
         track: Track | None = None
         if message is None:
-            self.tracks[key] = "unknown_id"
+            table[arbitration_id] = UNKNOWN_ID
         elif id(message) not in self._selected:
-            self.tracks[key] = "not_selected"
+            table[arbitration_id] = "not_selected"
         else:
             index, info = self._selected[id(message)]
             policies: list[Policy] = []
@@ -466,14 +469,13 @@ class BusDecoder:
             if other is not track:
                 other.shared = track.shared = True
                 other.deferred = track.deferred = False
-            self.tracks[key] = track
+            table[arbitration_id] = track
         return track
 
     def skip_reason(self, arbitration_id: int, extended: bool) -> str:
         """Why frames with this ID are skipped."""
-        key = arbitration_id | _EXTENDED if extended else arbitration_id
-        reason = self.tracks.get(key)
-        return reason if isinstance(reason, str) else "unknown_id"
+        reason = (self.extended if extended else self.standard).get(arbitration_id)
+        return reason if isinstance(reason, str) else UNKNOWN_ID
 
 
 class Decoder:

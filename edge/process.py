@@ -21,8 +21,7 @@ from edge.clock import Clock, SystemClock
 from edge.codec import KIND_DATA, KIND_SCHEMA, Codec
 from edge.config import Config
 from edge.database import load_databases
-from edge.decode import EXTENDED_KEY as _EXTENDED
-from edge.decode import BusDecoder, Decoder, DecodeStats, Track
+from edge.decode import UNKNOWN_ID, BusDecoder, Decoder, DecodeStats, Track
 from edge.errors import SpoolError
 from edge.payload import Payload
 from edge.sample import Selection
@@ -87,8 +86,8 @@ class Processor:
         self.decoder = Decoder(self.bus_decoders)
         # Values typed Any: the hot loop tells a Track from a skip reason by class, which
         # mypy does not narrow on (type() or isinstance() would cost a call per frame).
-        self._tracks_by_bus: dict[str, tuple[dict[int, Any], BusDecoder]] = {
-            b.name: (b.tracks, b) for b in self.bus_decoders
+        self._tracks_by_bus: dict[str, tuple[dict[int, Any], dict[int, Any], BusDecoder]] = {
+            b.name: (b.standard, b.extended, b) for b in self.bus_decoders
         }
         self._pending: list[Track] = []  # tracks with pending rows (see _run)
         # Estimate bounds per message (by schema index), tighter than the batcher's general
@@ -173,8 +172,8 @@ class Processor:
         batcher = self.batcher
         bounds = self._row_bounds
         pending = self._pending
-        handled = decoded = repeated = rows = spent = 0
-        skips: list[str] = []  # why each skipped frame was, counted at the end
+        handled = decoded = repeated = rows = spent = unknown = 0
+        skips: list[str] = []  # why each skipped frame was (but unknown IDs), counted at the end
         room = self._room - self._reserved
         age_due = batcher.age_due
         try:
@@ -189,10 +188,13 @@ class Processor:
                 if entry is None:
                     skips.append("unknown_bus")
                     continue
-                tracks, bus = entry
+                standard, extended, bus = entry
                 arbitration_id = msg.arbitration_id
-                key = arbitration_id | _EXTENDED if msg.is_extended_id else arbitration_id
-                track: Any = tracks.get(key)  # a Track, a skip reason, or None (a new ID)
+                tracks = extended if msg.is_extended_id else standard
+                track: Any = tracks.get(arbitration_id)  # a Track, why it is skipped, or None
+                if track is UNKNOWN_ID:  # the commonest skip (interned: compared by identity)
+                    unknown += 1
+                    continue
                 kind = track.__class__
                 if kind is not Track:
                     if kind is str:
@@ -204,7 +206,7 @@ class Processor:
                         spent = 0
                         self._settle_all()  # the track it shares a group with stops deferring
                         room, age_due = self._room - self._reserved, batcher.age_due
-                    track = tracks[key]
+                    track = tracks[arbitration_id]
                     if track.__class__ is str:
                         skips.append(track)
                         continue
@@ -260,7 +262,9 @@ class Processor:
         finally:
             self._reserved += spent
             skipped.update(skips)
-            decoder.frames += handled + len(skips)
+            if unknown:
+                skipped[UNKNOWN_ID] += unknown
+            decoder.frames += handled + len(skips) + unknown
             decoder.decoded += decoded
             decoder.repeated += repeated
             self.rows += rows

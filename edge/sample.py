@@ -18,7 +18,6 @@ All times are frame times, so a replay at any speed gives the same samples as th
 from __future__ import annotations
 
 import fnmatch
-import itertools
 import math
 import operator
 import re
@@ -211,21 +210,20 @@ class TrackSampler:
         pending row differs from its predecessor, so each one gets at least one value."""
         rows = self.pending_rows
         times = self.pending_times
-        width = self.width
         ticks = [round(t * ticks_per_second) for t in times]
         first_row = len(group.times)
         group.times.extend(ticks)
-        cells = list(itertools.chain.from_iterable(rows))
         columns = group.columns
         last, sent_at = self._last, self._sent_at
         sent: list[int] = []
-        # Column by column: a tight loop with everything in locals beats C-level passes here.
-        for i in range(width):
+        # Column by column (zip transposes in C): a tight loop with everything in locals beats
+        # C-level passes (map, itertools.compress) here, measured on Python 3.11.
+        for i, cells in enumerate(zip(*rows, strict=True)):
             previous = last[i]
             row_numbers: list[int] = []
             values: list[Any] = []
             row = first_row
-            for value in cells[i::width]:
+            for value in cells:
                 if value != previous:
                     row_numbers.append(row)
                     values.append(value)

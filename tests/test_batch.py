@@ -366,13 +366,14 @@ def test_byte_budget_holds_under_a_burst(tmp_path: Path, compression: Compressio
 
 @pytest.mark.parametrize("spread", [0.0001, 0.0], ids=["10kHz", "one-instant"])
 def test_burst_through_the_writer_split(tmp_path: Path, spread: float) -> None:
-    """Uncompressed, columns that turn sparse (the multiplexer switches) grow a batch by a whole
-    row-number list at once, past what the estimate foresaw: the writer measures at close and
-    splits, by time or, at one instant, by position."""
+    """Uncompressed, columns that turn dense (the multiplexer switches, and the new mux's
+    columns reach 30 % of their group's rows) grow a batch by a nil for every row they lack at
+    once, past what the estimate foresaw: the writer measures at close and splits, by time or,
+    at one instant, by position."""
     dbc = write_burst_dbc(tmp_path / "burst.dbc")
     rng = random.Random(5)
     frames = [
-        frame(512, bytes([(i // 440) % 2]) + rng.randbytes(7), 1000 + i * spread)
+        frame(512, bytes([(i // 300) % 2]) + rng.randbytes(7), 1000 + i * spread)
         for i in range(3000)
     ]
     collector = Collector()
@@ -389,7 +390,8 @@ def test_burst_through_the_writer_split(tmp_path: Path, spread: float) -> None:
 
 
 def test_byte_budget_holds_with_a_long_vehicle_id(tmp_path: Path) -> None:
-    """The vehicle id is in every envelope: the size checks must count it."""
+    """The vehicle id is in every schema envelope and every payload's properties: the size
+    checks must count it."""
     dbc = write_burst_dbc(tmp_path / "burst.dbc")
     collector = Collector()
     config = burst_config(dbc, "none", 8192, vehicle="V" * 500)

@@ -104,7 +104,7 @@ def test_minimal_config_gives_the_documented_defaults(monkeypatch: pytest.Monkey
         max_bytes=200_000,
         time_resolution=0.001,
         compression="zstd",
-        compression_level=9,
+        compression_level=6,
         schema_interval=3600.0,
     )
     assert config.spool == SpoolConfig(

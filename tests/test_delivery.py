@@ -208,7 +208,7 @@ def reference_rows(config: Config, log: Path) -> Counter[Row]:
     bodies: list[bytes] = []
 
     def append(build: Callable[[str, int], Any]) -> int:
-        bodies.append(build("reference", len(bodies)).body)
+        bodies.append(build("0123456789abcdef0123456789abcdef", len(bodies)).body)
         return len(bodies) - 1
 
     processor = Processor(config, append)

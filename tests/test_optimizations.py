@@ -4,9 +4,11 @@ measures speed; these prove each shortcut changes nothing.
 - Raw decoding straight from cantools' compiled layouts (``tuple_decoder``/``dict_decoder``)
   equals ``message.decode(data, False, False)`` on every message of every loadable corpus
   database, multiplexed, big-endian, signed and float signals included.
-- The Processor's hot loop (deferred sampling, settled a column at a time) gives the same rows
-  and counters as the plain steps (``_process_one`` for every frame) on every corpus log, with
-  default and other sampling settings.
+- The Processor's hot loop (deferred sampling, settled a column at a time; frames looked up by
+  ID in separate 11-bit and 29-bit tables, unknown IDs counted apart) gives the same rows and
+  counters as the plain steps (``_process_one`` for every frame) on every corpus log, with
+  default and other sampling settings, and on synthetic frames that give one number as both an
+  11-bit and a 29-bit ID.
 - The tighter size bounds the hot loop reserves are true upper bounds of the encoded values.
 - The database cache returns an equal database, survives a damaged cache, and the hot-loop
   comparisons run the plain steps on databases read back from it.
@@ -212,7 +214,7 @@ class Collector:
         self.payloads: list[Payload] = []
 
     def __call__(self, build: Any) -> int:
-        self.payloads.append(build("test-stream", len(self.payloads)))
+        self.payloads.append(build("7e57" * 8, len(self.payloads)))
         return len(self.payloads) - 1
 
     def rows(self) -> dict[Key, list[tuple[float, Any]]]:
@@ -301,6 +303,54 @@ def test_j1939_priorities_sharing_a_group_keep_frame_order(tmp_path: Path) -> No
         "buses": [{"name": "can0", "dbc": [str(DEMO_DBC)], "j1939": True}],
     }
     both(config, frames, chunk=100)
+
+
+def test_standard_and_extended_ids_of_one_number_stay_apart() -> None:
+    """The hot loop looks frames up in two tables by the ID itself (11-bit, 29-bit) and counts
+    unknown IDs apart from other skips: the same number as a standard and as an extended ID,
+    error, remote and unmapped-bus frames are decoded and counted as the plain steps do."""
+    db = load_database(DEMO_DBC, cache=False)
+    standard = db.get_message_by_name("ECM_EngineStatus")  # 11-bit 160
+    eec1 = db.get_message_by_name("EEC1")  # 29-bit
+    low = eec1.frame_id & 0x7FF
+    kinds = [
+        ("known", standard.frame_id, False, "can0"),
+        ("unknown", standard.frame_id, True, "can0"),  # 160 as a 29-bit ID: not in the DBC
+        ("known", eec1.frame_id, True, "can0"),
+        ("unknown", low, False, "can0"),  # EEC1's low 11 bits as a standard ID
+        ("unknown", 0x123, False, "can0"),
+        ("unknown", 0x1ABCDE, True, "can0"),
+        ("error", standard.frame_id, False, "can0"),
+        ("remote", standard.frame_id, False, "can0"),
+        ("bus", standard.frame_id, False, "can9"),
+    ]
+    rng = random.Random(11)
+    frames = []
+    expected: dict[str, int] = defaultdict(int)
+    for i in range(3_000):
+        kind, frame_id, extended, channel = rng.choice(kinds)
+        expected[kind] += 1
+        frames.append(
+            can.Message(
+                timestamp=1_700_000_000 + i * 0.001,
+                arbitration_id=frame_id,
+                is_extended_id=extended,
+                is_error_frame=kind == "error",
+                is_remote_frame=kind == "remote",
+                data=b"" if kind == "remote" else bytes([rng.randrange(4)] * 8),
+                channel=channel,
+            )
+        )
+    config = {"vehicle_id": "v", "buses": [{"name": "can0", "dbc": [str(DEMO_DBC)]}]}
+    both(config, frames, chunk=97)
+    processor = Processor(parse_config(config), Collector())
+    processor.process(frames)
+    skipped = processor.stats().decode.skipped
+    assert skipped["unknown_id"] == expected["unknown"]
+    assert skipped["error_frame"] == expected["error"]
+    assert skipped["remote_frame"] == expected["remote"]
+    assert skipped["unknown_bus"] == expected["bus"]
+    assert processor.stats().frames == len(frames)
 
 
 # --- the size bounds ---------------------------------------------------------------------------

@@ -51,6 +51,14 @@ def test_replay_through_spool_and_file_uplink_delivers_every_sample(tmp_path: Pa
     n = write_log(log, 60)
     cfg = parse_config(config(tmp_path, replay={"log": str(log), "speed": "max"}))
     pipeline = Pipeline(cfg)
+    sent: list[dict[str, str]] = []
+    send = pipeline.uplink.send
+
+    def send_and_record(payload: Any, timeout: float) -> None:
+        send(payload, timeout)
+        sent.append(dict(payload.properties))
+
+    pipeline.uplink.send = send_and_record  # type: ignore[method-assign]
     pipeline.start()
     pipeline.wait()
     pipeline.stop(drain_timeout=10)
@@ -62,7 +70,12 @@ def test_replay_through_spool_and_file_uplink_delivers_every_sample(tmp_path: Pa
     assert payloads[0].kind == "schema"  # the schema travels first
     seqs = [p.envelope["seq"] for p in payloads]
     assert seqs == list(range(len(seqs)))  # gap-free
-    assert {p.envelope["vehicle"] for p in payloads} == {"test-car"}
+    # The vehicle id travels in schema envelopes and in every payload's properties.
+    assert {p.envelope["vehicle"] for p in payloads if p.kind == "schema"} == {"test-car"}
+    assert {(p["kind"], p["vehicle"]) for p in sent} == {
+        ("schema", "test-car"),
+        ("data", "test-car"),
+    }
     assert all(p.envelope["tb"] == "epoch" for p in payloads if p.kind == "data")
 
 

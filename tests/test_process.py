@@ -33,7 +33,7 @@ class Collector:
 
     def __call__(self, build: Any) -> int:
         seq = len(self.payloads)
-        self.payloads.append(build("test-stream", seq))
+        self.payloads.append(build("7e57" * 8, seq))
         return seq
 
     def rows(self) -> dict[Key, list[tuple[float, Any, Any]]]:
@@ -197,6 +197,9 @@ def test_unknown_ids_and_unmapped_channels_are_counted_not_fatal() -> None:
     assert stats.frames == len(frames)
 
 
+FIRST, SECOND = "f1" * 16, "5e" * 16  # stream ids: hex, as the spool makes them
+
+
 class FlakySpool(Collector):
     """The append contract with a spool that refuses some payloads (disk full) and then starts
     a new stream (its file was replaced)."""
@@ -211,7 +214,7 @@ class FlakySpool(Collector):
         self.calls += 1
         if self.calls in self.refuse:
             raise SpoolError("disk full")
-        stream = "first" if self.calls < self.new_stream_at else "second"
+        stream = FIRST if self.calls < self.new_stream_at else SECOND
         seq = sum(1 for p in self.payloads if p.properties["stream"] == stream)
         self.payloads.append(build(stream, seq))
         return seq
@@ -232,8 +235,8 @@ def test_a_refused_append_costs_one_payload_and_a_new_stream_gets_its_schema() -
     assert stats.spool_errors == 2
     assert stats.payload_bytes == sum(len(p.body) for p in spool.payloads)
     kinds = [(p.properties["stream"], p.properties["kind"]) for p in spool.payloads]
-    assert kinds[0] == ("first", "schema")
-    second = [kind for stream, kind in kinds if stream == "second"]
+    assert kinds[0] == (FIRST, "schema")
+    second = [kind for stream, kind in kinds if stream == SECOND]
     assert second[:2] == ["data", "schema"]  # the new stream's schema follows at once
     decoder = PayloadDecoder()
     rows = [

@@ -1,7 +1,9 @@
 """The ``file`` uplink: an outbox folder with one file per payload, for local consumers and tests.
 
 Each payload becomes ``{stream}-{seq:012d}.{kind}.ctl`` holding exactly the payload body (its
-properties are inside the body already, see docs/format.md; nothing else is written). Names sort
+properties can be read back from it: kind and compression from the header, stream, sequence and
+schema from the envelope, the vehicle from the stream's schema payload; see docs/format.md;
+nothing else is written). Names sort
 in stream order and are unique, so re-sending a payload (at-least-once delivery) replaces the same
 file. A file appears complete or not at all: it is written under a hidden temporary name in the
 same folder, fsynced, renamed into place with ``os.replace``, and the folder is fsynced; a
