@@ -176,6 +176,10 @@ class Processor:
         skips: list[str] = []  # why each skipped frame was (but unknown IDs), counted at the end
         room = self._room - self._reserved
         age_due = batcher.age_due
+        last_channel: object = None  # the bus of the previous frame, and its tables:
+        standard: dict[int, Any] = {}
+        extended: dict[int, Any] = {}
+        bus: Any = None
         try:
             for msg in frames:
                 if msg.is_error_frame or msg.is_remote_frame:
@@ -184,11 +188,14 @@ class Processor:
                     self._process_one(msg)
                     room, age_due = self._room - self._reserved, batcher.age_due
                     continue
-                entry = buses.get(msg.channel)  # type: ignore[arg-type]
-                if entry is None:
-                    skips.append("unknown_bus")
-                    continue
-                standard, extended, bus = entry
+                channel = msg.channel
+                if channel is not last_channel:  # frames come in runs of one bus
+                    entry = buses.get(channel)  # type: ignore[arg-type]
+                    if entry is None:
+                        skips.append("unknown_bus")
+                        continue
+                    standard, extended, bus = entry
+                    last_channel = channel
                 arbitration_id = msg.arbitration_id
                 tracks = extended if msg.is_extended_id else standard
                 track: Any = tracks.get(arbitration_id)  # a Track, why it is skipped, or None

@@ -4,7 +4,8 @@ measures speed; these prove each shortcut changes nothing.
 - Raw decoding straight from cantools' compiled layouts (``tuple_decoder``/``dict_decoder``)
   equals ``message.decode(data, False, False)`` on every message of every loadable corpus
   database, multiplexed, big-endian, signed and float signals included.
-- The Processor's hot loop (deferred sampling, settled a column at a time; frames looked up by
+- The Processor's hot loop (deferred sampling, settled a column at a time; a bus's tables kept
+  across a run of its frames; frames looked up by
   ID in separate 11-bit and 29-bit tables, unknown IDs counted apart) gives the same rows and
   counters as the plain steps (``_process_one`` for every frame) on every corpus log, with
   default and other sampling settings, and on synthetic frames that give one number as both an
