@@ -2,9 +2,9 @@
 # PID 1 of the User-Mode Linux guest that .ci/vcan boots. The host's file system is our root
 # (hostfs), so the project and its virtualenv are at the same paths as on the host. We mount what
 # a program expects, load the CAN modules, run `.ci/vcan` again in here (it sets up vcan0/vcan1
-# and runs pytest), write pytest's exit code to $vcan_job/rc for the host, and power off.
-# $vcan_job comes from the kernel command line; it holds `args` (NUL-separated pytest arguments)
-# and `env` (variables passed through from the host).
+# and runs pytest, or with --bench the SocketCAN benchmark), write its exit code to $vcan_job/rc
+# for the host, and power off. $vcan_job comes from the kernel command line; it holds `args`
+# (NUL-separated arguments for .ci/vcan) and `env` (variables passed through from the host).
 set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 job=${vcan_job:?vcan_job is not set}

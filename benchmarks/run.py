@@ -390,11 +390,16 @@ def geomean(values: list[float]) -> float:
 
 
 def vcan_line() -> str:
-    if platform.machine() == "um" or "User Mode Linux" in _read("/proc/cpuinfo"):
-        return "SocketCAN read path: skipped (User-Mode Linux: no meaningful figures)"
+    """The SocketCAN read path: measured by benchmarks/socketcan.py where this kernel has vcan0,
+    else where to run it (``bash .ci/vcan --bench`` boots a real kernel under User-Mode Linux)."""
     if not Path("/sys/class/net/vcan0").exists():
-        return "SocketCAN read path: skipped (no vcan on this kernel)"
-    return socketcan_read_path()
+        return (
+            "SocketCAN read path: this kernel has no vcan0; `bash .ci/vcan --bench` measures it "
+            "on a real kernel (User-Mode Linux here), see benchmarks/README.md."
+        )
+    from benchmarks.socketcan import report as socketcan_report
+
+    return socketcan_report()
 
 
 def _read(path: str) -> str:
@@ -402,39 +407,6 @@ def _read(path: str) -> str:
         return Path(path).read_text(errors="replace")
     except OSError:
         return ""
-
-
-def socketcan_read_path(count: int = 20_000) -> str:
-    """Frames/s python-can reads from vcan0 (what BusSource does), sent in paced bursts so the
-    receive buffer never overflows."""
-    import threading
-
-    import can
-
-    rx = can.Bus(interface="socketcan", channel="vcan0")
-    tx = can.Bus(interface="socketcan", channel="vcan0")
-    got = 0
-
-    def send() -> None:
-        msg = can.Message(arbitration_id=0x123, data=bytes(8), is_extended_id=False)
-        for i in range(count):
-            tx.send(msg)
-            if i % 64 == 63:
-                time.sleep(0.0005)
-
-    sender = threading.Thread(target=send)
-    started = time.perf_counter()
-    sender.start()
-    while got < count and rx.recv(1.0) is not None:
-        got += 1
-    seconds = time.perf_counter() - started
-    sender.join()
-    rx.shutdown()
-    tx.shutdown()
-    return (
-        f"SocketCAN read path (vcan0, python-can recv, paced sender): {got} frames in "
-        f"{seconds:.2f} s = {got / seconds:,.0f} frames/s (bounded by the sender's pacing)"
-    )
 
 
 def main() -> int:
