@@ -207,6 +207,18 @@ def ours(log: Any, frames: list[Any], folder: str, **overrides: Any) -> Ours:
 # --- child processes: peak memory, start-up ----------------------------------------------------
 
 
+def feed(processor: Any, messages: Iterator[Any]) -> None:
+    """Stream ``messages`` through ``processor`` in chunks of CHUNK, then close the last batch."""
+    chunk: list[Any] = []
+    for msg in messages:
+        chunk.append(msg)
+        if len(chunk) == CHUNK:
+            processor.process(chunk)
+            chunk = []
+    processor.process(chunk)
+    processor.flush()
+
+
 def run_child(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     environment = dict(os.environ, **(env or {}))
     started = time.time()
@@ -247,14 +259,7 @@ def child_replay(config_json: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         spool = Spool(Path(tmp) / "spool.db", max_bytes=200_000_000)
         processor = Processor(config, spool.append)
-        chunk: list[Any] = []
-        for msg in ReplaySource(config.replay, [b.name for b in config.buses]).messages():
-            chunk.append(msg)
-            if len(chunk) == CHUNK:
-                processor.process(chunk)
-                chunk = []
-        processor.process(chunk)
-        processor.flush()
+        feed(processor, ReplaySource(config.replay, [b.name for b in config.buses]).messages())
         spool.close()
     return {"rss_mb": peak_rss_mb(), "frames": processor.stats().frames}
 
@@ -318,14 +323,7 @@ def child_vw(dbc: str) -> dict[str, Any]:
         spool = Spool(config.spool.path, max_bytes=200_000_000)
         processor = Processor(config, spool.append)
         db = processor.bus_decoders[0]._db
-        chunk: list[Any] = []
-        for msg in vw_traffic(db, VW_SECONDS):
-            chunk.append(msg)
-            if len(chunk) == CHUNK:
-                processor.process(chunk)
-                chunk = []
-        processor.process(chunk)
-        processor.flush()
+        feed(processor, vw_traffic(db, VW_SECONDS))
         spool.close()
         stats = processor.stats()
     return {
