@@ -7,8 +7,12 @@ A payload is::
     | envelope: msgpack array, uncompressed
     | body: msgpack, compressed as named
 
-    data envelope   = [schema id: bin 8, stream: bin, seq, t0, span, res, ...]
-    schema envelope = [schema id: bin 8, stream: bin, seq, vehicle, created, ...]
+    data envelope   = [schema id: bin 8, stream: bin, seq, t0, span, res, (ext: map)]
+    schema envelope = [schema id: bin 8, stream: bin, seq, vehicle, created, (ext: map)]
+
+``ext`` is optional: a map with string keys for what a feature adds to the envelope (e.g. the
+campaign that made a payload), absent when empty. Readers give it as ``envelope["ext"]`` (no
+such key when absent: use ``envelope.get("ext", {})``) and ignore keys they do not know.
 
 The envelope lets a cloud function route, deduplicate and order payloads without decompressing
 them (version 1's was a map with string keys; :func:`unpack` gives both as the same dict). The
@@ -232,6 +236,9 @@ class Codec:
         else:
             vehicle, created = envelope["vehicle"], envelope["created"]
             fields = [schema_id, bytes.fromhex(stream), seq, vehicle, created]
+        ext = envelope.get("ext")
+        if ext:
+            fields.append(dict(ext))
         header = bytes((MAGIC[0], MAGIC[1], FORMAT_VERSION, kind, self._code))
         packed: bytes = msgpack.packb(fields, use_bin_type=True)
         return header + packed + body
@@ -339,6 +346,11 @@ def _envelope_v2(kind: int, fields: object) -> dict[str, Any]:
         if type(created) not in (float, int):
             raise PayloadError(f"envelope created {_shorter(created)} is not a number")
         env.update(vehicle=vehicle, created=created)
+    # Readers have always ignored trailing elements: one that is not a map of string keys is one
+    # they do not know, not a malformed envelope.
+    ext = fields[length] if len(fields) > length else None
+    if ext and isinstance(ext, dict) and all(type(k) is str for k in ext):
+        env["ext"] = ext
     return env
 
 

@@ -1348,3 +1348,21 @@ def test_reference_decoder_in_the_docs_agrees(
     assert envelope == dict(unpack(data).envelope)
     got = list(reference["rows"](envelope, body, schema_body))
     assert exact(got) == exact(decoder_for(schema).rows(data))
+
+
+def test_envelope_extension_travels_and_old_readers_skip_it() -> None:
+    batch = batch_of([(0, None, 1_700_000_000_123, [(0, 1)])])
+    codec = make_codec("zstd", resolution=0.001)
+    envelope = {**codec.envelope(batch, FIXED), "ext": {"campaign": "brake", "priority": 0}}
+    body = codec.data_body(batch, FIXED)
+    data = codec.pack(KIND_DATA, envelope, body, STREAM, 7)
+    fields = msgpack.unpackb(data[5 : -len(body)])
+    assert fields[6] == {"campaign": "brake", "priority": 0}
+    assert unpack(data).envelope["ext"] == {"campaign": "brake", "priority": 0}
+    # Without one, nothing is appended and the envelope has no "ext" entry.
+    plain = codec.pack(KIND_DATA, codec.envelope(batch, FIXED), body, STREAM, 7)
+    assert len(msgpack.unpackb(plain[5 : -len(body)])) == 6
+    assert "ext" not in unpack(plain).envelope
+    # A trailing element that is not a map of string keys is not an extension: ignored.
+    other = data[:5] + msgpack.packb([*fields[:6], [1]]) + body
+    assert "ext" not in unpack(other).envelope
