@@ -9,13 +9,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
-from cantools.database.can import Database, Message
-from cantools.database.can.signal import Signal
 
 from edge.errors import PayloadError
+
+if TYPE_CHECKING:
+    # Types only: importing cantools imports python-can, which the cloud side (edge.lake reads
+    # schemas through edge.codec) must not need.
+    from cantools.database.can import Database, Message
+    from cantools.database.can.signal import Signal
 
 __all__ = ["MessageInfo", "Schema", "SignalInfo", "build_schema"]
 
@@ -137,7 +141,7 @@ def signal_info(signal: Signal) -> SignalInfo:
 
 
 #: ``select(bus_name, message, signal)`` is true when the signal is kept.
-Selector = Callable[[str, Message, Signal], bool]
+Selector = Callable[[str, "Message", "Signal"], bool]
 
 
 def build_schema(
