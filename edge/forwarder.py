@@ -19,6 +19,10 @@ Failures:
   not either. It is counted and logged distinctly, the backlog stays in the spool, and the same
   payload is tried again every ``backoff_max`` seconds (a renewed certificate or a fixed twin
   setting then resumes delivery without a restart).
+* A spool that cannot delete a sent payload (disk full: a delete needs room in the WAL) does
+  not stop the stream: the forwarder remembers what it sent, goes on with the next payload, and
+  deletes the sent ones once the spool can write again (after a restart they are sent once more,
+  which at-least-once allows).
 * Anything else (a bug in an uplink, a SpoolError) is logged with its traceback, counted in
   ``last_error`` and retried after ``backoff_max``; the thread never dies of it.
 
@@ -37,7 +41,12 @@ from dataclasses import dataclass
 import tenacity
 
 from edge.clock import Clock, SystemClock
-from edge.errors import PermanentUplinkError, RejectedPayloadError, TransientUplinkError
+from edge.errors import (
+    PermanentUplinkError,
+    RejectedPayloadError,
+    SpoolError,
+    TransientUplinkError,
+)
 from edge.spool import Spool
 from edge.uplinks.base import Uplink
 
@@ -107,6 +116,8 @@ class Forwarder:
         self._last_success: float | None = None
         self._last_error: str | None = None
         self._offline = False  # log an outage once when it starts and once when it ends
+        #: Stream, then seqs sent (or refused: with the reason) whose delete the spool refused.
+        self._undeleted: tuple[str, list[tuple[int, str | None]]] | None = None
         self._retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(TransientUplinkError),
             wait=tenacity.wait_random_exponential(multiplier=backoff_initial, max=backoff_max),
@@ -179,7 +190,7 @@ class Forwarder:
 
     def _deliver_oldest(self) -> bool:
         """Send the oldest pending payload; False if there is none."""
-        item = self._spool.oldest()
+        item = self._spool.oldest(after=self._delete_sent())
         if item is None:
             return False
         try:
@@ -202,7 +213,7 @@ class Forwarder:
                 self._uplink.kind,
                 exc,
             )
-            self._spool.dead_letter(item.seq, str(exc), stream_id=item.stream_id)
+            self._ack(item.stream_id, item.seq, str(exc))
             return True
         except PermanentUplinkError as exc:
             with self._lock:
@@ -216,7 +227,7 @@ class Forwarder:
             )
             self._sleep(self._backoff_max)
             return True
-        self._spool.ack(item.seq, stream_id=item.stream_id)
+        self._ack(item.stream_id, item.seq)
         with self._lock:
             self._sent += 1
             self._last_success = self._clock.time()
@@ -224,6 +235,44 @@ class Forwarder:
             self._offline = False
             _log.info("uplink %s delivering again", self._uplink.kind)
         return True
+
+    def _ack(self, stream_id: str, seq: int, reason: str | None = None) -> None:
+        """Delete a confirmed payload (move a refused one to the dead letters, with ``reason``),
+        or remember it if the spool cannot write now."""
+        try:
+            self._remove(stream_id, seq, reason)
+            return
+        except SpoolError as exc:
+            if self._undeleted is None:
+                _log.warning("spool cannot delete sent payloads (%s): going on; later", exc)
+        if self._undeleted is None or self._undeleted[0] != stream_id:
+            self._undeleted = (stream_id, [])
+        self._undeleted[1].append((seq, reason))
+
+    def _remove(self, stream_id: str, seq: int, reason: str | None) -> None:
+        if reason is None:
+            self._spool.ack(seq, stream_id=stream_id)
+        else:
+            self._spool.dead_letter(seq, reason, stream_id=stream_id)
+
+    def _delete_sent(self) -> int | None:
+        """Delete the payloads whose delete was refused; the last of them if some remain, so the
+        next read goes past what was sent already."""
+        if self._undeleted is None:
+            return None
+        stream_id, seqs = self._undeleted
+        if stream_id != self._spool.stream_id:  # a new stream: those rows are gone
+            self._undeleted = None
+            return None
+        try:
+            while seqs:
+                self._remove(stream_id, *seqs[0])
+                seqs.pop(0)
+        except SpoolError:
+            return seqs[-1][0]
+        self._undeleted = None
+        _log.info("spool deletes again")
+        return None
 
     def _sleep(self, seconds: float) -> None:
         if self._stop.wait(seconds):

@@ -59,7 +59,13 @@ from typing import Any, TypeVar
 from edge import __version__
 from edge.clock import Clock, SystemClock
 from edge.config import Config, load_config
-from edge.errors import ConfigError, PermanentUplinkError, TelemetryError, TransientUplinkError
+from edge.errors import (
+    ConfigError,
+    PermanentUplinkError,
+    SpoolError,
+    TelemetryError,
+    TransientUplinkError,
+)
 from edge.forwarder import ForwarderStats
 from edge.methods import DirectMethods, MethodServer
 from edge.metrics import (
@@ -867,7 +873,8 @@ def _parser() -> argparse.ArgumentParser:
 def main_module(argv: Sequence[str] | None = None) -> int:
     """Entry point of the IoT Edge module (``python -m edge.module``); returns the exit status.
 
-    Runs until SIGTERM or SIGINT. Exit status 2: the ``--config`` file is invalid.
+    Runs until SIGTERM or SIGINT. Exit status 2: the ``--config`` file is invalid; 1: the spool
+    cannot be opened (a file system problem, not a configuration error).
     """
     args = _parser().parse_args(argv)
     logging.basicConfig(  # a no-op when can-telemetry's main() configured logging already
@@ -896,6 +903,12 @@ def main_module(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         module.start(initial)
+    except SpoolError as exc:
+        # Not the configuration's fault (a disk or file problem): exit 1, so that the restart
+        # policy tries again once the disk is back, and the message says what is wrong.
+        print(f"can-telemetry module: cannot use the spool: {exc}", file=sys.stderr)
+        module.stop(drain_timeout=0)
+        return 1
     except TelemetryError as exc:
         print(f"can-telemetry module: configuration error: {exc}", file=sys.stderr)
         module.stop(drain_timeout=0)

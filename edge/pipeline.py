@@ -18,27 +18,33 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from edge.clock import Clock, SystemClock
 from edge.config import Config
+from edge.decode import Track
 from edge.forwarder import Forwarder
 from edge.metrics import ProgressWatch, QueueLevel
 from edge.process import PipelineStats, Processor
-from edge.source import CHUNK, BusSource, FrameQueue, FrameSource, ReplaySource
+from edge.source import (
+    CHUNK,
+    TIME_STEP_BACK,
+    BusSource,
+    FrameQueue,
+    FrameSource,
+    ReplaySource,
+)
 from edge.spool import Spool
 from edge.uplinks import uplink_class
 from edge.uplinks.base import Uplink
 
-__all__ = ["Pipeline", "new_forwarder", "open_spool", "source_name"]
+__all__ = ["Pipeline", "new_forwarder", "open_spool", "restart_after_step_back", "source_name"]
 
 log = logging.getLogger(__name__)
 
 
 def open_spool(config: Config, clock: Clock) -> Spool:
     """The spool ``config.spool`` describes (its folder created)."""
-    Path(config.spool.path).parent.mkdir(parents=True, exist_ok=True)
     return Spool(
         config.spool.path, max_bytes=config.spool.max_bytes, ttl=config.spool.ttl, clock=clock
     )
@@ -55,6 +61,17 @@ def new_forwarder(config: Config, spool: Spool, uplink: Uplink, clock: Clock) ->
         backoff_max=fwd.backoff_max,
         clock=clock,
     )
+
+
+def restart_after_step_back(processor: Processor) -> None:
+    """Frame time stepped back (sources cut chunks there: see :class:`~edge.source.TimeGuard`):
+    close the open batch, whose age would otherwise wait for the clock to catch up, and restart
+    every sampler's rate limits and heartbeats from the step (issue 12, item 5)."""
+    processor.flush()
+    for bus in processor.bus_decoders:
+        for track in (*bus.standard.values(), *bus.extended.values()):
+            if isinstance(track, Track):
+                track.sampler.restart_timers()
 
 
 def source_name(source: FrameSource) -> str:
@@ -91,6 +108,17 @@ class Pipeline:
         self._owns_backend = forwarder is None
         self.spool = spool if spool is not None else open_spool(config, self._clock)
         self.processor = Processor(config, self._append, clock=self._clock)
+        #: Diagnostic requests (edge/diagnostics/), on live buses that enable them; None when
+        #: every bus is listen-only. Imported only then (can-isotp, udsoncan).
+        self.diagnostics: Any = None
+        if config.diagnostics.buses and config.replay is None:
+            from edge.diagnostics.service import Diagnostics, DiagnosticsWriter
+
+            processor = self.processor
+            self.diagnostics_writer = DiagnosticsWriter(
+                processor.codec, lambda: processor.schema.schema_id, self._append
+            )
+            self.diagnostics = Diagnostics(config, self.diagnostics_writer.write, clock=self._clock)
         if uplink is None:
             uplink = uplink_class(config.uplink.kind).from_options(config.uplink.options)
         self.uplink: Uplink = uplink
@@ -131,6 +159,8 @@ class Pipeline:
             self._threads.append(
                 self._thread(f"source-{source_name(source)}", source.run, self.queue, self._stop)
             )
+        if self.diagnostics is not None:
+            self.diagnostics.start()
 
     def _thread(self, name: str, target: Callable[..., None], *args: Any) -> threading.Thread:
         def guarded() -> None:
@@ -163,6 +193,8 @@ class Pipeline:
             try:
                 chunk = queue.get(timeout=0.1)
                 if chunk is not None:
+                    if chunk and chunk[0].timestamp < processor.last_time - TIME_STEP_BACK:
+                        restart_after_step_back(processor)
                     processor.process(chunk)
                 elif self._stop.is_set():
                     return
@@ -179,6 +211,8 @@ class Pipeline:
         """Stop reading, process what was read and close the open batch into the spool. When
         this pipeline owns its back end, also stop the forwarder (after up to ``drain_timeout``
         seconds of sending what is spooled) and close uplink and spool."""
+        if self.diagnostics is not None:
+            self.diagnostics.stop()
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=5)

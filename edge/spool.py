@@ -88,6 +88,14 @@ _SYNCHRONOUS = "FULL"
 #: Estimated bytes a row costs on top of its payload (cell header, pointers, page slack).
 ROW_OVERHEAD = 64
 
+#: Delivery priority of a payload appended without one (0 is the most urgent, 9 the least).
+#: The forwarder reads by priority, then seq (issue 11, docs/delivery.md).
+DEFAULT_PRIORITY = 5
+
+#: Bytes of the file system left free by the spool: room for SQLite's -shm index, the
+#: transaction in progress beyond the WAL's budget, and a checkpoint growing the file.
+DISK_RESERVE = 2 * 1024 * 1024
+
 #: Free pages kept when the spool empties before the rest is given back to the file system.
 _VACUUM_SLACK_PAGES = 256
 
@@ -112,8 +120,10 @@ CREATE TABLE spool (
     created_at REAL NOT NULL,
     size INTEGER NOT NULL,
     properties TEXT NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 5
 );
+CREATE INDEX spool_order ON spool (priority, seq);
 CREATE TABLE dead_letter (
     seq INTEGER PRIMARY KEY,
     created_at REAL NOT NULL,
@@ -211,7 +221,10 @@ class Spool:
         self._stream_id = ""
         self._unlogged: dict[str, int] = {}
         self._logged_at: dict[str, float] = {}
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"cannot create the folder of {self._path}: {exc}") from exc
         try:
             self._conn = self._connect()
         except _Unusable as exc:
@@ -230,7 +243,9 @@ class Spool:
         """The spool file."""
         return self._path
 
-    def append(self, build: Callable[[str, int], Payload]) -> int:
+    def append(
+        self, build: Callable[[str, int], Payload], *, priority: int = DEFAULT_PRIORITY
+    ) -> int:
         """Allocate the next gap-free sequence number of this stream, call
         ``build(stream_id, seq)`` to get the Payload, store it durably in one transaction; return
         seq.
@@ -239,11 +254,15 @@ class Spool:
         payload, and an exception from ``build`` allocates nothing); keep it quick and do not call
         the spool from it. Oldest rows are deleted first when the cap would be exceeded. Raises
         SpoolError if the payload can never fit or the disk refuses the write.
+
+        ``priority`` (0 most urgent ... 9) orders delivery: :meth:`oldest` gives the lowest
+        priority number first, then the lowest seq; the cap drops the least urgent first.
         """
-        return self._run(lambda conn: self._append(conn, build))
+        return self._run(lambda conn: self._append(conn, build, priority))
 
     def oldest(self, *, after: int | None = None) -> SpooledPayload | None:
-        """The oldest pending payload (with ``seq > after`` if given), or None if there is none."""
+        """The next pending payload in delivery order (priority, then seq), or None if there is
+        none. With ``after`` (a pending seq): the next one after that payload in that order."""
         return self._run(lambda conn: self._oldest(conn, -1 if after is None else after))
 
     def ack(self, seq: int, *, stream_id: str | None = None) -> None:
@@ -279,7 +298,9 @@ class Spool:
 
     # -- operations (called with the lock held) ---------------------------------------------
 
-    def _append(self, conn: sqlite3.Connection, build: Callable[[str, int], Payload]) -> int:
+    def _append(
+        self, conn: sqlite3.Connection, build: Callable[[str, int], Payload], priority: int
+    ) -> int:
         with _transaction(conn):
             self._expire(conn)
             (seq,) = conn.execute("SELECT next_seq FROM meta").fetchone()
@@ -287,15 +308,17 @@ class Spool:
             properties = json.dumps(dict(payload.properties), sort_keys=True)
             size = len(payload.body) + len(properties.encode())
             need = self._round_to_pages(size + ROW_OVERHEAD)
-            dropped = self._make_room(conn, need)
-            if self._used_bytes(conn) + need > self._budget:
+            budget = self._budget_now(conn)
+            dropped = self._make_room(conn, need, budget)
+            if self._used_bytes(conn) + need > budget:
                 raise SpoolError(
                     f"a payload of {size} bytes cannot fit a spool of max_bytes={self._max_bytes}"
+                    f" with {budget} bytes usable on the file system"
                 )
             conn.execute(
-                "INSERT INTO spool (seq, created_at, size, properties, body)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (seq, self._clock.time(), size, properties, payload.body),
+                "INSERT INTO spool (seq, created_at, size, properties, body, priority)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (seq, self._clock.time(), size, properties, payload.body, priority),
             )
             conn.execute(
                 "UPDATE meta SET next_seq = ?, dropped_full = dropped_full + ?", (seq + 1, dropped)
@@ -307,10 +330,14 @@ class Spool:
         if self._ttl is not None:
             with _transaction(conn):
                 self._expire(conn)
+        # Delivery order is (priority, seq); ``after`` is a position in it (a payload gone
+        # meanwhile: the next with a greater seq, as before priorities).
+        found = conn.execute("SELECT priority FROM spool WHERE seq = ?", (after,)).fetchone()
+        where = "(priority, seq) > (?, ?)" if found else "seq > ?"
         row = conn.execute(
-            "SELECT seq, created_at, properties, body FROM spool"
-            " WHERE seq > ? ORDER BY seq LIMIT 1",
-            (after,),
+            f"SELECT seq, created_at, properties, body FROM spool WHERE {where}"
+            " ORDER BY priority, seq LIMIT 1",
+            (found[0], after) if found else (after,),
         ).fetchone()
         if row is None:
             return None
@@ -402,12 +429,31 @@ class Spool:
             self._unlogged[counter] = 0
             self._logged_at[counter] = now
 
-    def _make_room(self, conn: sqlite3.Connection, need: int) -> int:
-        """Delete oldest rows (dead letters first) until ``need`` more bytes fit the budget."""
+    def _budget_now(self, conn: sqlite3.Connection) -> int:
+        """The database's budget: ``max_bytes`` less the WAL's room, lowered to what the file
+        system can still hold less :data:`DISK_RESERVE`.
+
+        Checked at every append (one statvfs) because anything else on the partition (logs,
+        other modules) shrinks it too. What the spool already holds counts as available: its
+        free pages are reused before the file grows. When something else took the disk, the
+        budget is what the spool holds now, so new payloads replace the oldest ones instead of
+        the whole backlog being deleted for space the file system would not get back anyway.
+        """
+        try:
+            fs = os.statvfs(self._path.parent)
+        except OSError:
+            return self._budget
+        held = _file_size(self._path) + _file_size(_sibling(self._path, "-wal"))
+        room = held + fs.f_bavail * fs.f_frsize - self._wal_bytes - DISK_RESERVE
+        return min(self._budget, max(room, self._used_bytes(conn)))
+
+    def _make_room(self, conn: sqlite3.Connection, need: int, budget: int) -> int:
+        """Delete oldest rows (dead letters first) until ``need`` more bytes fit ``budget``."""
         dropped = 0
-        while self._used_bytes(conn) + need > self._budget:
-            for table in ("dead_letter", "spool"):
-                row = conn.execute(f"SELECT seq FROM {table} ORDER BY seq LIMIT 1").fetchone()
+        while self._used_bytes(conn) + need > budget:
+            # Dead letters first, then the least urgent pending payloads, oldest first.
+            for table, order in (("dead_letter", "seq"), ("spool", "priority DESC, seq")):
+                row = conn.execute(f"SELECT seq FROM {table} ORDER BY {order} LIMIT 1").fetchone()
                 if row is not None:
                     conn.execute(f"DELETE FROM {table} WHERE seq = ?", row)
                     dropped += 1
@@ -431,10 +477,21 @@ class Spool:
         drain would rewrite the whole backlog once more.
         """
         (free,) = conn.execute("PRAGMA freelist_count").fetchone()
-        if free > _VACUUM_SLACK_PAGES and conn.execute("SELECT 1 FROM spool").fetchone() is None:
-            # executescript steps the statement to the end; execute() would free a single page.
-            conn.executescript("PRAGMA incremental_vacuum;")
+        if free <= _VACUUM_SLACK_PAGES or conn.execute("SELECT 1 FROM spool").fetchone():
+            return
+        # In steps that each fit the WAL's budget (checkpointed between them): one vacuum of a
+        # large file in one transaction grows the WAL past it, on a disk that may be nearly full.
+        step = max(8, self._wal_bytes // self._page_size // 4)
+        try:
+            while free > 0:
+                # executescript steps the statement to the end; execute() would free one page.
+                conn.executescript(f"PRAGMA incremental_vacuum({min(step, free)});")
+                before, (free,) = free, conn.execute("PRAGMA freelist_count").fetchone()
+                if free >= before:
+                    break
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the file shrinks at a checkpoint
+        except sqlite3.OperationalError as exc:  # only an optimisation: the delete is done
+            _log.info("spool %s: cannot give free pages back now: %s", self._path, exc)
 
     def _run(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``op`` under the lock, translating SQLite errors; recover from corruption once."""
@@ -529,6 +586,7 @@ class Spool:
             (check,) = conn.execute("PRAGMA quick_check(1)").fetchone()
             if check != "ok":
                 raise _Unusable(f"quick_check: {check}")
+            _add_priority(conn)
         row = conn.execute("SELECT stream_id, recovered_corrupt FROM meta").fetchone()
         if row is None:
             raise _Unusable("meta row missing")
@@ -546,6 +604,19 @@ class Spool:
             conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         # The WAL's directory entry is synced by SQLite; the main file's is ours to sync.
         _fsync_dir(self._path.parent)
+
+
+def _add_priority(conn: sqlite3.Connection) -> None:
+    """Give a spool file from before priorities its ``priority`` column (issue 11): every
+    payload already in it gets the default, so its order is kept."""
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(spool)")]
+    if "priority" in columns:
+        return
+    with _transaction(conn):
+        conn.execute(
+            f"ALTER TABLE spool ADD COLUMN priority INTEGER NOT NULL DEFAULT {DEFAULT_PRIORITY}"
+        )
+        conn.execute("CREATE INDEX spool_order ON spool (priority, seq)")
 
 
 @contextlib.contextmanager

@@ -1,6 +1,11 @@
 """Shared test fixtures. Fixture modules live in tests/support and are registered here."""
 
-pytest_plugins = ["tests.support.mosquitto", "tests.support.iothub"]
+pytest_plugins = [
+    "tests.support.mosquitto",
+    "tests.support.iothub",
+    "tests.support.lake",
+    "tests.support.smallfs",
+]
 
 
 def pytest_configure(config: object) -> None:

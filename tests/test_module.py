@@ -410,3 +410,19 @@ def test_spool_path_cannot_change_while_running(tmp_path: Path, channel: str) ->
         assert module.config is first
     finally:
         module.stop(drain_timeout=0)
+
+
+def test_a_spool_that_cannot_be_opened_exits_with_status_1_not_as_a_config_error(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "blocker").write_text("a file where the spool's folder should be")
+    (tmp_path / "car.toml").write_text(
+        '[[buses]]\nname = "vehicle"\nchannel = "x"\n'
+        f'dbc = "{ROOT / "dbc" / "demo_vehicle.dbc"}"\n'
+        '[spool]\npath = "blocker/spool.db"\n[uplink]\ntype = "file"\npath = "outbox"\n'
+    )
+    process = run_module("--no-edge", "--config", str(tmp_path / "car.toml"), "--metrics-port", "0")
+    output, _ = process.communicate(timeout=20)
+    assert process.returncode == 1, output
+    assert "cannot use the spool" in output and "configuration error" not in output
+    assert "Traceback" not in output
