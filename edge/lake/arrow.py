@@ -1,0 +1,245 @@
+"""The one decode function of the lake: an Arrow batch of payloads in, Arrow batches of rows out.
+
+:func:`decode` serves Spark's ``mapInArrow`` (edge.lake.spark), the single-machine ingest
+(edge.lake.local) and ``can-telemetry plot``. It decodes with edge.codec's
+:class:`~edge.codec.PayloadDecoder` (the edge's own reader, so the lake's rows are the edge's rows)
+and never raises for a bad payload: each input payload gets an outcome (ok, parked, foreign,
+corrupt) in :attr:`Decoded.outcomes`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from edge.codec import KIND_SCHEMA, MAGIC, DecodedPayload, PayloadDecoder, unpack
+from edge.errors import PayloadError, SchemaMissingError
+from edge.lake.tables import OUTCOMES, PAYLOAD_INPUT, ROW_FIELDS, SIGNALS
+from edge.schema import Schema, SignalInfo
+
+__all__ = ["Decoded", "SchemaBook", "decode", "empty", "payload_batch"]
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_ROW_INDEX = {f.name: i for i, f in enumerate(ROW_FIELDS)}
+
+
+@dataclass
+class SchemaBook:
+    """What decoding needs besides the payloads: the schemas known so far (by id) and the vehicle
+    of each stream (from its schema payloads). Grows as schema payloads are decoded."""
+
+    decoder: PayloadDecoder = field(default_factory=PayloadDecoder)
+    vehicles: dict[str, str] = field(default_factory=dict)
+    _signals: dict[str, dict[tuple[str, str, str], SignalInfo]] = field(default_factory=dict)
+
+    @classmethod
+    def from_wire(
+        cls, schemas: Iterable[bytes], vehicles: Mapping[str, str] | None = None
+    ) -> SchemaBook:
+        """A book knowing the schemas whose msgpack wire forms (the ``schemas`` table's ``wire``
+        column) are given, and the ``vehicles`` of streams seen before."""
+        book = cls(vehicles=dict(vehicles or {}))
+        for wire in schemas:
+            body = msgpack.unpackb(wire, raw=False, strict_map_key=False)
+            book.decoder.add_schema(Schema.from_wire(body))
+        return book
+
+    def signal(self, schema_id: str, bus: str, message: str, name: str) -> SignalInfo | None:
+        """The schema's entry of a signal (for its raw integer)."""
+        table = self._signals.get(schema_id)
+        if table is None:
+            schema = self.decoder.schemas[schema_id]
+            table = {
+                (schema.buses[m.bus], m.name, s.name): s for m in schema.messages for s in m.signals
+            }
+            self._signals[schema_id] = table
+        return table.get((bus, message, name))
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What :func:`decode` makes of a batch of payloads: ``rows`` (the ``signals`` schema),
+    ``outcomes`` (one per payload, :data:`~edge.lake.tables.OUTCOMES`) and ``schemas`` (the
+    schema payloads' schemas, by id)."""
+
+    rows: pa.RecordBatch
+    outcomes: pa.RecordBatch
+    schemas: dict[str, Schema]
+    #: For each row, the index of its payload in the batch (and in ``outcomes``).
+    payload_index: pa.Array
+
+
+def empty(schema: pa.Schema) -> pa.RecordBatch:
+    """A batch of no rows."""
+    return pa.RecordBatch.from_pylist([], schema=schema)
+
+
+def _raw(info: SignalInfo | None, value: Any) -> int | None:
+    """The raw integer behind a physical value: exact for scale 1 offset 0, else the inverse of
+    ``raw * scale + offset`` rounded (exact for the scales DBCs use)."""
+    if info is None or info.is_float:
+        return None
+    raw = (
+        value if info.scale == 1 and info.offset == 0 else round((value - info.offset) / info.scale)
+    )
+    return raw if _INT64_MIN <= raw <= _INT64_MAX else None
+
+
+def decode(payloads: pa.RecordBatch | pa.Table, book: SchemaBook) -> Decoded:
+    """Decode a batch of payloads (:data:`~edge.lake.tables.PAYLOAD_INPUT` columns).
+
+    Schema payloads are taken first, whatever their place in the batch; a data payload whose
+    schema is still unknown is *parked* (its outcome keeps the body, to be retried). Rows are not
+    deduplicated here: that is the engine's job (stateful deduplication on (stream, seq)).
+    """
+    columns = payloads.to_pydict()
+    bodies: list[bytes | None] = columns["body"]
+    n = len(bodies)
+    devices, vehicles = columns["device"], columns["vehicle"]
+    enqueued, origins = columns["enqueued"], columns["origin"]
+    out: dict[str, list[Any]] = {f.name: [None] * n for f in OUTCOMES}
+    out["rows"] = [0] * n
+    schemas: dict[str, Schema] = {}
+    row_lists: list[list[Any]] = []
+    row_payload: list[int] = []  # for each row: its payload's index in the batch
+
+    def fail(i: int, status: str, reason: str) -> None:
+        out["status"][i], out["reason"][i], out["body"][i] = status, reason, bodies[i]
+
+    def describe(i: int, payload: DecodedPayload) -> None:
+        env = payload.envelope
+        out["stream"][i], out["seq"][i] = env["stream"], env["seq"]
+        out["kind"][i], out["schema"][i] = payload.kind, env["schema"]
+        out["format"][i], out["compression"][i] = payload.version, payload.compression
+        ext = env.get("ext") or {}
+        if ext:
+            out["ext"][i] = json.dumps(ext, sort_keys=True, default=str)
+            campaign = ext.get("campaign")
+            out["campaign"][i] = None if campaign is None else str(campaign)
+        if payload.kind == "data":
+            res = env["res"]
+            out["t0"][i], out["t1"][i] = env["t0"] * res / 1e9, env["t1"] * res / 1e9
+            out["time_base"][i] = env["tb"]
+
+    decoder = book.decoder
+    data: list[int] = []
+    # Pass 1: schema payloads into the book, so a batch's data finds the schemas it carries.
+    for i, body in enumerate(bodies):
+        out["device"][i], out["enqueued"][i], out["origin"][i] = devices[i], enqueued[i], origins[i]
+        out["bytes"][i] = len(body) if body is not None else 0
+        if body is None or len(body) < 4 or body[:2] != MAGIC:
+            fail(i, "foreign", "not a can-telemetry payload (bad magic)")
+        elif body[3] != KIND_SCHEMA:
+            data.append(i)
+        else:
+            try:
+                payload, _ = decoder.decode(body)
+            except PayloadError as exc:
+                fail(i, "corrupt", str(exc))
+                continue
+            describe(i, payload)
+            schema_id = payload.envelope["schema"]
+            schemas[schema_id] = decoder.schemas[schema_id]
+            vehicle = payload.envelope.get("vehicle")
+            if vehicle:
+                book.vehicles[payload.envelope["stream"]] = vehicle
+            out["vehicle"][i] = vehicle or vehicles[i] or devices[i]
+            out["status"][i] = "ok"
+            out["date"][i] = _date(enqueued[i])
+
+    # Pass 2: data payloads.
+    for i in data:
+        body = bodies[i]
+        assert body is not None  # pass 1 took the None bodies (foreign)
+        try:
+            payload, decoded = decoder.decode(body)
+            rows = list(decoded)
+        except SchemaMissingError as exc:
+            describe(i, unpack(body))  # it unpacked once already: the envelope is sound
+            fail(i, "parked", str(exc))
+            continue
+        except PayloadError as exc:
+            fail(i, "corrupt", str(exc))
+            continue
+        describe(i, payload)
+        stream = payload.envelope["stream"]
+        out["vehicle"][i] = vehicles[i] or book.vehicles.get(stream) or devices[i]
+        out["status"][i] = "ok"
+        out["rows"][i] = len(rows)
+        if out["time_base"][i] == "relative":
+            out["date"][i] = _date(enqueued[i])
+        else:
+            out["date"][i] = _date_of_seconds(out["t0"][i])
+        schema_id = payload.envelope["schema"]
+        for row in rows:
+            info = book.signal(schema_id, row.bus, row.message, row.signal)
+            row_lists.append([*row, _raw(info, row.value)])
+            row_payload.append(i)
+
+    outcomes = pa.RecordBatch.from_pydict(out, schema=OUTCOMES)
+    index = pa.array(row_payload, type=pa.int32())
+    return Decoded(_rows_batch(row_lists, index, outcomes), outcomes, schemas, index)
+
+
+def _rows_batch(rows: list[list[Any]], take: pa.Array, outcomes: pa.RecordBatch) -> pa.RecordBatch:
+    """The ``signals`` batch: Row's columns plus the payload's keys, taken per row."""
+    if not rows:
+        return empty(SIGNALS)
+    columns = list(zip(*rows, strict=True))
+    arrays: dict[str, pa.Array] = {}
+    for f in ROW_FIELDS:
+        values: Sequence[Any] = columns[_ROW_INDEX[f.name]]
+        if f.type == pa.float64():
+            values = [None if v is None else float(v) for v in values]
+        arrays[f.name] = pa.array(values, type=f.type)
+    arrays["raw"] = pa.array(columns[len(ROW_FIELDS)], type=pa.int64())
+    for name in ("vehicle", "stream", "seq", "time_base", "device"):
+        arrays[name] = outcomes.column(name).take(take)
+    enqueued = outcomes.column("enqueued").take(take)
+    # Event time places a row, unless its payload's clock was relative: then arrival does.
+    event = pc.cast(
+        pc.cast(pc.multiply(arrays["time"], 1e6), pa.int64()), pa.timestamp("us", tz="UTC")
+    )
+    relative = pc.equal(arrays["time_base"], "relative")
+    arrays["date"] = pc.cast(pc.if_else(relative, enqueued, event), pa.date32())
+    return pa.RecordBatch.from_pydict({f.name: arrays[f.name] for f in SIGNALS}, schema=SIGNALS)
+
+
+def _date(when: Any) -> Any:
+    return None if when is None else when.date()
+
+
+def _date_of_seconds(seconds: float | None) -> Any:
+    import datetime as dt
+
+    if seconds is None:
+        return None
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).date()
+
+
+def payload_batch(
+    bodies: list[bytes],
+    *,
+    device: str | None = None,
+    vehicle: str | None = None,
+    enqueued: Any = None,
+    origin: str | None = None,
+) -> pa.RecordBatch:
+    """A :data:`~edge.lake.tables.PAYLOAD_INPUT` batch of bare payload bodies (tests, plot)."""
+    n = len(bodies)
+    return pa.RecordBatch.from_pydict(
+        {
+            "body": bodies,
+            "device": [device] * n,
+            "vehicle": [vehicle] * n,
+            "enqueued": [enqueued] * n,
+            "origin": [origin] * n,
+        },
+        schema=PAYLOAD_INPUT,
+    )

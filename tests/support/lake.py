@@ -1,0 +1,124 @@
+"""Inputs of the lake's tests: payloads the real pipeline's Processor makes from corpus logs, and
+the IoT Hub routing / Event Hubs Capture Avro files that carry them (edge.lake.avro's writers,
+the hubs' exact schemas)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.payload import Payload
+from tests.support.corpus import LOGS, require_corpus
+
+__all__ = ["Fleet", "corpus_payloads", "fleet", "hub_messages", "write_avro"]
+
+#: Two vehicles of the corpus, each with its own stream (frames capped to keep tests quick).
+_VEHICLES = (("kona", "0a" * 16, 40_000), ("j1939-truck", "0b" * 16, 30_000))
+#: Arrival starts here and advances a second per payload.
+ARRIVAL = dt.datetime(2026, 12, 6, 8, 0, tzinfo=dt.UTC)
+
+
+def corpus_payloads(log_id: str, stream: str, limit: int | None) -> list[Payload]:
+    """Payloads (schema first, then data) the real Processor makes from a corpus log, numbered
+    in ``stream`` as the spool would."""
+    import can
+
+    from edge.config import parse_config
+    from edge.process import Processor
+    from edge.source import ReplaySource
+
+    require_corpus()
+    log = next(entry for entry in LOGS if entry.id == log_id)
+    payloads: list[Payload] = []
+
+    def append(build: Any) -> int:
+        seq = len(payloads)
+        payloads.append(build(stream, seq))
+        return seq
+
+    config = parse_config(log.config(batch={"max_bytes": 4096}))
+    assert config.replay is not None
+    replay = ReplaySource(config.replay, [b.name for b in config.buses])
+    frames: list[can.Message] = list(itertools.islice(replay.messages(), limit))
+    processor = Processor(config, append)
+    processor.process(frames)
+    processor.flush()
+    return payloads
+
+
+def hub_messages(payloads: Sequence[Payload], device: str, start: int = 0) -> list[Any]:
+    """The hub's view of each payload: body, application properties, system properties,
+    enqueued time."""
+    return [
+        (
+            p.body,
+            dict(p.properties),
+            {
+                "connectionDeviceId": device,
+                "connectionModuleId": "CanTelemetry",
+                "messageId": p.message_id,
+                "contentType": p.content_type,
+            },
+            ARRIVAL + dt.timedelta(seconds=start + i),
+        )
+        for i, p in enumerate(payloads)
+    ]
+
+
+def write_avro(path: Path, messages: Sequence[Any], capture: bool = False) -> Path:
+    """An Avro file as IoT Hub routing (or Event Hubs Capture) writes it."""
+    from edge.lake.avro import write_capture, write_routing
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        (write_capture if capture else write_routing)(f, messages)
+    return path
+
+
+class Fleet:
+    """The corpus vehicles' payloads, and the hub's messages for them."""
+
+    def __init__(self) -> None:
+        self.payloads: dict[str, list[Payload]] = {}
+        self.messages: list[Any] = []
+        for log_id, stream, limit in _VEHICLES:
+            payloads = corpus_payloads(log_id, stream, limit)
+            self.payloads[log_id] = payloads
+            self.messages.extend(hub_messages(payloads, f"device-{log_id}", len(self.messages)))
+
+    def edge_rows(self) -> list[tuple[Any, ...]]:
+        """What the edge's own decoder makes of every payload: (stream, seq, *row)."""
+        from edge.codec import PayloadDecoder
+
+        out = []
+        for payloads in self.payloads.values():
+            decoder = PayloadDecoder()
+            for p in payloads:
+                for row in decoder.rows(p.body):
+                    out.append((p.properties["stream"], int(p.properties["seq"]), *row))
+        return out
+
+    def iothub_folder(self, root: Path, messages: Sequence[Any] | None = None) -> Path:
+        """The messages as IoT Hub routing lays them out: ``{iothub}/{partition}/YYYY/MM/DD/HH/mm``
+        with one file per partition (vehicles hashed to two partitions)."""
+        messages = self.messages if messages is None else messages
+        by_partition: dict[int, list[Any]] = {}
+        for message in messages:
+            partition = sum(message[2]["connectionDeviceId"].encode()) % 2
+            by_partition.setdefault(partition, []).append(message)
+        for partition, items in by_partition.items():
+            when = items[0][3]
+            folder = root / "hub" / str(partition) / when.strftime("%Y/%m/%d/%H/%M")
+            write_avro(folder / "00.avro", items)
+        return root / "hub"
+
+
+@pytest.fixture(scope="session")
+def fleet() -> Fleet:
+    """The corpus fleet's payloads (made once per session)."""
+    return Fleet()
