@@ -339,15 +339,19 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_dbc(args: argparse.Namespace) -> int:
-    from edge.database import load_database
+    from edge.database import load_database_repaired
 
-    db = load_database(args.file, strict=not args.no_strict)
+    db, repairs = load_database_repaired(args.file, strict=not args.no_strict)
     out = sys.stdout
     print(
         f"{args.file}: {len(db.messages)} messages, "
         f"{sum(len(m.signals) for m in db.messages)} signals",
         file=out,
     )
+    if repairs:
+        print(f"repaired to load ({len(repairs)}; see docs/databases.md):", file=out)
+        for repair in repairs:
+            print(f"  {repair.describe(args.file)}", file=out)
     print(f"{'id':>10}  {'ext':3} {'fd':2} {'len':>3} {'cycle':>6}  {'name':32} senders", file=out)
     for m in sorted(db.messages, key=lambda m: m.frame_id):
         cycle = f"{m.cycle_time}ms" if m.cycle_time else "-"

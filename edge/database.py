@@ -23,13 +23,22 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import cantools
 from cantools.database.can import Database
 
+from edge.dbc_repair import Repair, repair_dbc
 from edge.errors import DatabaseLoadError
 
-__all__ = ["CACHE_MIN_SECONDS", "cache_dir", "load_database", "load_databases"]
+__all__ = [
+    "CACHE_MIN_SECONDS",
+    "LoadedDatabase",
+    "cache_dir",
+    "load_database",
+    "load_database_repaired",
+    "load_databases",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +47,7 @@ CACHE_MIN_SECONDS = 0.02
 #: Entries kept, the most recently used.
 CACHE_MAX_ENTRIES = 64
 #: Bumped when what is cached changes.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 #: Environment variable naming the cache folder; empty disables the cache.
 CACHE_ENV = "CAN_TELEMETRY_CACHE_DIR"
 
@@ -75,7 +84,14 @@ def _private_folder(folder: Path, create: bool) -> bool:
     return owner_ok and not info.st_mode & 0o022
 
 
-def _cached(folder: Path | None, key: str) -> Database | None:
+class LoadedDatabase(NamedTuple):
+    """A database and the repairs its text needed to load (none in strict mode)."""
+
+    database: Database
+    repairs: tuple[Repair, ...]
+
+
+def _cached(folder: Path | None, key: str) -> LoadedDatabase | None:
     if folder is None:
         return None
     entry = folder / key
@@ -87,23 +103,25 @@ def _cached(folder: Path | None, key: str) -> Database | None:
         log.warning("database cache %s is not private to this user: not used", folder)
         return None
     try:
-        db = pickle.loads(blob)
+        db, repairs = pickle.loads(blob)
         if not isinstance(db, Database):
             raise TypeError(f"not a cantools Database: {type(db).__name__}")
+        if not all(isinstance(r, Repair) for r in repairs):
+            raise TypeError("not a list of repairs")
     except Exception as exc:  # anything a damaged or foreign pickle raises
         log.warning("database cache entry %s is unreadable (%s): rebuilding it", entry, exc)
         entry.unlink(missing_ok=True)
         return None
     with contextlib.suppress(OSError):
         os.utime(entry)  # recently used: kept by _prune
-    return db
+    return LoadedDatabase(db, tuple(repairs))
 
 
-def _store(folder: Path | None, key: str, db: Database) -> None:
+def _store(folder: Path | None, key: str, loaded: LoadedDatabase) -> None:
     if folder is None or not _private_folder(folder, create=True):
         return
     try:
-        blob = pickle.dumps(db, protocol=pickle.HIGHEST_PROTOCOL)
+        blob = pickle.dumps(tuple(loaded), protocol=pickle.HIGHEST_PROTOCOL)
         fd, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pickle")
         try:
             with os.fdopen(fd, "wb") as out:
@@ -135,10 +153,25 @@ def load_database(
 ) -> Database:
     """Load one CAN database file. Any failure (missing file, syntax error, overlapping signals in
     strict mode, an ARXML that is not a CAN database) raises :class:`DatabaseLoadError` naming the
-    file and cantools' reason.
+    file and cantools' reason. With ``strict`` False, a DBC file cantools refuses is repaired
+    first (see :func:`load_database_repaired`).
 
     ``cache``: True for the default cache folder (:func:`cache_dir`), a folder, or False/None for
     no cache (see the module docstring)."""
+    return load_database_repaired(path, strict=strict, cache=cache).database
+
+
+def load_database_repaired(
+    path: str | os.PathLike[str],
+    *,
+    strict: bool = True,
+    cache: Path | bool | None = True,
+) -> LoadedDatabase:
+    """:func:`load_database`, with the repairs the file needed. In strict mode nothing is
+    repaired: cantools' refusal is the answer. Otherwise a DBC file that cantools refuses as it
+    is has its known quirks repaired (edge.dbc_repair) and is loaded from the repaired text;
+    each repair is logged as a warning naming the file and line. A file that still does not
+    load is refused with cantools' reason for the original text."""
     name = os.fspath(path)
     folder = cache_dir() if cache is True else (cache or None)
     content: bytes | None = None
@@ -150,8 +183,10 @@ def load_database(
     if content is not None:
         cached = _cached(folder, key)
         if cached is not None:
+            _warn(name, cached.repairs)
             return cached
     started = time.perf_counter()
+    repaired: LoadedDatabase | None = None
     try:
         db = cantools.database.load_file(name, strict=strict, database_format=None)
     except FileNotFoundError as exc:
@@ -164,14 +199,51 @@ def load_database(
         raise DatabaseLoadError(name, f"cannot read text: {exc.reason}") from exc
     except Exception as exc:  # cantools raises many types: ParseError, Error, ValueError, KeyError
         reason = str(exc).strip() or type(exc).__name__
-        if strict and _loads_relaxed(name):
-            reason += " (it loads with strict = false on the bus)"
-        raise DatabaseLoadError(name, reason) from exc
+        repaired = None if strict else _repaired(name)
+        if repaired is None:
+            if strict and (_loads_relaxed(name) or _repaired(name) is not None):
+                reason += " (it loads with strict = false on the bus)"
+            raise DatabaseLoadError(name, reason) from exc
+        db = repaired.database
     if not isinstance(db, Database):
         raise DatabaseLoadError(name, "not a CAN database (a diagnostics database?)")
+    loaded = LoadedDatabase(db, repaired.repairs if repaired is not None else ())
+    _warn(name, loaded.repairs)
     if content is not None and time.perf_counter() - started >= CACHE_MIN_SECONDS:
-        _store(folder, key, db)
-    return db
+        _store(folder, key, loaded)
+    return loaded
+
+
+def _repaired(name: str) -> LoadedDatabase | None:
+    """The database of ``name``'s repaired text (not strict), or None: not a DBC file, nothing
+    to repair, or still refused."""
+    if Path(name).suffix.lower() != ".dbc":
+        return None
+    try:
+        text = Path(name).read_text(encoding="cp1252")  # cantools' encoding for DBC files
+        fixed, repairs = repair_dbc(text)
+        if not repairs:
+            return None
+        db = cantools.database.load_string(fixed, database_format="dbc", strict=False)
+    except Exception:
+        return None
+    return LoadedDatabase(db, tuple(repairs)) if isinstance(db, Database) else None
+
+
+def _warn(name: str, repairs: Sequence[Repair]) -> None:
+    """One warning per repaired file (the first repair as an example; ``can-telemetry dbc
+    --no-strict FILE`` lists them all), every repair at DEBUG."""
+    if not repairs:
+        return
+    log.warning(
+        "%s loaded after %d repair(s) (list them: can-telemetry dbc --no-strict %s); e.g. %s",
+        name,
+        len(repairs),
+        name,
+        repairs[0].describe(name),
+    )
+    for repair in repairs:
+        log.debug("repaired %s", repair.describe(name))
 
 
 def _loads_relaxed(name: str) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cantools.database.can import Database
 
-from edge.database import load_database, load_databases
+from edge.database import load_database, load_database_repaired, load_databases
 from edge.errors import DatabaseLoadError, TelemetryError
 from tests.support.corpus import CORPUS, require_corpus
 
@@ -175,13 +175,20 @@ def test_a_diagnostics_database_is_not_a_can_database(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["pcan.dbc", "bcan.dbc", "ccan.dbc"])
-@pytest.mark.parametrize("strict", [True, False], ids=["strict", "relaxed"])
-def test_unpatched_kona_dbcs_are_refused(name: str, strict: bool) -> None:
+def test_unpatched_kona_dbcs_are_refused_strict_and_repaired_relaxed(name: str) -> None:
     # The originals lack the BS_:/BU_: sections; the corpus' *_patched.dbc copies add them.
+    # Strict mode refuses what cantools refuses; the tolerant path adds the sections itself and
+    # names the repair, giving the same messages as the hand-patched copy.
     path = require_corpus() / "hyundai_kona_ev" / name
-    error = assert_refused(path, strict=strict)
+    error = assert_refused(path, strict=True)
     assert "Invalid syntax" in error.reason
-    assert load_database(path.with_name(path.stem + "_patched.dbc"), strict=True).messages
+    assert "loads with strict = false" in error.reason
+    repaired = load_database_repaired(path, strict=False)
+    assert [r.what for r in repaired.repairs] == ["no BS_: and no BU_: section: empty ones assumed"]
+    patched = load_database(path.with_name(path.stem + "_patched.dbc"), strict=True)
+    assert [(m.frame_id, m.name, [s.name for s in m.signals]) for m in patched.messages] == [
+        (m.frame_id, m.name, [s.name for s in m.signals]) for m in repaired.database.messages
+    ]
 
 
 def test_rav4_powertrain_dbc_needs_strict_false() -> None:
