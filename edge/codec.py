@@ -48,7 +48,7 @@ import zstandard
 from edge.batch import EPOCH_THRESHOLD, Batch
 from edge.errors import PayloadError, SchemaMissingError
 from edge.payload import Payload
-from edge.schema import Schema
+from edge.schema import Schema, SignalInfo
 
 __all__ = [
     "FORMAT_VERSION",
@@ -103,6 +103,12 @@ class Row(NamedTuple):
     unit: str
     choice: str | None
     source: int | None
+    #: The VSS path this row is a value of (edge/vss/), None for a DBC signal's own row.
+    vss_path: str | None = None
+    #: Diagnostics rows (docs/diagnostics.md): the ECU that reported it, and when a DTC was
+    #: first seen; None for a signal's row.
+    ecu: str | None = None
+    first_seen: float | None = None
 
 
 class Codec:
@@ -191,11 +197,14 @@ class Codec:
         """The envelope fields a batch (or a schema payload, batch None) has before its
         stream/sequence are known: what :meth:`pack` puts in the envelope array."""
         if batch is None:
-            return {
+            fields: dict[str, Any] = {
                 "schema": schema.schema_id,
                 "vehicle": self.vehicle,
                 "created": round(time.time(), 3),
             }
+            if schema.vss:  # in ext, which older readers skip (docs/format.md)
+                fields["ext"] = {"vss": [v.to_wire() for v in schema.vss]}
+            return fields
         return {
             "schema": schema.schema_id,
             "t0": int(batch.min_tick),
@@ -395,25 +404,41 @@ def _decompress(compression: str, data: bytes) -> bytes:
 
 class PayloadDecoder:
     """Turns payloads back into rows. Feed schema payloads first (they come first in a stream and
-    again periodically); data payloads whose schema was not seen raise SchemaMissingError."""
+    again periodically); data payloads whose schema was not seen raise SchemaMissingError.
 
-    def __init__(self) -> None:
+    A series that feeds VSS paths (the schema's ``vss``) gives, beside each of its rows, one row
+    per path with ``vss_path`` set and the VSS value (a string value goes in ``choice``, with
+    the DBC value in ``value``); a value the transform maps to nothing gives none. ``vss=False``
+    leaves them out."""
+
+    def __init__(self, *, vss: bool = True) -> None:
         self.schemas: dict[str, Schema] = {}
+        self.vss = vss
+        # schema id -> (message, signal) -> [(path, unit, transform)], compiled once per schema
+        self._vss: dict[str, dict[tuple[int, int], list[tuple[str, str, Any]]]] = {}
 
     def add_schema(self, schema: Schema) -> None:
-        """Make a schema known (e.g. one the cloud kept from earlier)."""
+        """Make a schema known (e.g. one the cloud kept from earlier). Raises PayloadError
+        when its VSS transforms do not compile."""
+        self._vss[schema.schema_id] = _vss_columns(schema) if self.vss else {}
         self.schemas[schema.schema_id] = schema
 
     def decode(self, data: bytes) -> tuple[DecodedPayload, list[Row]]:
         """Decode one payload: a schema payload is remembered and gives no rows."""
         payload = unpack(data)
         if payload.kind == "schema":
-            schema = Schema.from_wire(payload.body)
+            ext = payload.envelope.get("ext", {})
+            schema = Schema.from_wire(payload.body, ext.get("vss"))
             if schema.schema_id != payload.envelope.get("schema"):
                 raise PayloadError("schema payload does not match its schema id")
             self.add_schema(schema)
             return payload, []
-        return payload, list(self._rows(payload))
+        # A diagnostics payload has its rows in ext and an empty body, which needs no schema.
+        diag = payload.envelope.get("ext", {}).get("diag")
+        rows = [] if diag is not None and payload.body == [] else list(self._rows(payload))
+        if diag is not None:
+            rows.extend(_diagnostics_rows(payload.envelope, diag))
+        return payload, rows
 
     def rows(self, data: bytes) -> list[Row]:
         """The rows of one payload (none for a schema payload)."""
@@ -426,6 +451,7 @@ class PayloadDecoder:
         if schema is None:
             raise SchemaMissingError(str(schema_id))
         nils = payload.version >= 2  # version 1 has no nil in a column
+        vss_columns = self._vss.get(schema.schema_id, {})
         try:
             t0, res = env["t0"], env["res"]
             if type(t0) is not int or type(res) is not int or res <= 0:
@@ -466,6 +492,18 @@ class PayloadDecoder:
                     if len(values) != len(rows):
                         raise PayloadError("column length does not match its rows")
                     choices = signal.choices
+                    links = vss_columns.get((message_index, signal_index))
+                    if links:
+                        yield from _with_vss(
+                            (seconds[row] for row in rows),
+                            values,
+                            links,
+                            bus,
+                            message.name,
+                            signal,
+                            source_address,
+                        )
+                        continue
                     for row, raw in zip(rows, values, strict=True):
                         yield Row(
                             seconds[row],
@@ -481,6 +519,78 @@ class PayloadDecoder:
             raise
         except (KeyError, IndexError, TypeError, ValueError, OverflowError) as exc:
             raise PayloadError(f"malformed data body: {_short(exc)}") from exc
+
+
+_DIAG_MESSAGES = {"dtc": "DTC", "vin": "VIN", "did": "DID"}
+
+
+def _diagnostics_rows(envelope: Mapping[str, Any], items: object) -> list[Row]:
+    """The rows of an envelope's ``ext["diag"]`` records (docs/diagnostics.md): message
+    ``DTC``/``VIN``/``DID``, signal the DTC text or the DID's name, the event or text in
+    ``choice``."""
+    from edge.diagnostics.records import records_from_wire
+
+    try:
+        records = records_from_wire(items, envelope["t0"], envelope["res"])
+    except ValueError as exc:
+        raise PayloadError(f"malformed diagnostics record: {exc}") from exc
+    return [
+        Row(
+            r.time,
+            r.bus,
+            _DIAG_MESSAGES.get(r.kind, r.kind),
+            r.name,
+            r.value,
+            "",
+            r.text,
+            r.source,
+            None,
+            r.ecu,
+            r.first_seen,
+        )
+        for r in records
+    ]
+
+
+def _vss_columns(schema: Schema) -> dict[tuple[int, int], list[tuple[str, str, Any]]]:
+    """The schema's VSS links by (message, signal) index, their transforms compiled."""
+    from edge.vss.transform import TransformError, compile_spec
+
+    columns: dict[tuple[int, int], list[tuple[str, str, Any]]] = {}
+    for link in schema.vss:
+        try:
+            transform = compile_spec(link.transform, link.datatype)
+        except TransformError as exc:
+            raise PayloadError(f"malformed schema: VSS {link.path}: {exc}") from exc
+        columns.setdefault((link.message, link.signal), []).append(
+            (link.path, link.unit, transform.apply)
+        )
+    return columns
+
+
+def _with_vss(
+    times: Iterator[float],
+    values: Sequence[Any],
+    links: list[tuple[str, str, Any]],
+    bus: str,
+    message: str,
+    signal: SignalInfo,
+    source: int | None,
+) -> Iterator[Row]:
+    """A series' rows, each followed by its VSS rows (see :class:`PayloadDecoder`)."""
+    name, unit, choices = signal.name, signal.unit, signal.choices
+    for t, raw in zip(times, values, strict=True):
+        physical = signal.physical(raw)
+        choice = choices.get(raw) if choices else None
+        yield Row(t, bus, message, name, physical, unit, choice, source)
+        for path, vss_unit, apply in links:
+            value = apply(physical, choice)
+            if value is None:  # the transform defines no VSS value for this one
+                continue
+            if type(value) is str:
+                yield Row(t, bus, message, name, physical, vss_unit, value, source, path)
+            else:
+                yield Row(t, bus, message, name, value, vss_unit, None, source, path)
 
 
 def _item(items: Sequence[_T], index: object, what: str) -> _T:

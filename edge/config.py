@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from edge.campaigns.config import ALWAYS, CampaignConfig, parse_campaigns
+from edge.diagnostics.config import DiagnosticsConfig, parse_diagnostics
 from edge.errors import ConfigError
 from edge.settings import Table
 
@@ -62,6 +64,8 @@ class BusConfig:
     receive_own_messages: bool = False
     receive_buffer: int | None = None  # SocketCAN receive buffer, bytes (None: 4 MiB)
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: Kuksa-format VSS mapping files (edge/vss/mapping.py); a bare name may be a bundled one.
+    vss_mapping: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +155,11 @@ class Config:
     log_level: str = "INFO"
     metrics_port: int | None = None
     base_dir: str = "."
+    #: The VSS tree mappings are checked against (None: the bundled VSS 6.0 catalog).
+    vss_tree: str | None = None
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()  # none: listen-only on every bus
+    #: ``[[campaigns]]`` (edge/campaigns/config.py); ``[signals]`` is the default ``always`` one.
+    campaigns: tuple[CampaignConfig, ...] = ()
 
     def bus(self, name: str) -> BusConfig:
         """The bus called ``name``."""
@@ -211,6 +220,14 @@ def parse_config(data: Mapping[str, Any], *, base_dir: str = ".") -> Config:
         "log_level", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
     )
     metrics_port = root.int("metrics_port", None, min=0, max=65535)
+    vss_tree = root.str("vss_tree", None)
+    diagnostics = parse_diagnostics(root.table("diagnostics"), names)
+    campaigns = parse_campaigns(root)
+    always = [c for c in campaigns if c.collect == ALWAYS]
+    if always:  # the always campaign takes the role of [signals].include
+        if "include" in data.get("signals", {}):
+            raise ConfigError("signals.include", "set by the 'always' campaign's signals instead")
+        signals = replace(signals, include=always[0].signals)
     root.finish()
     topic = getattr(uplink.options, "topic", "")
     if "{vehicle}" in topic and any(c in vehicle_id for c in "/+#\0"):
@@ -230,6 +247,9 @@ def parse_config(data: Mapping[str, Any], *, base_dir: str = ".") -> Config:
         log_level=log_level,
         metrics_port=metrics_port,
         base_dir=str(base),
+        vss_tree=resolve(vss_tree) if vss_tree else None,
+        diagnostics=diagnostics,
+        campaigns=campaigns,
     )
 
 
@@ -259,9 +279,17 @@ def _bus(t: Table, resolve: Any) -> BusConfig:
         receive_own_messages=t.bool("receive_own_messages", False),
         receive_buffer=t.int("receive_buffer", None, min=0, max=1 << 30),
         options=dict(t.table("options").rest()),
+        vss_mapping=tuple(_mapping_file(m, resolve) for m in t.str_list("vss_mapping", ())),
     )
     t.finish()
     return config
+
+
+def _mapping_file(name: str, resolve: Any) -> str:
+    """A mapping file's path; a bare name not found beside the configuration stays bare, to be
+    looked up among the bundled mappings (dbc/vss/)."""
+    path: str = resolve(name)
+    return name if "/" not in name and not Path(path).exists() else path
 
 
 def _replay(t: Table, resolve: Any, bus_names: list[str]) -> ReplayConfig:
