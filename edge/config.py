@@ -157,7 +157,8 @@ class Config:
     base_dir: str = "."
     #: The VSS tree mappings are checked against (None: the bundled VSS 6.0 catalog).
     vss_tree: str | None = None
-    diagnostics: DiagnosticsConfig = DiagnosticsConfig()  # none: listen-only on every bus
+    #: ``[diagnostics]`` (edge/diagnostics/config.py); empty: listen-only on every bus.
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     #: ``[[campaigns]]`` (edge/campaigns/config.py); ``[signals]`` is the default ``always`` one.
     campaigns: tuple[CampaignConfig, ...] = ()
 
