@@ -233,7 +233,9 @@ class Batcher:
                 self.next_measure = batch.estimate + (self._budget * 0.95 - size)
         # 1 tick of margin for rounding: a lower bound, checked exactly here
         self.age_due = (batch.first_tick + self._age_ticks - 1) / self._ticks_per_second
-        return self._full or tick - batch.first_tick >= self._age_ticks
+        # abs: a batch that time stepped back in (NTP, a replay starting over) closes as soon
+        # as it spans max age, instead of waiting for the clock to catch up with its first row
+        return self._full or abs(tick - batch.first_tick) >= self._age_ticks
 
     def expired(self) -> bool:
         """Whether the open batch is older than max age in wall time (a silent bus)."""

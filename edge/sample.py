@@ -13,6 +13,12 @@ Modes, per signal (configured by glob on ``Message.Signal``; the first matching 
   message that stops arriving sends nothing more.
 
 All times are frame times, so a replay at any speed gives the same samples as the live drive.
+When frame time steps back (an NTP step, a replay starting over), rate limits and heartbeats
+count from the step instead of waiting for the clock to catch up: a frame older than the last
+send finds its interval over, and :meth:`TrackSampler.restart_timers` starts them all again.
+
+NaN: a float signal that becomes NaN, or stops being NaN, has changed (whatever the deadband);
+NaN followed by NaN has not.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import operator
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cantools.database.can import Message
 from cantools.database.can.signal import Signal
@@ -31,6 +37,9 @@ from cantools.database.can.signal import Signal
 from edge.batch import Group
 from edge.config import SignalRule, SignalsConfig
 from edge.schema import MessageInfo
+
+if TYPE_CHECKING:
+    from edge.vss.mapping import VssMapping
 
 __all__ = ["Policy", "Selection", "TrackSampler"]
 
@@ -55,17 +64,26 @@ def _compile(patterns: Sequence[str]) -> re.Pattern[str]:
 
 
 class Selection:
-    """Resolves the configured include/exclude globs and rules for each signal."""
+    """Resolves the configured include/exclude globs and rules for each signal.
 
-    def __init__(self, config: SignalsConfig) -> None:
+    With a VSS mapping, globs also match the VSS paths a signal feeds (``Vehicle.Speed``,
+    ``Vehicle.Powertrain.*``), and a mapped signal no rule matches takes its mapping's
+    ``interval_ms`` as a ``min_interval`` rate limit (the smallest of its paths'; Kuksa's
+    implicit 1000 ms when absent is not applied: the edge stays lossless unless told)."""
+
+    def __init__(self, config: SignalsConfig, vss: VssMapping | None = None) -> None:
         self._include = _compile(config.include)
         self._exclude = _compile(config.exclude)
         self._rules = [(_compile(r.match), frozenset(r.buses), r) for r in config.rules]
         self._default = config.default
+        self._vss = vss
 
     def policy(self, bus: str, message: Message, signal: Signal) -> Policy | None:
         """The policy of ``signal`` on ``bus``, or None when it is not selected."""
         name = f"{message.name}.{signal.name}"
+        links = self._vss.of_signal(bus, message.name, signal.name) if self._vss else ()
+        if links:
+            return self._mapped_policy(bus, [name, *(link.path for link in links)], links)
         if not self._include.match(name) or self._exclude.match(name):
             return None
         rule: SignalRule = self._default
@@ -73,6 +91,20 @@ class Selection:
             if (not buses or bus in buses) and pattern.match(name):
                 rule = candidate
                 break
+        return Policy(rule.mode, rule.deadband, rule.interval, rule.heartbeat)
+
+    def _mapped_policy(self, bus: str, names: list[str], links: Sequence[Any]) -> Policy | None:
+        if not any(self._include.match(n) for n in names):
+            return None
+        if any(self._exclude.match(n) for n in names):
+            return None
+        for pattern, buses, rule in self._rules:
+            if (not buses or bus in buses) and any(pattern.match(n) for n in names):
+                return Policy(rule.mode, rule.deadband, rule.interval, rule.heartbeat)
+        rule = self._default
+        intervals = [link.interval_ms for link in links if link.interval_ms]
+        if intervals:
+            return Policy("min_interval", rule.deadband, min(intervals) / 1000, rule.heartbeat)
         return Policy(rule.mode, rule.deadband, rule.interval, rule.heartbeat)
 
     def selects(self, bus: str, message: Message, signal: Signal) -> bool:
@@ -144,6 +176,13 @@ class TrackSampler:
         self.pending_times: list[float] = []
         self.pending_rows: list[tuple[Any, ...]] = []
 
+    def restart_timers(self) -> None:
+        """Frame time stepped back: every rate limit and heartbeat is over, so the next frame
+        sends the current values again (anchoring them after the step) and timers count from
+        there. Pending rows must be settled first."""
+        self._sent_at = [-math.inf] * len(self._sent_at)
+        self.next_check = -math.inf
+
     def bind(self, positions: Sequence[int], width: int) -> None:
         """Values will come as tuples of ``width`` values, column ``i`` at ``positions[i]``."""
         if list(positions) == list(range(width)):
@@ -182,7 +221,11 @@ class TrackSampler:
             if i is None or value is None:
                 continue
             heartbeat = heartbeats[i]
-            if value != last[i] or (heartbeat and t - sent_at[i] >= heartbeat):
+            previous = last[i]
+            elapsed = t - sent_at[i]
+            if (value != previous and (value == value or previous == previous)) or (
+                heartbeat and not 0 <= elapsed < heartbeat  # due, or time stepped back
+            ):
                 out.append((i, value))
                 last[i] = value
                 sent_at[i] = t
@@ -224,7 +267,8 @@ class TrackSampler:
             values: list[Any] = []
             row = first_row
             for value in cells:
-                if value != previous:
+                # NaN != NaN: only a change to or from NaN is one
+                if value != previous and (value == value or previous == previous):
                     row_numbers.append(row)
                     values.append(value)
                     previous = value
@@ -254,17 +298,23 @@ class TrackSampler:
             mode = self._modes[i]
             previous = last[i]
             heartbeat = self._heartbeats[i]
+            elapsed = t - sent_at[i]
+            if elapsed < 0:  # time stepped back since the last send: the wait is over
+                elapsed = math.inf
+            deadband = self._deadbands[i]
             send = False
             if mode == _EVERY or previous is None:
                 send = True
-            elif value != previous and (
-                not self._deadbands[i] or abs(value - previous) > self._deadbands[i]
+            elif (
+                value != previous
+                and (value == value or previous == previous)  # NaN to NaN is no change
+                and (not deadband or not abs(value - previous) <= deadband)  # NaN: a change
             ):
-                if mode == _ON_CHANGE or t - sent_at[i] >= self._intervals[i]:
+                if mode == _ON_CHANGE or elapsed >= self._intervals[i]:
                     send = True
                 else:  # held back by the rate limit: look again when the interval is over
                     next_check = min(next_check, sent_at[i] + self._intervals[i])
-            elif heartbeat and t - sent_at[i] >= heartbeat:
+            elif heartbeat and elapsed >= heartbeat:
                 send = True
             if send:
                 out.append((i, value))

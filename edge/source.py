@@ -21,11 +21,13 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import can
 
 from edge.config import BusConfig, ReplayConfig
+from edge.errors import ConfigError
 from edge.socketcan import (
     DropCounter,
     DropCountingReceiver,
@@ -35,7 +37,17 @@ from edge.socketcan import (
     set_receive_buffer,
 )
 
-__all__ = ["BusSource", "FrameQueue", "FrameSource", "ReplaySource", "open_bus"]
+__all__ = [
+    "MAX_TIMESTAMP",
+    "TIME_JUMP",
+    "TIME_STEP_BACK",
+    "BusSource",
+    "FrameQueue",
+    "FrameSource",
+    "ReplaySource",
+    "TimeGuard",
+    "open_bus",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +81,97 @@ class FrameQueue:
     def qsize(self) -> int:
         """Chunks waiting (approximate)."""
         return self._queue.qsize()
+
+
+#: Frame times after this (2100-01-01, seconds since the epoch) cannot be true: such frames
+#: are counted (``bad_timestamp``) and skipped, like NaN, infinite and negative times.
+MAX_TIMESTAMP = 4_102_444_800.0
+#: A frame this much (seconds) ahead of the previous one is held until the next frame says
+#: whether time really jumped there (a clock set by NTP, logs joined end to end: both kept) or
+#: the frame alone is wrong (a poison timestamp: counted and skipped).
+TIME_JUMP = 86_400.0
+#: A frame this much (seconds) behind the previous one is a step back of the clock (NTP, a
+#: replay starting over): it starts a new chunk, so that the processing stage sees the step at a
+#: chunk boundary and restarts its timers there. Smaller disorder is jitter between buses.
+TIME_STEP_BACK = 1.0
+
+
+class TimeGuard:
+    """Checks the timestamps of one source's frames before they are handed over.
+
+    A frame whose time is not a number, infinite, negative or after :data:`MAX_TIMESTAMP` is
+    skipped and counted (``bad_timestamp``). A frame more than :data:`TIME_JUMP` ahead of the
+    previous one is held back: when the next frame is close to it, time really jumped (counted
+    in ``time_jumps``) and both go on; when the next frame is back near the old time, the held
+    frame alone was wrong and counts as a ``bad_timestamp``. A step back of more than
+    :data:`TIME_STEP_BACK` is counted (``time_steps_back``) and reported by :meth:`admit`.
+    """
+
+    __slots__ = ("_held", "_last", "bad_timestamp", "time_jumps", "time_steps_back")
+
+    def __init__(self) -> None:
+        self._last: float | None = None  # time of the last frame let through
+        self._held: can.Message | None = None  # a frame far ahead, until the next one judges it
+        self.bad_timestamp = 0
+        self.time_jumps = 0
+        self.time_steps_back = 0
+
+    def admit(self, msg: can.Message) -> tuple[list[can.Message], bool]:
+        """The frames to hand over now that ``msg`` arrived (none, it, or a held one and it),
+        and whether time stepped back before the first of them."""
+        t = msg.timestamp
+        if not 0.0 <= t <= MAX_TIMESTAMP:  # also false for NaN
+            self.bad_timestamp += 1
+            return [], False
+        held = self._held
+        if held is not None:
+            self._held = None
+            if abs(t - held.timestamp) <= TIME_JUMP:  # the jump is real: keep both
+                self.time_jumps += 1
+                self._last = t
+                return [held, msg], False
+            self.bad_timestamp += 1  # the held frame stood alone: poison
+        last = self._last
+        if last is not None and t - last > TIME_JUMP:
+            self._held = msg
+            return [], False
+        self._last = t
+        stepped = last is not None and t < last - TIME_STEP_BACK
+        if stepped:
+            self.time_steps_back += 1
+        return [msg], stepped
+
+    def finish(self) -> list[can.Message]:
+        """The source ended: a frame still held is let through (nothing came to contradict it)."""
+        held, self._held = self._held, None
+        if held is None:
+            return []
+        self.time_jumps += 1
+        self._last = held.timestamp
+        return [held]
+
+    def split(self, chunk: Chunk) -> list[Chunk]:
+        """``chunk`` with bad frames left out, cut where time steps back (see :meth:`admit`)."""
+        chunks: list[Chunk] = []
+        current: Chunk = []
+        admit = self.admit
+        for msg in chunk:
+            passed, stepped = admit(msg)
+            if stepped and current:
+                chunks.append(current)
+                current = []
+            current.extend(passed)
+        if current:
+            chunks.append(current)
+        return chunks
+
+    def stats(self) -> dict[str, int]:
+        """The counters, for a source's statistics."""
+        return {
+            "bad_timestamp": self.bad_timestamp,
+            "time_jumps": self.time_jumps,
+            "time_steps_back": self.time_steps_back,
+        }
 
 
 class FrameSource(ABC):
@@ -205,6 +308,7 @@ class BusSource(FrameSource):
         self.link_down_events = 0
         self._drops = DropCounter()
         self._socketcan = config.interface == "socketcan"
+        self._guard = TimeGuard()
 
     def run(self, out: FrameQueue, stop: threading.Event) -> None:
         delay = 0.1
@@ -262,8 +366,11 @@ class BusSource(FrameSource):
         name = self.config.name
         for m in chunk:
             m.channel = name
-        self.frames += len(chunk)
-        return out.put(chunk, stop)
+        for part in self._guard.split(chunk):
+            self.frames += len(part)
+            if not out.put(part, stop):
+                return False
+        return True
 
     def _read(self, bus: can.BusABC, out: FrameQueue, stop: threading.Event) -> None:
         """Read until ``stop``; raise when the bus fails (after handing over what was read)."""
@@ -369,6 +476,7 @@ class BusSource(FrameSource):
             "errors": self.errors,
             "reopens": self.reopens,
             "connected": self.connected,
+            **self._guard.stats(),
         }
         if self._socketcan:
             stats["link_up"] = self.connected and self.link_up
@@ -377,19 +485,42 @@ class BusSource(FrameSource):
         return stats
 
 
+#: A replay paced at ``speed`` waits at most this long (wall seconds) for the next frame: a log
+#: with a gap (ignition off, logs joined end to end, a clock set forwards) goes on at once.
+REPLAY_MAX_WAIT = 10.0
+
+#: What python-can's text log readers raise on a line they cannot parse.
+_BAD_LINE = (ValueError, IndexError, TypeError)
+
+
 class ReplaySource(FrameSource):
     """Replays a recorded log (any format python-can's LogReader reads: candump ``.log``,
     ``.asc``, ``.blf``, ``.trc``, ``.csv``) at ``speed`` x real time, or as fast as possible
     (``speed=None``). Log channels map to bus names through ``channels``; a log channel equal to
     a bus name maps to it; with a single bus and no ``channels`` table, every channel maps to it.
-    Frames of other channels keep their channel name and are counted as ``unknown_bus``."""
+    Frames of other channels keep their channel name and are counted as ``unknown_bus``.
+
+    Pacing follows the log's times from the first frame, and starts again from the frame after
+    a step back (each pass of ``loop``, a clock stepped back in the log) or a gap longer than
+    :data:`REPLAY_MAX_WAIT` at this speed. A line the log reader cannot parse is counted
+    (``bad_lines``) and skipped; in a candump ``.log`` reading goes on at the next line, in the
+    other formats the reader cannot resume mid-file and that pass ends there (logged). Frame
+    times are checked as live ones are (:class:`TimeGuard`). A missing log is a configuration
+    error (:class:`~edge.errors.ConfigError`, raised here)."""
 
     def __init__(self, config: ReplayConfig, bus_names: Sequence[str]) -> None:
+        if not Path(config.path).is_file():
+            raise ConfigError("replay.log", f"no such file: {config.path}")
         self.config = config
         self._bus_names = list(bus_names)
         self.frames = 0
         self.unmapped: set[str] = set()
         self.finished = threading.Event()
+        #: lines of the log that could not be parsed (skipped)
+        self.bad_lines = 0
+        #: passes over the log begun (more than one with ``loop``)
+        self.passes = 0
+        self._guard = TimeGuard()
 
     def _bus_of(self, channel: object) -> str:
         key = str(channel)
@@ -406,44 +537,76 @@ class ReplaySource(FrameSource):
         return key
 
     def messages(self) -> Iterator[can.Message]:
-        """The log's frames with their bus names set (no pacing)."""
+        """The log's frames with their bus names set (no pacing, no time checks)."""
         while True:
-            with can.LogReader(self.config.path) as reader:
-                cache: dict[object, str] = {}
-                for msg in reader:
-                    channel = msg.channel
-                    bus = cache.get(channel)
-                    if bus is None:
-                        bus = cache[channel] = self._bus_of(channel)
-                    msg.channel = bus
-                    yield msg
+            self.passes += 1
+            cache: dict[object, str] = {}
+            for msg in self._read_pass():
+                channel = msg.channel
+                bus = cache.get(channel)
+                if bus is None:
+                    bus = cache[channel] = self._bus_of(channel)
+                msg.channel = bus
+                yield msg
             if not self.config.loop:
                 return
 
+    def _read_pass(self) -> Iterator[can.Message]:
+        """One pass over the log, skipping (and counting) lines the reader cannot parse."""
+        path = self.config.path
+        with can.LogReader(path) as reader:
+            # The candump reader parses line by line from the open file: a new iteration of the
+            # same reader goes on at the line after the bad one. Other readers re-read headers.
+            resumable = isinstance(reader, can.CanutilsLogReader)
+            while True:
+                try:
+                    yield from reader
+                    return
+                except _BAD_LINE as exc:
+                    self.bad_lines += 1
+                    if self.bad_lines == 1 or not resumable:
+                        log.warning(
+                            "replay %s: skipping a line it cannot read (%s: %s)%s",
+                            path,
+                            type(exc).__name__,
+                            exc,
+                            "" if resumable else "; this format cannot resume: pass ends",
+                        )
+                    if not resumable:
+                        return
+
     def run(self, out: FrameQueue, stop: threading.Event) -> None:
         speed = self.config.speed
-        start_wall = time.monotonic()
-        first: float | None = None
+        guard = self._guard
+        base_wall = base_log = 0.0  # pacing: wall time at which the log time base_log is due
+        last: float | None = None
         chunk: Chunk = []
         try:
-            for msg in self.messages():
+            for raw in self.messages():
                 if stop.is_set():
                     return
-                if speed is not None:
-                    if first is None:
-                        first = msg.timestamp
-                    due = start_wall + (msg.timestamp - first) / speed
-                    wait = due - time.monotonic()
-                    if wait > 0.002:
-                        if chunk:
-                            self._hand_over(chunk, out, stop)
-                            chunk = []
-                        if stop.wait(wait):
-                            return
-                chunk.append(msg)
+                admitted, stepped = guard.admit(raw)
+                if stepped and chunk:  # the processing stage sees a step at a chunk start
+                    self._hand_over(chunk, out, stop)
+                    chunk = []
+                for msg in admitted:
+                    t = msg.timestamp
+                    if speed is not None:
+                        if last is None or t < last or (t - last) / speed > REPLAY_MAX_WAIT:
+                            base_wall, base_log = time.monotonic(), t
+                        last = t
+                        wait = base_wall + (t - base_log) / speed - time.monotonic()
+                        if wait > 0.002:
+                            if chunk:
+                                self._hand_over(chunk, out, stop)
+                                chunk = []
+                            if stop.wait(wait):
+                                return
+                    chunk.append(msg)
                 if len(chunk) >= CHUNK:
                     self._hand_over(chunk, out, stop)
                     chunk = []
+            chunk.extend(guard.finish())
             if chunk:
                 self._hand_over(chunk, out, stop)
         finally:
@@ -452,3 +615,11 @@ class ReplaySource(FrameSource):
     def _hand_over(self, chunk: Chunk, out: FrameQueue, stop: threading.Event) -> None:
         self.frames += len(chunk)
         out.put(chunk, stop)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "frames": self.frames,
+            "bad_lines": self.bad_lines,
+            "passes": self.passes,
+            **self._guard.stats(),
+        }

@@ -205,6 +205,18 @@ def test_batcher_closes_on_age_when_time_starts_at_zero() -> None:
     assert batcher.add(0, None, 5_000, [(0, 2)])
 
 
+def test_batcher_closes_when_time_steps_back_by_max_age() -> None:
+    # NTP steps the clock back: the open batch closes once it spans max age, not when the
+    # clock has caught up with its first row (an hour later here).
+    batcher = make_batcher(FakeClock())
+    assert not batcher.add(0, None, 3_600_000, [(0, 1)])
+    assert not batcher.add(0, None, 3_599_500, [(0, 2)])
+    assert batcher.add(0, None, 3_599_000, [(0, 3)])
+    batcher.take()
+    assert not batcher.add(0, None, 3_600_000, [(0, 1)])
+    assert batcher.add(0, None, 100, [(0, 2)])
+
+
 def test_batcher_expires_on_wall_clock_when_the_bus_goes_silent() -> None:
     clock = FakeClock()
     batcher = make_batcher(clock, max_age=2.0)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import can
+import pytest
 
 from edge.codec import PayloadDecoder, unpack
 from edge.config import parse_config
@@ -140,3 +141,48 @@ def test_silent_bus_still_flushes_by_wall_clock_age(tmp_path: Path) -> None:
         time.sleep(0.05)
     pipeline.stop()
     assert done.is_set()
+
+
+STEP_DBC = """VERSION ""
+BS_:
+BU_: ECU
+BO_ 256 Engine: 4 ECU
+ SG_ Speed : 0|16@1+ (1,0) [0|65535] "" Vector__XXX
+ SG_ Odo : 16|16@1+ (1,0) [0|65535] "" Vector__XXX
+"""
+
+
+def test_time_stepping_back_keeps_heartbeats_rate_limits_and_batch_age(tmp_path: Path) -> None:
+    """An NTP step back of an hour mid-drive (issue 12, item 5): heartbeats and min_interval
+    values go on from the step, and no batch holds rows for longer than max age."""
+    dbc = tmp_path / "step.dbc"
+    dbc.write_text(STEP_DBC)
+    start, step = 1_700_000_000.0, 3600.0
+    lines = []
+    for i in range(200):  # 10 s before the step, 10 s after; Odo changes on every frame
+        t = start + i * 0.1 - (step if i >= 100 else 0.0)
+        lines.append(f"({t:.3f}) can0 100#{(500).to_bytes(2, 'little').hex()}{i:04x}")
+    log = tmp_path / "step.log"
+    log.write_text("\n".join(lines) + "\n")
+    data = config(tmp_path, replay={"log": str(log), "speed": "max"})
+    data["buses"] = [{"name": "can0", "dbc": [str(dbc)]}]
+    data["batch"] = {"max_age": 5.0}
+    data["signals"] = {
+        "heartbeat": 1.0,
+        "rules": [{"match": "Engine.Odo", "mode": "min_interval", "interval": 2.0, "heartbeat": 0}],
+    }
+    pipeline = Pipeline(parse_config(data))
+    pipeline.start()
+    pipeline.wait()
+    pipeline.stop(drain_timeout=10)
+    payloads, rows = decode_outbox(tmp_path / "outbox")
+    after = start - step
+    speed = [r.time for r in rows if r.signal == "Speed" and r.time < start - 1]
+    odo = [r.time for r in rows if r.signal == "Odo" and r.time < start - 1]
+    # after the step: frames from after + 10 s to after + 20 s
+    assert speed == pytest.approx([after + 10 + i for i in range(10)], abs=0.15)
+    assert odo == pytest.approx([after + 10 + 2 * i for i in range(5)], abs=0.15)
+    assert pipeline.stats().sources["replay"]["time_steps_back"] == 1
+    for p in payloads:
+        if p.kind == "data":
+            assert (p.envelope["t1"] - p.envelope["t0"]) * p.envelope["res"] / 1e9 <= 5.0

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import cantools
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edge.batch import Group
 from edge.config import SignalRule, SignalsConfig
 from edge.sample import Policy, Selection, TrackSampler
 from edge.schema import MessageInfo, SignalInfo
@@ -142,3 +145,57 @@ def test_repeated_fast_path_never_changes_the_output(steps: list[tuple[int, bool
         repeated = previous == values
         assert fast.sample(t, dict(values), repeated) == full.sample(t, dict(values), False)
         previous = dict(values)
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 12: time stepping back, NaN
+
+
+def test_min_interval_and_heartbeat_go_on_after_time_steps_back() -> None:
+    s = sampler(Policy("min_interval", interval=1.0), Policy("on_change", heartbeat=2.0))
+    assert s.sample(3600.0, {"Speed": 1, "Rpm": 7}, False) == [(0, 1), (1, 7)]
+    # NTP steps the clock back an hour: a change is not held back for an hour ...
+    assert s.sample(0.0, {"Speed": 2, "Rpm": 7}, False) == [(0, 2), (1, 7)]
+    # ... and the rate limit and heartbeat count from the step.
+    assert s.sample(0.5, {"Speed": 3, "Rpm": 7}, False) == []
+    assert s.sample(1.0, {"Speed": 3, "Rpm": 7}, True) == [(0, 3)]
+    assert s.sample(2.0, {"Speed": 3, "Rpm": 7}, True) == [(1, 7)]
+
+
+def test_restart_timers_makes_repeated_frames_look_again() -> None:
+    s = sampler(Policy("on_change", heartbeat=2.0), Policy("on_change", heartbeat=2.0))
+    s.sample(3600.0, {"Speed": 1, "Rpm": 7}, False)
+    assert s.next_check == 3602.0
+    s.restart_timers()
+    assert s.next_check == -math.inf  # the hot loop takes the next frame the full way
+    assert s.sample(0.0, {"Speed": 1, "Rpm": 7}, True) == [(0, 1), (1, 7)]
+    assert s.next_check == 2.0
+
+
+NAN = math.nan
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [Policy("on_change"), Policy("on_change", deadband=0.5), Policy("min_interval", interval=0)],
+)
+def test_a_change_to_or_from_nan_is_a_change_nan_to_nan_is_not(policy: Policy) -> None:
+    s = sampler(policy, Policy("on_change"))
+    out = [s.sample(t, {"Speed": v, "Rpm": 0}, False) for t, v in enumerate([NAN, NAN, 5.0])]
+    assert [[str(v) for _, v in o if _ == 0] for o in out] == [["nan"], [], ["5.0"]]
+    out = [s.sample(t, {"Speed": v, "Rpm": 0}, False) for t, v in enumerate([NAN, NAN, 7.0], 3)]
+    assert [[str(v) for _, v in o if _ == 0] for o in out] == [["nan"], [], ["7.0"]]
+
+
+def test_deferred_settle_treats_nan_like_the_full_evaluation() -> None:
+    deferred = sampler(Policy("on_change"), Policy("on_change"))
+    assert deferred.fast
+    deferred.sample_raw(0.0, (1.0, 0), False)
+    values = [NAN, NAN, 2.0, NAN, math.inf, math.inf]
+    deferred.pending_times = [float(i + 1) for i in range(len(values))]
+    deferred.pending_rows = [(v, i) for i, v in enumerate(values, 1)]
+    group = Group()
+    deferred.settle(group, 1000)
+    rows, sent = group.columns[0]
+    assert [str(v) for v in sent] == ["nan", "2.0", "nan", "inf"]
+    assert rows == [0, 2, 3, 4]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 from pathlib import Path
@@ -12,7 +13,8 @@ import can
 import pytest
 
 from edge.config import BusConfig, ReplayConfig
-from edge.source import CHUNK, BusSource, FrameQueue, ReplaySource, open_bus
+from edge.errors import ConfigError
+from edge.source import CHUNK, BusSource, FrameQueue, ReplaySource, TimeGuard, open_bus
 
 
 def drain(queue: FrameQueue, count: int, timeout: float = 5.0) -> list[can.Message]:
@@ -222,14 +224,149 @@ def test_bus_source_keeps_an_empty_filter_list() -> None:
 
 def test_bus_source_counters_by_interface() -> None:
     virtual = BusSource(BusConfig(name="a", interface="virtual", databases=("x",)))
-    assert set(virtual.stats()) == {"frames", "errors", "reopens", "connected"}
+    assert set(virtual.stats()) == {
+        "frames",
+        "errors",
+        "reopens",
+        "connected",
+        "bad_timestamp",
+        "time_jumps",
+        "time_steps_back",
+    }
     socketcan = BusSource(BusConfig(name="b", interface="socketcan", databases=("x",)))
     assert socketcan.stats() == {
         "frames": 0,
         "errors": 0,
         "reopens": 0,
         "connected": False,
+        "bad_timestamp": 0,
+        "time_jumps": 0,
+        "time_steps_back": 0,
         "link_up": False,
         "link_down_events": 0,
         "kernel_dropped": 0,
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 12: poison timestamps, clock steps, malformed logs, loop pacing
+
+
+def one(t: float) -> can.Message:
+    return can.Message(timestamp=t, arbitration_id=0x100, data=b"\x01", channel="can0")
+
+
+def test_time_guard_skips_and_counts_poison_timestamps() -> None:
+    guard = TimeGuard()
+    times = [1e9, math.nan, 1e9 + 1, math.inf, -math.inf, -5.0, 1e20, 1e9 + 2]
+    times += [1e9 + 40 * 365 * 86400, 1e9 + 3, 1e9 + 4]  # a lone frame decades ahead
+    passed = [m.timestamp for t in times for m in guard.admit(one(t))[0]]
+    assert passed == [1e9, 1e9 + 1, 1e9 + 2, 1e9 + 3, 1e9 + 4]
+    assert guard.stats() == {"bad_timestamp": 6, "time_jumps": 0, "time_steps_back": 0}
+
+
+def test_time_guard_keeps_a_real_jump_and_reports_a_step_back() -> None:
+    guard = TimeGuard()
+    boot = 100.0  # a gateway without RTC boots near 1970 ...
+    synced = 1_700_000_000.0  # ... and NTP then sets the date: time really jumped
+    chunks = guard.split([one(boot), one(boot + 1), one(synced), one(synced + 1)])
+    assert [[m.timestamp for m in c] for c in chunks] == [[boot, boot + 1, synced, synced + 1]]
+    # An NTP step back of an hour: the step starts a chunk of its own.
+    chunks = guard.split([one(synced + 2), one(synced - 3600), one(synced - 3599)])
+    assert [len(c) for c in chunks] == [1, 2]
+    assert guard.stats() == {"bad_timestamp": 0, "time_jumps": 1, "time_steps_back": 1}
+
+
+def test_bus_source_counts_poison_timestamps_and_goes_on() -> None:
+    channel = f"test-{time.monotonic_ns()}"
+    config = BusConfig(name="can0", interface="virtual", channel=channel)
+    queue = FrameQueue()
+    source = BusSource(config)
+    sender_bus = can.Bus(interface="virtual", channel=channel, preserve_timestamps=True)
+    with Running(source, queue), sender_bus as sender:
+        time.sleep(0.2)
+        for t in (1e9, math.nan, 1e9 + 1, 1e20, 1e9 + 2):
+            sender.send(one(t))
+        got = drain(queue, 3)
+    assert [m.timestamp for m in got] == [1e9, 1e9 + 1, 1e9 + 2]
+    assert source.stats()["bad_timestamp"] == 2
+
+
+def write_candump(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def test_replay_never_waits_for_a_poison_time_or_a_gap(tmp_path: Path) -> None:
+    log = write_candump(
+        tmp_path / "poison.log",
+        [
+            "(1000.0) can0 100#01",
+            "(nan) can0 100#02",
+            "(inf) can0 100#03",
+            "(1e20) can0 100#04",
+            "(2261700000.0) can0 100#05",  # decades ahead, alone
+            "(1000.1) can0 100#06",
+            "(1700001000.0) can0 100#07",  # decades ahead, and the log goes on there
+            "(1700001000.1) can0 100#08",
+        ],
+    )
+    source = ReplaySource(ReplayConfig(path=str(log), speed=1.0), ["can0"])
+    queue = FrameQueue()
+    started = time.monotonic()
+    source.run(queue, threading.Event())
+    assert time.monotonic() - started < 2.0  # paced at real time, but no wait for years
+    got = drain(queue, 4, timeout=0.5)
+    assert [bytes(m.data) for m in got] == [b"\x01", b"\x06", b"\x07", b"\x08"]
+    stats = source.stats()
+    assert stats["bad_timestamp"] == 4
+    assert stats["time_jumps"] == 1
+
+
+def test_replay_skips_malformed_lines_and_goes_on(tmp_path: Path) -> None:
+    log = write_candump(
+        tmp_path / "bad.log",
+        [
+            "(1.0) can0 100#01",
+            "garbage",
+            "(1.1) can0 1ZZ#02",
+            "(x) can0 100#03",
+            "(1.3) can0 100#04",
+        ],
+    )
+    source = ReplaySource(ReplayConfig(path=str(log), speed=None), ["can0"])
+    queue = FrameQueue()
+    source.run(queue, threading.Event())
+    got = drain(queue, 2, timeout=0.5)
+    assert [bytes(m.data) for m in got] == [b"\x01", b"\x04"]
+    assert source.stats()["bad_lines"] == 3
+
+
+def test_replay_of_a_missing_log_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        ReplaySource(ReplayConfig(path=str(tmp_path / "nosuch.log")), ["can0"])
+
+
+def test_replay_loop_keeps_its_speed_and_cuts_chunks_at_each_pass(tmp_path: Path) -> None:
+    log = write_candump(
+        tmp_path / "short.log", [f"({1000 + i * 0.5:.1f}) can0 100#0{i}" for i in range(5)]
+    )
+    source = ReplaySource(ReplayConfig(path=str(log), speed=4.0, loop=True), ["can0"])
+    queue = FrameQueue()
+    stop = threading.Event()
+    thread = threading.Thread(target=source.run, args=(queue, stop), daemon=True)
+    thread.start()
+    time.sleep(1.2)
+    stop.set()
+    thread.join(5)
+    chunks: list[list[can.Message]] = []
+    while (chunk := queue.get(timeout=0)) is not None:
+        chunks.append(chunk)
+    frames_sent = sum(len(c) for c in chunks)
+    # A pass is 0.5 s long at speed 4: about 2.5 passes in 1.2 s, not thousands of frames.
+    assert 8 <= frames_sent <= 20
+    assert source.stats()["passes"] >= 2
+    # Each pass starts a chunk, so the processing stage sees every step back at a chunk start.
+    for chunk in chunks:
+        times = [m.timestamp for m in chunk]
+        assert times == sorted(times)
