@@ -26,6 +26,7 @@ from edge.errors import SpoolError
 from edge.payload import Payload
 from edge.sample import Selection
 from edge.schema import Schema, build_schema
+from edge.vss.mapping import load_vss_mapping, schema_with_vss
 
 __all__ = ["RAW_FRAME_BYTES", "PipelineStats", "Processor"]
 
@@ -71,12 +72,15 @@ class Processor:
         self.config = config
         self._append = append
         self._clock = clock or SystemClock()
-        selection = Selection(config.signals)
         databases = [
             (bus.name, load_databases(bus.databases, strict=bus.strict), bus.j1939)
             for bus in config.buses
         ]
-        self.schema: Schema = build_schema(databases, selection.selects)
+        #: the VSS paths mapped signals feed (edge/vss/); raises ConfigError for a bad mapping
+        self.vss = load_vss_mapping(config, [db for _, db, _ in databases])
+        selection = Selection(config.signals, self.vss)
+        schema = build_schema(databases, selection.selects)
+        self.schema: Schema = schema_with_vss(schema, self.vss)
         if not self.schema.messages:
             log.warning("no signal is selected: check signals.include / signals.exclude")
         self.bus_decoders = [

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from cantools.database.can import Database, Message
     from cantools.database.can.signal import Signal
 
-__all__ = ["MessageInfo", "Schema", "SignalInfo", "build_schema"]
+__all__ = ["MessageInfo", "Schema", "SignalInfo", "VssInfo", "build_schema"]
 
 Number = int | float
 
@@ -92,13 +92,48 @@ class MessageInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class VssInfo:
+    """A VSS path fed by one series of the schema (edge/vss/): its value is ``transform``
+    (a spec for :func:`edge.vss.transform.compile_spec`) of the series' physical value."""
+
+    message: int
+    signal: int
+    path: str
+    datatype: str
+    unit: str = ""
+    transform: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> list[Any]:
+        """Compact form: ``[message, signal, path, datatype, unit, transform]``."""
+        transform = dict(self.transform)
+        return [self.message, self.signal, self.path, self.datatype, self.unit, transform]
+
+    @classmethod
+    def from_wire(cls, item: Sequence[Any]) -> VssInfo:
+        """Inverse of :meth:`to_wire` (elements after these are ignored: later additions)."""
+        message, signal, path, datatype, unit, transform = item[:6]
+        if type(message) is not int or type(signal) is not int:
+            raise TypeError("VSS message and signal indexes must be integers")
+        if not all(type(v) is str for v in (path, datatype, unit)):
+            raise TypeError("VSS path, datatype and unit must be strings")
+        if not isinstance(transform, dict):
+            raise TypeError("VSS transform must be a map")
+        return cls(message, signal, path, datatype, unit, transform)
+
+
+@dataclass(frozen=True, slots=True)
 class Schema:
     """The selected messages of every bus, in a fixed order. ``schema_id`` is the first 16 hex
-    digits of the SHA-256 of the canonical wire form: equal content, equal id."""
+    digits of the SHA-256 of the canonical wire form: equal content, equal id.
+
+    ``vss`` (the VSS paths series feed) is not part of the body nor of the id: it travels in
+    the schema payload's envelope ``ext``, where readers that do not know it never look
+    (docs/format.md)."""
 
     buses: tuple[str, ...]
     messages: tuple[MessageInfo, ...]
     schema_id: str = field(init=False, compare=False)
+    vss: tuple[VssInfo, ...] = ()
 
     def __post_init__(self) -> None:
         blob = msgpack.packb(self.to_wire(), use_bin_type=True)
@@ -109,14 +144,21 @@ class Schema:
         return {"buses": list(self.buses), "messages": [m.to_wire() for m in self.messages]}
 
     @classmethod
-    def from_wire(cls, body: Mapping[str, Any]) -> Schema:
-        """Parse a schema payload body; raises PayloadError when malformed."""
+    def from_wire(cls, body: Mapping[str, Any], vss: Sequence[Any] | None = None) -> Schema:
+        """Parse a schema payload body (and its envelope's ``ext["vss"]``, if any); raises
+        PayloadError when malformed."""
         try:
             buses = tuple(str(b) for b in body["buses"])
             messages = tuple(MessageInfo.from_wire(m) for m in body["messages"])
             if any(not 0 <= m.bus < len(buses) for m in messages):
                 raise ValueError("message bus index out of range")
-            return cls(buses, messages)
+            links = tuple(VssInfo.from_wire(v) for v in vss or ())
+            for link in links:
+                if not 0 <= link.message < len(messages):
+                    raise ValueError("VSS message index out of range")
+                if not 0 <= link.signal < len(messages[link.message].signals):
+                    raise ValueError("VSS signal index out of range")
+            return cls(buses, messages, links)
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             text = f"{type(exc).__name__}: {exc}"[:120]
             raise PayloadError(f"malformed schema: {text}") from exc

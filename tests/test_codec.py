@@ -1347,7 +1347,8 @@ def test_reference_decoder_in_the_docs_agrees(
     assert kind == 0
     assert envelope == dict(unpack(data).envelope)
     got = list(reference["rows"](envelope, body, schema_body))
-    assert exact(got) == exact(decoder_for(schema).rows(data))
+    # The reference decoder gives a series' own rows: the fields before vss_path.
+    assert exact(got) == exact([row[:8] for row in decoder_for(schema).rows(data)])
 
 
 def test_envelope_extension_travels_and_old_readers_skip_it() -> None:
