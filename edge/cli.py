@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -40,18 +41,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.func(args)
         return result
     except (ConfigError, DatabaseLoadError) as exc:
-        print(f"can-telemetry: configuration error: {exc}", file=sys.stderr)
+        print(f"can-telemetry: configuration error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except PayloadError as exc:
-        print(f"can-telemetry: bad payload: {exc}", file=sys.stderr)
+        print(f"can-telemetry: bad payload: {printable(str(exc))}", file=sys.stderr)
         return 3
     except TelemetryError as exc:
-        print(f"can-telemetry: {exc}", file=sys.stderr)
+        print(f"can-telemetry: {printable(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return 0
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on or not show (control characters,
+    raw bytes read as text) written as a Python escape, e.g. ``\\x1b``."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class _PrintableWriter:
+    """A text stream that writes :func:`printable` text (a lone newline from ``print`` as is)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(text if text == "\n" else printable(text))
+
+
+def _seconds(text: str) -> float:
+    """A command-line duration: a finite number of seconds greater than 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,7 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="simulated drive through the full pipeline (no car, no cloud needed)"
     )
-    demo.add_argument("--duration", type=float, default=600.0, help="simulated seconds of driving")
+    demo.add_argument(
+        "--duration", type=_seconds, default=600.0, help="simulated seconds of driving"
+    )
     demo.add_argument("--outbox", help="folder for the payloads (default: a temporary folder)")
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -92,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--interface", default="socketcan", help="python-can interface")
     sim.add_argument("--channel", default="vcan0", help="python-can channel")
     sim.add_argument("--dbc", help="database to drive (default: the demo vehicle)")
-    sim.add_argument("--duration", type=float, default=60.0, help="seconds of driving")
+    sim.add_argument("--duration", type=_seconds, default=60.0, help="seconds of driving")
     sim.add_argument("--speed", default="1", help="a factor (1 = real time) or max")
     sim.add_argument("--fd", action="store_true", help="open the bus in CAN FD mode")
     sim.add_argument("--seed", type=int, default=0)
@@ -155,8 +187,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    try:
+        server = _metrics_server(pipeline, config.metrics_port)
+    except OSError as exc:
+        pipeline.uplink.close()
+        pipeline.spool.close()
+        raise ConfigError(
+            "metrics_port", f"cannot serve on port {config.metrics_port}: {exc.strerror or exc}"
+        ) from exc
     pipeline.start()
-    server = _metrics_server(pipeline, config.metrics_port)
     log.warning(
         "running: %d bus(es), %d signals selected, uplink %s, spool %s",
         len(config.buses),
@@ -329,7 +368,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     kwargs: dict[str, Any] = {"fd": True} if args.fd else {}
-    with can.Bus(interface=args.interface, channel=args.channel, **kwargs) as bus:
+    try:
+        bus = can.Bus(interface=args.interface, channel=args.channel, **kwargs)
+    except (can.CanError, OSError, ValueError, ImportError) as exc:
+        raise ConfigError(
+            "--interface", f"cannot open {args.interface}:{args.channel}: {exc}"
+        ) from exc
+    with bus:
         sent = run_simulation(bus, simulator, args.duration, speed=speed, stop=stop)
     print(f"sent {sent} frames on {args.interface}:{args.channel}", file=sys.stderr)
     return 0
@@ -342,7 +387,7 @@ def _cmd_dbc(args: argparse.Namespace) -> int:
     from edge.database import load_database_repaired
 
     db, repairs = load_database_repaired(args.file, strict=not args.no_strict)
-    out = sys.stdout
+    out: Any = _PrintableWriter(sys.stdout)  # names come from the file: no escape sequences
     print(
         f"{args.file}: {len(db.messages)} messages, "
         f"{sum(len(m.signals) for m in db.messages)} signals",

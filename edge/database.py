@@ -33,6 +33,7 @@ from edge.errors import DatabaseLoadError
 
 __all__ = [
     "CACHE_MIN_SECONDS",
+    "MAX_DATABASE_BYTES",
     "LoadedDatabase",
     "cache_dir",
     "load_database",
@@ -145,6 +146,23 @@ def _prune(folder: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
+#: Largest database file loaded (bytes). The largest real DBC files are around 1 MB; cantools
+#: needs minutes and gigabytes for a 50 MB one, so a larger file is refused before parsing.
+MAX_DATABASE_BYTES = 16 * 1024 * 1024
+
+
+def _check_size(name: str) -> None:
+    """Refuse a file over :data:`MAX_DATABASE_BYTES` (a missing one is reported by the loader)."""
+    with contextlib.suppress(OSError):
+        size = os.stat(name).st_size
+        if size > MAX_DATABASE_BYTES:
+            raise DatabaseLoadError(
+                name,
+                f"{size / 1e6:.1f} MB is larger than the {MAX_DATABASE_BYTES // 2**20} MiB a CAN "
+                "database may have here (keep the messages of this bus only)",
+            )
+
+
 def load_database(
     path: str | os.PathLike[str],
     *,
@@ -173,6 +191,7 @@ def load_database_repaired(
     each repair is logged as a warning naming the file and line. A file that still does not
     load is refused with cantools' reason for the original text."""
     name = os.fspath(path)
+    _check_size(name)
     folder = cache_dir() if cache is True else (cache or None)
     content: bytes | None = None
     if folder is not None:

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,9 @@ import urllib.request
 from pathlib import Path
 
 import can
+import pytest
 
+from edge.cli import main
 from edge.simulate import DEMO_DBC, VehicleSimulator
 from tests.support.mosquitto import free_port
 from tests.support.waiting import wait_for
@@ -174,3 +177,84 @@ def _get(port: int, path: str) -> str | None:
             return text if "frames_total" in text or path == "/healthz" else None
     except OSError:
         return None
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 12: clear messages, not tracebacks (in-process: main() returns the exit status)
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    try:
+        status = main(list(args))
+    except SystemExit as exc:  # argparse refusing an argument
+        status = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return status, err
+
+
+def test_an_outbox_path_that_is_a_file_is_a_configuration_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "afile").write_text("")
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace('path = "outbox"', 'path = "afile/outbox"'))
+    status, err = run_main(capsys, "run", "--config", str(config))
+    assert status == 2
+    assert "uplink.path: cannot use" in err and "Not a directory" in err
+
+
+def test_a_taken_metrics_port_is_a_configuration_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path)
+        config.write_text(f"metrics_port = {port}\n" + config.read_text())
+        status, err = run_main(capsys, "run", "--config", str(config))
+    assert status == 2
+    assert f"metrics_port: cannot serve on port {port}" in err
+
+
+def test_a_missing_replay_log_is_a_configuration_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path)
+    status, err = run_main(capsys, "run", "--config", str(config), "--replay", "nosuch.log")
+    assert status == 2
+    assert "replay.log: no such file: nosuch.log" in err
+
+
+@pytest.mark.parametrize("duration", ["0", "nan", "inf", "-5", "soon"])
+def test_demo_refuses_a_duration_that_is_not_a_positive_number(
+    duration: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, err = run_main(capsys, "demo", "--duration", duration, "--no-progress")
+    assert status == 2
+    assert "argument --duration:" in err
+
+
+def test_simulate_on_an_unknown_interface_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    status, err = run_main(capsys, "simulate", "--interface", "nosuch", "--duration", "1")
+    assert status == 2
+    assert "configuration error: --interface: cannot open nosuch:vcan0: Unknown interface" in err
+
+
+def test_control_characters_from_a_database_are_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    binary = tmp_path / "binary.dbc"
+    binary.write_bytes(b"\x1b[2J\x07\x00garbage")
+    status, err = run_main(capsys, "dbc", str(binary))
+    assert status == 2
+    assert "\x1b" not in err and "\x07" not in err and "\\x1b" in err
+    unit = tmp_path / "unit.dbc"
+    unit.write_text(
+        'VERSION ""\nBS_:\nBU_: ECU\nBO_ 1 M: 1 ECU\n SG_ S : 0|8@1+ (1,0) [0|1] "\x1b[2J" ECU\n'
+    )
+    status = main(["dbc", str(unit), "--signals"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "\x1b" not in out and "\\x1b[2J" in out

@@ -456,6 +456,7 @@ BAD: list[tuple[str, Build, str, str]] = [
     ("vehicle_id-empty", _set("vehicle_id", ""), "vehicle_id", "expected a non-empty string"),
     ("queue_frames-low", _set("queue_frames", 999), "queue_frames", "at least 1000"),
     ("queue_frames-float", _set("queue_frames", 1e5), "queue_frames", "expected an integer"),
+    ("queue_frames-high", _set("queue_frames", 10**9), "queue_frames", "at most 1000000"),
     ("log_level", _set("log_level", "verbose"), "log_level", "must be one of DEBUG, INFO"),
     ("log_level-lower", _set("log_level", "info"), "log_level", "must be one of"),
     ("metrics_port-high", _set("metrics_port", 70000), "metrics_port", "at most 65535"),
@@ -992,3 +993,11 @@ def test_a_vehicle_id_that_would_break_the_mqtt_topic_is_refused(tmp_path: Path)
     with pytest.raises(ConfigError) as info:
         parse_config(data, base_dir=str(tmp_path))
     assert info.value.field == "vehicle_id"
+
+
+def test_a_toml_file_with_a_utf8_byte_order_mark_loads(tmp_path: Path) -> None:
+    path = tmp_path / "bom.toml"
+    path.write_text(
+        'vehicle_id = "bom-car"\n[[buses]]\nname = "can0"\ndbc = ["x.dbc"]\n', encoding="utf-8-sig"
+    )
+    assert load_config(path).vehicle_id == "bom-car"

@@ -14,7 +14,12 @@ from pathlib import Path
 import pytest
 from cantools.database.can import Database
 
-from edge.database import load_database, load_database_repaired, load_databases
+from edge.database import (
+    MAX_DATABASE_BYTES,
+    load_database,
+    load_database_repaired,
+    load_databases,
+)
 from edge.errors import DatabaseLoadError, TelemetryError
 from tests.support.corpus import CORPUS, require_corpus
 
@@ -305,3 +310,11 @@ def test_corpus_outcomes() -> None:
     assert sum(r for _, r in opendbc) >= 44 + 15
     strict_share = sum(s for s, _ in outcome.values()) / len(outcome)
     assert strict_share > 0.6
+
+
+def test_a_huge_database_is_refused_before_parsing(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.dbc"
+    with huge.open("wb") as f:  # sparse: no 17 MB written
+        f.truncate(MAX_DATABASE_BYTES + 1)
+    with pytest.raises(DatabaseLoadError, match=r"huge.dbc: 16.8 MB is larger than the 16 MiB"):
+        load_database(huge, cache=False)

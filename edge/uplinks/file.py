@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.errors import RejectedPayloadError, TransientUplinkError
+from edge.errors import ConfigError, RejectedPayloadError, TransientUplinkError
 from edge.payload import Payload
 from edge.settings import Table
 from edge.uplinks.base import Uplink
@@ -79,8 +79,14 @@ class FileUplink(Uplink):
         self._dir = Path(path)
         self._fsync = fsync
         self._max_files = max_files
-        self._dir.mkdir(parents=True, exist_ok=True)
-        for entry in os.scandir(self._dir):
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            entries = list(os.scandir(self._dir))
+        except OSError as exc:  # a file in the way, no permission, read-only filesystem
+            raise ConfigError(
+                "uplink.path", f"cannot use {path} as the outbox folder: {exc.strerror or exc}"
+            ) from exc
+        for entry in entries:
             if entry.name.startswith(".") and entry.name.endswith(_SUFFIX + _TEMP_SUFFIX):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
