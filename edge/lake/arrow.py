@@ -9,6 +9,7 @@ corrupt) in :attr:`Decoded.outcomes`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,10 +21,10 @@ import pyarrow.compute as pc
 
 from edge.codec import KIND_SCHEMA, MAGIC, DecodedPayload, PayloadDecoder, unpack
 from edge.errors import PayloadError, SchemaMissingError
-from edge.lake.tables import OUTCOMES, PAYLOAD_INPUT, ROW_FIELDS, SIGNALS
+from edge.lake.tables import KEYED_INPUT, OUTCOMES, PAYLOAD_INPUT, ROW_FIELDS, SIGNALS
 from edge.schema import Schema, SignalInfo
 
-__all__ = ["Decoded", "SchemaBook", "decode", "empty", "payload_batch"]
+__all__ = ["Decoded", "SchemaBook", "decode", "empty", "payload_batch", "payload_keys"]
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _ROW_INDEX = {f.name: i for i, f in enumerate(ROW_FIELDS)}
@@ -221,6 +222,26 @@ def _date_of_seconds(seconds: float | None) -> Any:
     if seconds is None:
         return None
     return dt.datetime.fromtimestamp(seconds, dt.UTC).date()
+
+
+def payload_keys(payloads: pa.RecordBatch) -> pa.RecordBatch:
+    """``payloads`` with their deduplication ``key`` and ``kind`` (:data:`KEYED_INPUT`): what an
+    engine deduplicates on before decoding."""
+    keys: list[str] = []
+    kinds: list[str | None] = []
+    for body in payloads.column("body").to_pylist():
+        try:
+            if body is None:
+                raise PayloadError("no body")
+            env = unpack(body)
+            keys.append(f"{env.envelope['stream']}:{env.envelope['seq']}")
+            kinds.append(env.kind)
+        except PayloadError:
+            keys.append("sha256:" + hashlib.sha256(body or b"").hexdigest()[:16])
+            kinds.append(None)
+    columns = [payloads.column(name) for name in PAYLOAD_INPUT.names]
+    columns += [pa.array(keys, pa.string()), pa.array(kinds, pa.string())]
+    return pa.RecordBatch.from_arrays(columns, schema=KEYED_INPUT)
 
 
 def payload_batch(

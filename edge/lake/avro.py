@@ -14,6 +14,7 @@ does: tests, the benchmark and anyone replaying an outbox as the hub would use t
 from __future__ import annotations
 
 import datetime as dt
+import io
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -29,6 +30,7 @@ __all__ = [
     "ROUTING_SCHEMA",
     "HubMessage",
     "read_avro",
+    "read_content",
     "read_outbox_file",
     "read_source",
     "source_files",
@@ -173,6 +175,26 @@ def source_files(sources: Iterable[str | os.PathLike[str]]) -> list[Path]:
         else:
             raise FileNotFoundError(f"no such file or folder: {path}")
     return found
+
+
+def read_content(
+    name: str, content: bytes, modified: dt.datetime | None
+) -> Iterator[pa.RecordBatch]:
+    """Payload batches of a file already in memory (Spark's ``binaryFile`` rows): an outbox
+    payload when ``name`` ends in ``.ctl`` (arrival = ``modified``), else Avro."""
+    if name.endswith(".ctl"):
+        yield pa.RecordBatch.from_pydict(
+            {
+                "body": [content],
+                "device": [None],
+                "vehicle": [None],
+                "enqueued": [modified],
+                "origin": [name],
+            },
+            schema=PAYLOAD_INPUT,
+        )
+        return
+    yield from read_avro(io.BytesIO(content), name)
 
 
 def read_source(path: Path) -> Iterator[pa.RecordBatch]:

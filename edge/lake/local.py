@@ -50,7 +50,7 @@ from edge.lake.tables import (
     STREAMS,
 )
 
-__all__ = ["IngestReport", "gaps", "ingest", "read_table", "recover"]
+__all__ = ["IngestReport", "gaps", "ingest", "publish", "read_table", "recover"]
 
 #: Rows staged in memory before a sorted file is written.
 _FLUSH_ROWS = 1_000_000
@@ -377,17 +377,23 @@ def _ingest(files: list[Path], lake: Path, on_file: Callable[[Path], None] | Non
     streams = _streams(pa.concat_tables([old_payloads, payload_table]))
     stage.write("streams", streams)
     old_streams = sorted((lake / "streams").glob("*.parquet"))
-    steps = {
-        "move": stage.moves,
-        "delete": [str(p.relative_to(lake)) for p in [*old_parked_files, *old_streams]],
-    }
-    journal = lake / "_journal" / f"{report.run}.json"
+    publish(lake, report.run, stage.moves, [*old_parked_files, *old_streams])
+    return report
+
+
+def publish(
+    lake: Path, run: str, moves: Sequence[tuple[str, str]], deletes: Sequence[Path]
+) -> None:
+    """Make a staged run part of the lake, all or nothing: write its journal (the commit
+    point), delete ``deletes``, rename each staged file (``moves``: paths relative to the lake)
+    into place, then drop the journal and the run's staging folder."""
+    steps = {"move": list(moves), "delete": [str(p.relative_to(lake)) for p in deletes]}
+    journal = lake / "_journal" / f"{run}.json"
     journal.parent.mkdir(parents=True, exist_ok=True)
     _write_json(journal, steps)
     _apply(lake, steps)
     journal.unlink()
-    shutil.rmtree(stage.root, ignore_errors=True)
-    return report
+    shutil.rmtree(lake / "_staging" / run, ignore_errors=True)
 
 
 def _input(parked: list[dict[str, Any]]) -> pa.RecordBatch:

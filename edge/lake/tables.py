@@ -18,6 +18,7 @@ import pyarrow as pa
 from edge.codec import Row
 
 __all__ = [
+    "KEYED_INPUT",
     "OUTCOMES",
     "PARKED",
     "PAYLOADS",
@@ -64,6 +65,12 @@ PAYLOAD_INPUT = pa.schema(
         pa.field("enqueued", _UTC),  # arrival time at the hub (or the outbox file's mtime)
         pa.field("origin", pa.string()),  # file#record, for quarantine and debugging
     ]
+)
+
+#: PAYLOAD_INPUT with the key the engines deduplicate on: ``{stream}:{seq}``, or for what is not
+#: a readable payload ``sha256:`` and the first 16 hex digits of the body's SHA-256.
+KEYED_INPUT = pa.schema(
+    [*PAYLOAD_INPUT, pa.field("key", pa.string()), pa.field("kind", pa.string())]
 )
 
 _KEYS = [
