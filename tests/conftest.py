@@ -5,6 +5,7 @@ pytest_plugins = [
     "tests.support.iothub",
     "tests.support.lake",
     "tests.support.smallfs",
+    "tests.support.diagnostics",
 ]
 
 

@@ -229,6 +229,7 @@ class BusDiagnostics:
             response_id,
             extended_id=extended,
             timeout=self.config.timeout,
+            limit=self.limiter.acquire,
         )
         self._channels.append(channel)
         return channel
@@ -298,11 +299,10 @@ class BusDiagnostics:
             return False
 
     def _request(self, call: Callable[[], Any]) -> Any:
-        """One request within the rate limit, counted by outcome."""
+        """One request, counted by outcome (each frame it sends waits for the rate limit)."""
         if self._clock.monotonic() < self._pause_until:
             self.counters["paused"] += 1
             raise TransportError("paused after a bus error")
-        self.limiter.acquire()
         self.counters["requests"] += 1
         try:
             result = call()
@@ -421,6 +421,7 @@ class BusDiagnostics:
         frame = request_frame(PGN_VIN, self.config.j1939.source_address)
 
         def ask() -> None:
+            self.limiter.acquire()
             self._send(frame)
             # A VIN is longer than 8 bytes: it comes as a BAM, 50-200 ms per packet.
             if not self._j1939_vin.wait(max(self.config.timeout, 2.0)):

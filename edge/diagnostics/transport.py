@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import can
@@ -62,6 +63,18 @@ def nrc_name(code: int) -> str:
     return name
 
 
+class _LimitedConnection(PythonIsoTpConnection):
+    """udsoncan's ISO-TP connection, every request waiting for the bus's rate limit first."""
+
+    def __init__(self, stack: isotp.TransportLayer, limit: Callable[[], None], name: str) -> None:
+        super().__init__(stack, name=name)
+        self._limit = limit
+
+    def specific_send(self, payload: bytes, timeout: float | None = None) -> None:
+        self._limit()
+        super().specific_send(payload, timeout)
+
+
 class IsoTpChannel:
     """One physically addressed ISO-TP link (request id -> response id) on a shared bus."""
 
@@ -74,6 +87,7 @@ class IsoTpChannel:
         *,
         extended_id: bool = False,
         timeout: float = 1.0,
+        limit: Callable[[], None] = lambda: None,
     ) -> None:
         mode = (
             isotp.AddressingMode.Normal_29bits
@@ -98,7 +112,10 @@ class IsoTpChannel:
             error_handler=self._on_error,
             params=params,
         )
-        self.connection = PythonIsoTpConnection(self.stack)
+        # Named under our logger: udsoncan logs every request at INFO and every timeout at
+        # ERROR, which the schedule counts and reports itself (see docs/diagnostics.md).
+        self.connection = _LimitedConnection(self.stack, limit, f"{__name__}.{request_id:X}")
+        self.connection.logger.setLevel(logging.WARNING)
 
     def _on_error(self, error: Exception) -> None:
         # Called on isotp's thread: count only; the waiting request times out and reports it.

@@ -59,8 +59,12 @@ class UdsEcu:
             tolerate_zero_padding=True,
             ignore_all_zero_dtc=True,
             use_server_timing=False,  # our timeout, whatever the session says
+            logger_name=config.name,
         )
         self.client = Client(channel.connection, config=client_config)
+        # udsoncan logs each request at INFO and each timeout or negative response at ERROR;
+        # the schedule counts those and answers direct methods with them: keep only its bugs.
+        self.client.logger.setLevel(logging.CRITICAL)
 
     def read_dtcs(self, status_mask: int | None = None) -> list[tuple[int, int]]:
         """``(dtc, status)`` of the DTCs whose status matches the mask (0x19 0x02)."""
