@@ -11,7 +11,20 @@ method         payload                 answer (status 200)
                                        "drained": bool}``
 ``getConfig``  none or ``{}``          the configuration in effect: source, desired version,
                                        SHA-256 and the settings, secrets replaced by ``***``
+``readDtcs``   none, ``{}``,           reads the DTCs of the UDS ECUs named (default: every
+               ``{"ecus": [...]}``,    configured one) now: ``{"ECU": [{"dtc": "P0301",
+               ``"clear": true``       "status": 8}, ...]}``; with ``clear`` (and
+                                       ``allow_clear`` on the bus) clears them first (logged)
+``readDid``    ``{"ecu": "BMS",        reads a data identifier now: ``{"ecu", "did", "hex"}``
+               "did": "F190"}``        (and ``name``, ``value``, ``text`` when configured)
+``getVin``     none, ``{}`` or         the VIN read at start, or now with ``refresh``:
+               ``{"refresh": true}``   ``{"vin": "...", "bus": "..."}``
 =============  ======================  =====================================================
+
+Diagnostics methods answer 409 when no bus enables diagnostics, 400 for an unknown ECU or a
+malformed DID, 403 for ``clear`` where ``allow_clear`` is off, 408 when the ECU did not answer
+in time, 422 with ``nrc`` and ``nrcName`` for a negative response, 409 for a transport failure
+(a lost flow control, the pause after a bus error).
 
 A payload of the wrong shape is answered with status 400 and ``{"error": "<field>: <why>"}``,
 an unknown method with 404 (and the list of known ones), a method the module cannot run now
@@ -41,7 +54,7 @@ __all__ = ["METHOD_NAMES", "DirectMethods", "MethodServer", "ModuleApi", "redact
 
 log = logging.getLogger(__name__)
 
-METHOD_NAMES = ("getStats", "flush", "getConfig")
+METHOD_NAMES = ("getStats", "flush", "getConfig", "readDtcs", "readDid", "getVin")
 
 #: Longest ``wait`` a flush accepts (IoT Hub's method timeout defaults to 30 s, max 300 s).
 MAX_FLUSH_WAIT = 60.0
@@ -69,6 +82,11 @@ class ModuleApi(Protocol):
 
     def config_info(self) -> dict[str, Any]:
         """The configuration in effect (JSON; may hold secrets, which :func:`redact` hides)."""
+        ...
+
+    def diagnostics(self) -> Any:
+        """The running :class:`edge.diagnostics.service.Diagnostics`, None when every bus is
+        listen-only."""
         ...
 
 
@@ -105,6 +123,9 @@ class DirectMethods:
             "getStats": self.get_stats,
             "flush": self.flush,
             "getConfig": self.get_config,
+            "readDtcs": self.read_dtcs,
+            "readDid": self.read_did,
+            "getVin": self.get_vin,
         }
 
     def handle(self, name: str, payload: Any) -> Result:
@@ -146,6 +167,87 @@ class DirectMethods:
         """``getConfig``: the configuration in effect, secrets hidden."""
         _no_options(payload)
         return 200, redact(self._api.config_info())
+
+    def _diagnostics(self) -> Any:
+        diagnostics = self._api.diagnostics()
+        if diagnostics is None:
+            raise TelemetryError("diagnostics are not enabled on any bus ([diagnostics])")
+        return diagnostics
+
+    def _diagnose(self, request: Callable[[], Any]) -> Result:
+        """Run a diagnostic request, its failures as 4xx answers."""
+        from edge.diagnostics.transport import (
+            DiagnosticTimeout,
+            NegativeResponse,
+            TransportError,
+        )
+
+        try:
+            return 200, request()
+        except KeyError as exc:
+            return 400, {"error": f"unknown ECU {exc.args[0]!r}"}
+        except PermissionError as exc:
+            return 403, {"error": str(exc)}
+        except LookupError as exc:
+            return 409, {"error": str(exc)}
+        except DiagnosticTimeout as exc:
+            return 408, {"error": str(exc)}
+        except NegativeResponse as exc:
+            return 422, {"error": str(exc), "nrc": exc.code, "nrcName": exc.name}
+        except TransportError as exc:
+            return 409, {"error": str(exc)}
+        except TelemetryError as exc:  # an answer the ECU should not have given
+            return 502, {"error": str(exc)}
+
+    def read_dtcs(self, payload: Any) -> Result:
+        """``readDtcs``: the DTCs of the ECUs named (default: all), read now; ``clear`` first
+        clears them where the bus allows it."""
+        options = _options(payload)
+        ecus = options.str_list("ecus", None)
+        clear = options.bool("clear", False)
+        options.finish()
+        diagnostics = self._diagnostics()
+
+        def run() -> Any:
+            names = list(ecus) if ecus is not None else diagnostics.ecu_names()
+            if clear:
+                for name in names:
+                    log.warning("direct method readDtcs: clearing the DTCs of %s", name)
+                    diagnostics.clear_dtcs(name)
+            return diagnostics.read_dtcs(names)
+
+        return self._diagnose(run)
+
+    def read_did(self, payload: Any) -> Result:
+        """``readDid``: one data identifier of one ECU, read now."""
+        options = _options(payload)
+        ecu = options.str("ecu")
+        raw = options.raw("did")
+        options.finish()
+        did = _did(raw)
+        diagnostics = self._diagnostics()
+        return self._diagnose(lambda: diagnostics.read_did(ecu, did))
+
+    def get_vin(self, payload: Any) -> Result:
+        """``getVin``: the VIN (read at start, or now with ``refresh``)."""
+        options = _options(payload)
+        refresh = options.bool("refresh", False)
+        options.finish()
+        diagnostics = self._diagnostics()
+        return self._diagnose(lambda: diagnostics.get_vin(refresh=refresh))
+
+
+def _did(value: Any) -> int:
+    """A DID from a method payload: an integer, or hex text (``F190``, ``0xF190``)."""
+    did: Any = value
+    if isinstance(value, str):
+        try:
+            did = int(value, 16)
+        except ValueError:
+            raise _BadRequest(f"payload.did: expected hex digits, got {value!r}") from None
+    if isinstance(did, bool) or not isinstance(did, int) or not 0 <= did <= 0xFFFF:
+        raise _BadRequest(f"payload.did: expected a DID from 0 to 0xFFFF, got {value!r}")
+    return did
 
 
 def _options(payload: Any) -> Table:

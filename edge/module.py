@@ -760,7 +760,18 @@ class EdgeModule:
             "spoolBytes": spool.bytes,
             "droppedBatches": spool.dropped_full + spool.dropped_ttl,
             "deadLetters": spool.dead_letters,
+            **self._diagnostics_summary(),
         }
+
+    def _diagnostics_summary(self) -> dict[str, Any]:
+        diagnostics = self.diagnostics()
+        return {} if diagnostics is None else {"diagnostics": diagnostics.stats()}
+
+    def diagnostics(self) -> Any:
+        """The running diagnostics (edge.diagnostics.service), None when every bus is
+        listen-only or nothing is configured yet."""
+        front = self._front
+        return None if front is None else front.diagnostics
 
     def flush(self) -> None:
         """Close the open batch into the spool and wake the forwarder."""

@@ -150,7 +150,7 @@ def test_unknown_methods_are_answered_with_404(module: EdgeModule) -> None:
     assert status == 404
     assert answer == {
         "error": "unknown method 'reboot'",
-        "methods": ["getStats", "flush", "getConfig"],
+        "methods": ["getStats", "flush", "getConfig", "readDtcs", "readDid", "getVin"],
     }
 
 
@@ -268,3 +268,118 @@ def test_a_waiting_method_does_not_hold_the_sdk(
         finally:
             module.stop(drain_timeout=0)
             gc.collect()
+
+
+# -- diagnostics (edge/diagnostics/): a real module, simulated ECUs on the same virtual bus ------
+
+
+def diagnostics_table(**changes: Any) -> dict[str, Any]:
+    table: dict[str, Any] = {
+        "bus": "vehicle",
+        "timeout": 0.3,
+        "max_requests_per_second": 100,
+        "obd": {"pids": [{"pid": 0x0C, "period": 1.0}]},
+        "uds": [
+            {"name": "TCM", "request_id": 0x7E1, "response_id": 0x7E9, "dtc_period": 0},
+            {
+                "name": "BMS",
+                "request_id": 0x7E4,
+                "response_id": 0x7EC,
+                "dtc_period": 0,
+                "dids": [{"did": 0xF195, "name": "software", "kind": "ascii"}],
+            },
+        ],
+    }
+    table.update(changes)
+    return {"buses": [table]}
+
+
+@pytest.fixture
+def diag_module(tmp_path: Path, channel: str, ecus_on: Any) -> Iterator[EdgeModule]:
+    module = start(tmp_path, settings(tmp_path, channel, diagnostics=diagnostics_table()))
+    yield module
+    module.stop(drain_timeout=0)
+
+
+@pytest.fixture
+def ecus_on(channel: str) -> Iterator[Any]:
+    from edge.simulate_ecus import SimulatedEcus
+
+    with can.Bus(interface="virtual", channel=channel) as bus, SimulatedEcus(bus) as ecus:
+        yield ecus
+
+
+def test_diagnostics_methods_read_dtcs_did_and_vin(diag_module: EdgeModule) -> None:
+    from edge.simulate_ecus import DEMO_VIN
+
+    handle = diag_module.methods.handle
+    assert handle("readDtcs", {"ecus": ["BMS"]}) == (
+        200,
+        {"BMS": [{"dtc": "P0A80", "status": 0x2F}]},
+    )
+    status, answer = handle("readDtcs", None)
+    assert status == 200 and set(answer) == {"TCM", "BMS"}
+    assert [d["dtc"] for d in answer["TCM"]] == ["P0700", "U0100"]
+    assert handle("readDid", {"ecu": "BMS", "did": "F195"}) == (
+        200,
+        {
+            "ecu": "BMS",
+            "did": "F195",
+            "hex": b"BMS-SW-2.3.0".hex().upper(),
+            "name": "software",
+            "value": 12,
+            "text": "BMS-SW-2.3.0",
+        },
+    )
+    assert handle("getVin", {}) == (200, {"vin": DEMO_VIN, "bus": "vehicle"})
+    stats = handle("getStats", None)[1]["diagnostics"]["vehicle"]
+    assert stats["requests"] >= 4
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "error"),
+    [
+        ({"ecus": ["ABS"]}, 400, "unknown ECU 'ABS'"),
+        ({"ecus": "BMS", "clear": True}, 403, "allow_clear is off"),
+        ({"ecus": [1]}, 400, "payload.ecus: expected a list of strings"),
+    ],
+)
+def test_read_dtcs_refuses_bad_input(
+    diag_module: EdgeModule, payload: Any, status: int, error: str
+) -> None:
+    got, answer = diag_module.methods.handle("readDtcs", payload)
+    assert got == status and error in answer["error"]
+
+
+def test_read_did_answers_bad_input_nrc_and_timeout(diag_module: EdgeModule, ecus_on: Any) -> None:
+    handle = diag_module.methods.handle
+    assert handle("readDid", {"ecu": "BMS", "did": "xyz"})[0] == 400
+    assert handle("readDid", {"ecu": "BMS", "did": 0x10000})[0] == 400
+    assert handle("readDid", {"ecu": "BMS"}) == (400, {"error": "payload.did: is required"})
+    status, answer = handle("readDid", {"ecu": "BMS", "did": 0x1234})
+    assert (status, answer["nrc"], answer["nrcName"]) == (422, 0x31, "RequestOutOfRange")
+    ecus_on.faults.silent.add("TCM")
+    status, answer = handle("readDid", {"ecu": "TCM", "did": "0xF190"})
+    assert status == 408 and "no answer" in answer["error"]
+
+
+def test_clear_dtcs_needs_the_option_and_the_argument(
+    tmp_path: Path, channel: str, ecus_on: Any
+) -> None:
+    data = settings(tmp_path, channel, diagnostics=diagnostics_table(allow_clear=True))
+    module = start(tmp_path, data)
+    try:
+        assert module.methods.handle("readDtcs", {"ecus": ["BMS"]})[1]["BMS"] != []
+        assert ecus_on.uds["BMS"].clears == 0
+        assert module.methods.handle("readDtcs", {"ecus": ["BMS"], "clear": True}) == (
+            200,
+            {"BMS": []},
+        )
+        assert ecus_on.uds["BMS"].clears == 1 and ecus_on.uds["TCM"].clears == 0
+    finally:
+        module.stop(drain_timeout=0)
+
+
+def test_diagnostics_methods_without_diagnostics_answer_409(module: EdgeModule) -> None:
+    status, answer = module.methods.handle("getVin", None)
+    assert status == 409 and "not enabled" in answer["error"]
