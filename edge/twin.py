@@ -64,6 +64,7 @@ from edge import __version__
 from edge.config import Config, parse_config
 from edge.database import load_databases
 from edge.errors import ConfigError, DatabaseLoadError, TelemetryError
+from edge.vss.mapping import load_vss_mapping
 
 __all__ = [
     "ConfigOrigin",
@@ -281,6 +282,10 @@ def _check_files(config: Config, base: Path, bundled: Path) -> None:
             load_databases(bus.databases, strict=bus.strict)
         except DatabaseLoadError as exc:
             raise ConfigError(field, str(exc)) from exc
+    try:  # VSS mappings against the databases and tree (edge/vss/mapping.py)
+        load_vss_mapping(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{CONFIG_KEY}.{exc.field}", exc.reason) from exc
     if config.replay is not None and not Path(config.replay.path).is_file():
         raise ConfigError(f"{CONFIG_KEY}.replay.log", f"no such file: {config.replay.path}")
 

@@ -356,7 +356,7 @@ def _conversion(dbc_unit: str, vss_unit: str, tree: VssTree) -> tuple[float, flo
     names = [_pint_name(source, tree) if source else _UNIT_ALIASES.get(dbc_unit, dbc_unit)]
     names.append(_pint_name(vss_unit, tree))
     try:
-        units = [registry.Unit(n.replace(" per ", " / ").replace(" ", "_")) for n in names]
+        units = [registry.Unit(n.replace(" per ", "/").replace(" ", "_")) for n in names]
     except (pint.errors.UndefinedUnitError, AttributeError, ValueError, TypeError):
         if source:  # two VSS units pint cannot read: compare their quantities only
             if tree.units[source].quantity != tree.units[vss_unit].quantity:
