@@ -553,3 +553,32 @@ def test_bundled_mappings_are_in_the_package_folder() -> None:
     for name in names:  # valid Kuksa layout: every block names a signal
         assert all(e.signal for e in read_mapping(name))
     msgpack.packb(kuksa_tree(GOOD))  # the layout helper writes plain data
+
+
+def test_lake_rows_carry_the_vss_path_column(small_dbc: Path) -> None:
+    pa = pytest.importorskip("pyarrow", reason="the lake extra is not installed")
+    from edge.lake.arrow import SchemaBook, decode
+    from edge.lake.tables import PAYLOAD_INPUT
+
+    mapping = write_mapping(small_dbc.parent, GOOD)
+    collector = Collector()
+    processor = Processor(parse_config(small_config(small_dbc, mapping)), collector)
+    processor.process(drive_frames(load_databases([str(small_dbc)]), [0.0, 12.34, 50.0]))
+    processor.flush()
+    bodies = [p.body for p in collector.payloads]
+    n = len(bodies)
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "body": bodies,
+            "device": ["car"] * n,
+            "vehicle": ["car"] * n,
+            "enqueued": [None] * n,
+            "origin": [f"test#{i}" for i in range(n)],
+        },
+        schema=PAYLOAD_INPUT,
+    )
+    rows = decode(batch, SchemaBook()).rows.to_pylist()
+    speed = [(r["value"], r["raw"], r["signal"]) for r in rows if r["vss_path"] == "Vehicle.Speed"]
+    assert speed == [(0.0, None, "Speed"), (12.34, None, "Speed"), (50.0, None, "Speed")]
+    dbc_speed = [r["raw"] for r in rows if r["vss_path"] is None and r["signal"] == "Speed"]
+    assert dbc_speed == [0, 1234, 5000]

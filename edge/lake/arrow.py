@@ -180,7 +180,9 @@ def decode(payloads: pa.RecordBatch | pa.Table, book: SchemaBook) -> Decoded:
         schema_id = payload.envelope["schema"]
         for row in rows:
             info = book.signal(schema_id, row.bus, row.message, row.signal)
-            row_lists.append([*row, _raw(info, row.value)])
+            # A VSS row's value went through its mapping's transform: no raw integer behind it.
+            raw = _raw(info, row.value) if row.vss_path is None else None
+            row_lists.append([*row, raw])
             row_payload.append(i)
 
     outcomes = pa.RecordBatch.from_pydict(out, schema=OUTCOMES)
