@@ -47,6 +47,17 @@ then retried once on it. The new file's counters start at zero, except ``recover
 which goes on from the count this process knew. ``quick_check`` walks the whole file at start-up:
 1.6 s for a 200 MB spool from a cold cache here, more on slow flash.
 
+Numbers are never reused. Storage that lies about fsync, a power cut on it, or a lost or
+truncated ``-wal`` can roll committed appends back, and the file then reopens at a lower
+``next_seq`` in the same stream; payloads built later would go out under (stream, seq) pairs the
+cloud already holds for other payloads, and the cloud keeps the first copy. So before a payload
+leaves (:meth:`Spool.oldest`) the number after the newest appended one is written, fdatasynced, to
+``<name>.sent`` beside the database (one 64-byte record, rewritten in place, only when a
+payload beyond the recorded mark goes out: once per batch when live, once per backlog when
+draining). At open, a database behind its mark, with another stream id, or without a readable
+mark starts a new stream: its pending payloads keep the identity they were built with, new ones
+get the new stream id, whose numbers continue from ``next_seq``.
+
 Threads. One connection guarded by one lock: the pipeline appends, the forwarder reads and acks.
 Both write, and SQLite allows one writer at a time anyway, so two connections would only add
 SQLITE_BUSY handling; a single connection also means no reader ever holds an old snapshot that
@@ -64,6 +75,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +112,9 @@ DISK_RESERVE = 2 * 1024 * 1024
 _VACUUM_SLACK_PAGES = 256
 
 _MIN_MAX_BYTES = 256 * 1024
+
+#: Bytes of the ``.sent`` record: a uuid4 hex, a seq and a CRC fit, and it stays in one sector.
+_SENT_MARK_SIZE = 64
 
 #: Seconds between two warnings about dropped payloads.
 _DROP_LOG_INTERVAL = 60.0
@@ -219,6 +234,9 @@ class Spool:
         self._wal_bytes = 0
         self._budget = 0
         self._stream_id = ""
+        self._sent_path = _sibling(self._path, ".sent")
+        #: Numbers from this one on were never handed to the forwarder (see the docstring).
+        self._sent_mark = 0
         self._unlogged: dict[str, int] = {}
         self._logged_at: dict[str, float] = {}
         try:
@@ -331,17 +349,21 @@ class Spool:
             with _transaction(conn):
                 self._expire(conn)
         # Delivery order is (priority, seq); ``after`` is a position in it (a payload gone
-        # meanwhile: the next with a greater seq, as before priorities).
+        # meanwhile: the next with a greater seq, as before priorities). Always through the
+        # index: sorting the table would read every payload (priority is stored after the body).
         found = conn.execute("SELECT priority FROM spool WHERE seq = ?", (after,)).fetchone()
         where = "(priority, seq) > (?, ?)" if found else "seq > ?"
         row = conn.execute(
-            f"SELECT seq, created_at, properties, body FROM spool WHERE {where}"
-            " ORDER BY priority, seq LIMIT 1",
+            "SELECT seq, created_at, properties, body FROM spool INDEXED BY spool_order"
+            f" WHERE {where} ORDER BY priority, seq LIMIT 1",
             (found[0], after) if found else (after,),
         ).fetchone()
         if row is None:
             return None
         seq, created_at, properties, body = row
+        if seq >= self._sent_mark:  # it may reach the cloud: never hand its number out again
+            (next_seq,) = conn.execute("SELECT next_seq FROM meta").fetchone()
+            self._write_sent_mark(next_seq)
         return SpooledPayload(seq, _payload(properties, body), created_at, self._stream_id)
 
     def _remove(
@@ -591,6 +613,45 @@ class Spool:
         if row is None:
             raise _Unusable("meta row missing")
         self._stream_id, self._recovered_corrupt = row
+        self._check_sent_mark(conn, created)
+
+    def _check_sent_mark(self, conn: sqlite3.Connection, created: bool) -> None:
+        """Start a new stream if the database lost commits whose numbers may have been sent."""
+        (next_seq,) = conn.execute("SELECT next_seq FROM meta").fetchone()
+        mark = _read_sent_mark(self._sent_path)
+        behind = mark is None or mark[0] != self._stream_id or mark[1] > next_seq
+        if behind and not created:
+            old, self._stream_id = self._stream_id, uuid.uuid4().hex
+            with _transaction(conn):
+                conn.execute("UPDATE meta SET stream_id = ?", (self._stream_id,))
+            _log.warning(
+                "spool %s: the database is behind what was sent (mark %s, database %s at seq %d):"
+                " commits were rolled back or the file was replaced; starting stream %s",
+                self._path,
+                "unreadable" if mark is None else f"{mark[0]} at seq {mark[1]}",
+                old,
+                next_seq,
+                self._stream_id,
+            )
+        self._write_sent_mark(next_seq)
+
+    def _write_sent_mark(self, next_seq: int) -> None:
+        """Record durably that numbers below ``next_seq`` of this stream may have been sent."""
+        record = f"{self._stream_id} {next_seq}"
+        line = f"{record} {zlib.crc32(record.encode()):08x}".ljust(_SENT_MARK_SIZE - 1) + "\n"
+        new = not self._sent_path.exists()
+        try:
+            fd = os.open(self._sent_path, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.pwrite(fd, line.encode(), 0)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            if new:
+                _fsync_dir(self._path.parent)
+        except OSError as exc:
+            raise SpoolError(f"spool {self._path}: cannot record what was sent: {exc}") from exc
+        self._sent_mark = next_seq
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         with _transaction(conn):
@@ -631,6 +692,17 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
         raise
+
+
+def _read_sent_mark(path: Path) -> tuple[str, int] | None:
+    """The (stream id, next seq) recorded in a ``.sent`` file; None if missing or damaged."""
+    try:
+        stream, seq, crc = path.read_text(encoding="ascii").split()
+        if int(crc, 16) == zlib.crc32(f"{stream} {seq}".encode()):
+            return stream, int(seq)
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _payload(properties: str, body: bytes) -> Payload:
