@@ -239,8 +239,9 @@ def _metrics_server(pipeline: Any, port: int | None) -> Any:
 
 
 def demo_config(workdir: Path, channel: str) -> dict[str, Any]:
-    """The embedded default: the demo vehicle on a virtual bus, into a local outbox."""
-    from edge.simulate import DEMO_DBC
+    """The embedded default: the demo vehicle on a virtual bus, into a local outbox, with
+    diagnostics enabled (OBD-II PIDs and VIN, UDS DTCs and DIDs, J1939 DM1)."""
+    from edge.simulate import DEMO_DBC, OBD2_DBC
 
     return {
         "vehicle_id": "demo-vehicle",
@@ -250,13 +251,32 @@ def demo_config(workdir: Path, channel: str) -> dict[str, Any]:
                 "interface": "virtual",
                 "channel": channel,
                 "fd": True,
-                "dbc": [str(DEMO_DBC)],
+                "dbc": [str(DEMO_DBC), str(OBD2_DBC)],
                 "j1939": True,
             }
         ],
         "spool": {"path": str(workdir / "spool.db")},
         "uplink": {"type": "file", "path": str(workdir / "outbox")},
+        "diagnostics": {"buses": [_DEMO_DIAGNOSTICS]},
     }
+
+
+#: The demo's diagnostics: the simulated ECUs of edge/simulate_ecus.py answer them.
+_DEMO_DIAGNOSTICS: dict[str, Any] = {
+    "bus": "vehicle",
+    "max_requests_per_second": 10,
+    "obd": {"pids": [{"pid": p, "period": 1.0} for p in (0x05, 0x0C, 0x0D, 0x11)]},
+    "uds": [
+        {"name": "TCM", "request_id": 0x7E1, "response_id": 0x7E9},
+        {
+            "name": "BMS",
+            "request_id": 0x7E4,
+            "response_id": 0x7EC,
+            "dids": [{"did": 0xF195, "name": "software", "kind": "ascii"}],
+        },
+    ],
+    "j1939": {},
+}
 
 
 _BAR = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} s [{elapsed}<{remaining}]"
@@ -268,7 +288,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from edge.config import parse_config
     from edge.pipeline import Pipeline
-    from edge.simulate import VehicleSimulator, run_simulation
+    from edge.simulate import VehicleSimulator, run_simulation, simulated_ecus
 
     workdir = Path(args.outbox or tempfile.mkdtemp(prefix="can-telemetry-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -276,10 +296,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     config = parse_config(demo_config(workdir, channel))
     duration = float(args.duration)
     started = time.monotonic()
-    pipeline = Pipeline(config)
-    pipeline.start()
     start_time = time.time() - duration
     simulator = VehicleSimulator(seed=args.seed, start_time=start_time, channel=channel)
+    # The diagnostic ECUs answer from before the first request (OBD-II, UDS, J1939).
+    ecu_bus = can.Bus(interface="virtual", channel=channel)
+    ecus = simulated_ecus(ecu_bus, simulator)
+    ecus.start()
+    pipeline = Pipeline(config)
+    pipeline.start()
     sent: list[int] = []
     with can.Bus(interface="virtual", channel=channel, preserve_timestamps=True) as bus:
         sender = threading.Thread(
@@ -302,6 +326,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             progress.n = duration
             progress.refresh()
         pipeline.stop(drain_timeout=30)
+    ecus.stop()
+    ecu_bus.shutdown()
     stats = pipeline.stats()
     elapsed = time.monotonic() - started
     _print_demo_summary(workdir / "outbox", stats, duration, elapsed, pipeline.processor.schema)
@@ -317,9 +343,13 @@ def _print_demo_summary(
     decoder = PayloadDecoder()
     rows = 0
     last: dict[str, Any] = {}
-    for _, payload_rows in _decode_files(decoder, files):
-        rows += len(payload_rows)
+    diagnostics: list[Any] = []  # DTC/VIN/DID rows (edge/diagnostics/), not sampled values
+    for _, payload_rows in _decode_files(decoder, files, []):
         for row in payload_rows:
+            if row.ecu is not None:
+                diagnostics.append(row)
+                continue
+            rows += 1
             last[row.signal] = row
     sent = sum(f.stat().st_size for f in files)
     data_files = sum(".data." in f.name for f in files)
@@ -342,6 +372,24 @@ def _print_demo_summary(
     shown = [_fmt(last[name]) for name in wanted if name in last]
     if shown:
         print("  last values        " + ", ".join(shown))
+    _print_diagnostics(diagnostics)
+
+
+def _print_diagnostics(rows: list[Any]) -> None:
+    """The VIN and the DTCs the demo read (rows of diagnostics payloads)."""
+    vin = next((r for r in rows if r.message == "VIN"), None)
+    if vin is not None:
+        print(f"  VIN                {vin.choice:>14}   read from {vin.ecu} on {vin.bus}")
+    active: dict[tuple[str, str], Any] = {}
+    for row in rows:
+        if row.message == "DTC":
+            if row.choice == "cleared":
+                active.pop((row.ecu, row.signal), None)
+            else:
+                active[(row.ecu, row.signal)] = row
+    if active:
+        dtcs = ", ".join(f"{ecu} {code}" for ecu, code in sorted(active))
+        print(f"  DTCs {len(active):>28}   {dtcs}")
 
 
 def _fmt(row: Any) -> str:
@@ -442,27 +490,48 @@ def _payload_files(paths: Iterable[str]) -> list[Path]:
     return files
 
 
-def _decode_files(decoder: Any, files: Sequence[Path]) -> Iterator[tuple[Path, list[Any]]]:
-    """Decode payload files in stream order: schemas first, then data by (stream, seq)."""
-    from edge.codec import unpack
+def _decode_files(
+    decoder: Any, files: Sequence[Path], skipped: list[str]
+) -> Iterator[tuple[Path, Iterator[Any]]]:
+    """Payload files in stream order (schemas first, then data by stream and seq), each with
+    its rows as they are decoded (a malformed payload raises PayloadError while they are read).
+    A file that is not a payload, or whose envelope is malformed, is left out and described in
+    ``skipped``."""
+    from edge.codec import MAGIC, peek
 
     entries = []
     for f in files:
-        data = f.read_bytes()
         try:
-            payload = unpack(data)
+            with f.open("rb") as file:
+                head = file.read(len(MAGIC))
+                if head != MAGIC:
+                    skipped.append(f"{f}: not a can-telemetry payload")
+                    continue
+                payload = peek(head + file.read())
+        except OSError as exc:
+            skipped.append(f"{f}: cannot read: {exc.strerror or exc}")
+            continue
         except PayloadError as exc:
-            raise PayloadError(f"{f}: {exc}") from exc
+            skipped.append(f"{f}: bad payload: {exc}")
+            continue
         env = payload.envelope
-        entries.append(
-            (payload.kind != "schema", str(env.get("stream")), int(env.get("seq", 0)), f, data)
-        )
+        entries.append((payload.kind != "schema", str(env["stream"]), int(env["seq"]), f))
     entries.sort(key=lambda e: e[:3])
-    for _, _, _, f, data in entries:
-        try:
-            yield f, decoder.rows(data)
-        except PayloadError as exc:
-            raise PayloadError(f"{f}: {exc}") from exc
+    for *_, f in entries:
+        yield f, decoder.iter_rows(f.read_bytes())
+
+
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _json_row(row: Any) -> str:
+    """A row as one line of JSON. JSON has no NaN or infinity: a float that is one is written
+    as the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``."""
+    fields = row._asdict()
+    for key, value in fields.items():
+        if type(value) is float and not math.isfinite(value):
+            fields[key] = _NON_FINITE[repr(value)]
+    return json.dumps(fields, separators=(",", ":"), allow_nan=False)
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
@@ -472,21 +541,35 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     decoder = PayloadDecoder()
     out: TextIO = sys.stdout
     if args.output:
-        out = open(args.output, "w", newline="", encoding="utf-8")  # noqa: SIM115
+        try:
+            out = open(args.output, "w", newline="", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise ConfigError(
+                "--output", f"cannot write {args.output}: {exc.strerror or exc}"
+            ) from exc
+    skipped: list[str] = []
+    bad = 0
     try:
         writer = csv.writer(out) if args.format == "csv" else None
         if writer is not None:
             writer.writerow(Row._fields)
-        for _, rows in _decode_files(decoder, files):
-            for row in rows:
-                if writer is not None:
-                    writer.writerow(row)
-                else:
-                    out.write(json.dumps(row._asdict(), separators=(",", ":")) + "\n")
+        for f, rows in _decode_files(decoder, files, skipped):
+            try:
+                for row in rows:
+                    if writer is not None:
+                        writer.writerow(row)
+                    else:
+                        out.write(_json_row(row) + "\n")
+            except PayloadError as exc:  # rows before the fault were written
+                bad += 1
+                print(f"can-telemetry: bad payload: {f}: {printable(str(exc))}", file=sys.stderr)
     finally:
         if out is not sys.stdout:
             out.close()
-    return 0
+    for line in skipped:
+        print(f"can-telemetry: skipped {printable(line)}", file=sys.stderr)
+        bad += "bad payload:" in line
+    return 3 if bad else 0
 
 
 # --- module --------------------------------------------------------------------------------------

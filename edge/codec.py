@@ -38,7 +38,7 @@ import io
 import re
 import time
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
@@ -53,10 +53,12 @@ from edge.schema import Schema, SignalInfo
 __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
+    "MAX_ARRAY",
     "Codec",
     "DecodedPayload",
     "PayloadDecoder",
     "Row",
+    "peek",
     "unpack",
 ]
 
@@ -72,6 +74,11 @@ _COMPRESSION_CODES = {"none": 0, "zlib": 1, "zstd": 2}
 _COMPRESSION_NAMES = {v: k for k, v in _COMPRESSION_CODES.items()}
 #: Refuse to inflate a body beyond this (a corrupt or hostile payload must not exhaust memory).
 MAX_BODY = 64 * 1024 * 1024
+#: Longest array (a group's times, a column's rows or values) a reader takes: a writer closes a
+#: batch at :data:`~edge.batch.MAX_BATCH_VALUES` values, so its arrays are shorter. It bounds
+#: the memory a payload can take by rows, as ``MAX_BODY`` does by bytes.
+MAX_ARRAY = 1 << 20
+_LIMITS = {"max_array_len": MAX_ARRAY, "max_map_len": MAX_ARRAY}
 _HEADER = 5
 #: Placeholders as long as the longest stream id the writer accepts (16 bytes: a uuid4 hex) and
 #: the largest sequence number, so a size measured before the spool numbers the payload is never
@@ -103,6 +110,9 @@ class Row(NamedTuple):
     unit: str
     choice: str | None
     source: int | None
+    #: The campaign that made the payload (its envelope's ``ext["campaign"]``); None for the
+    #: default campaign, ``always`` (issue 11).
+    campaign: str | None = None
     #: The VSS path this row is a value of (edge/vss/), None for a DBC signal's own row.
     vss_path: str | None = None
     #: Diagnostics rows (docs/diagnostics.md): the ECU that reported it, and when a DTC was
@@ -288,9 +298,14 @@ class DecodedPayload:
     body: Any
 
 
-def unpack(data: bytes) -> DecodedPayload:
-    """Take a payload of version 1 or 2 apart. Raises :class:`PayloadError` for anything
-    malformed."""
+def peek(data: bytes) -> DecodedPayload:
+    """A payload's kind, version, compression and envelope, checked as :func:`unpack` checks
+    them; its body is left as it is (compressed bytes), so this is cheap whatever it holds."""
+    return _open(data, decompress=False)
+
+
+def _open(data: bytes, *, decompress: bool = True) -> DecodedPayload:
+    """:func:`unpack` but for the body, left as msgpack bytes (decompressed or not)."""
     if len(data) < _HEADER or data[:2] != MAGIC:
         raise PayloadError("not a can-telemetry payload (bad magic)")
     version, kind, code = data[2], data[3], data[4]
@@ -312,12 +327,58 @@ def unpack(data: bytes) -> DecodedPayload:
     else:
         envelope = _envelope_v2(kind, envelope)
     compressed = data[_HEADER + unpacker.tell() :]
-    raw = _decompress(_COMPRESSION_NAMES[code], compressed)
+    raw = _decompress(_COMPRESSION_NAMES[code], compressed) if decompress else compressed
+    return DecodedPayload(_KIND_NAMES[kind], version, _COMPRESSION_NAMES[code], envelope, raw)
+
+
+def unpack(data: bytes) -> DecodedPayload:
+    """Take a payload of version 1 or 2 apart. Raises :class:`PayloadError` for anything
+    malformed, and for a body with an array longer than :data:`MAX_ARRAY` (which no writer
+    makes)."""
+    opened = _open(data)
     try:
-        body = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        body = msgpack.unpackb(opened.body, raw=False, strict_map_key=False, **_LIMITS)
     except (ValueError, TypeError, msgpack.FormatError, msgpack.StackError) as exc:
         raise PayloadError(f"malformed body: {_short(exc)}") from exc
-    return DecodedPayload(_KIND_NAMES[kind], version, _COMPRESSION_NAMES[code], envelope, body)
+    return DecodedPayload(opened.kind, opened.version, opened.compression, opened.envelope, body)
+
+
+def _groups(raw: bytes) -> Iterator[tuple[Any, Any, Any, Iterator[Any]]]:
+    """The groups of a data body (msgpack bytes) read one by one, each with its columns read
+    one by one: memory holds one time column and one value column at a time."""
+    unpacker = msgpack.Unpacker(
+        raw=False, strict_map_key=False, max_buffer_size=max(1, len(raw)), **_LIMITS
+    )
+    unpacker.feed(raw)
+
+    def columns(count: int) -> Iterator[Any]:
+        for _ in range(count):
+            try:
+                column = unpacker.unpack()
+            except (msgpack.OutOfData, ValueError, TypeError, msgpack.StackError) as exc:
+                raise PayloadError(f"malformed body: {_short(exc)}") from exc
+            if not isinstance(column, list):
+                raise PayloadError("malformed column")
+            yield column
+
+    try:
+        count = unpacker.read_array_header()
+    except (msgpack.OutOfData, ValueError, TypeError, msgpack.StackError) as exc:
+        raise PayloadError(f"malformed body: {_short(exc)}") from exc
+    for _ in range(count):
+        try:
+            if unpacker.read_array_header() != 4:
+                raise PayloadError("malformed group")
+            message_index, source_address, time_deltas = (unpacker.unpack() for _ in range(3))
+            width = unpacker.read_array_header()
+        except (msgpack.OutOfData, ValueError, TypeError, msgpack.StackError) as exc:
+            raise PayloadError(f"malformed body: {_short(exc)}") from exc
+        group_columns = columns(width)
+        yield message_index, source_address, time_deltas, group_columns
+        for _ in group_columns:  # what the caller left unread, so the next group starts right
+            pass
+    if unpacker.tell() != len(raw):
+        raise PayloadError("bytes after the end of the data body")
 
 
 def _envelope_v2(kind: int, fields: object) -> dict[str, Any]:
@@ -444,19 +505,33 @@ class PayloadDecoder:
         """The rows of one payload (none for a schema payload)."""
         return self.decode(data)[1]
 
-    def _rows(self, payload: DecodedPayload) -> Iterator[Row]:
+    def iter_rows(self, data: bytes) -> Iterator[Row]:
+        """:meth:`rows` as they are decoded, holding one column of the payload at a time (a
+        schema payload is remembered and gives none). Errors come as the rows are read."""
+        opened = _open(data)
+        if opened.kind != "data" or "diag" in opened.envelope.get("ext", {}):
+            yield from self.decode(data)[1]  # small: decoded whole
+            return
+        yield from self._rows(opened, _groups(opened.body))
+
+    def _rows(self, payload: DecodedPayload, groups: Iterable[Any] | None = None) -> Iterator[Row]:
+        """The rows of a data payload whose body is ``groups`` (default: ``payload.body``)."""
         env = payload.envelope
         schema_id = env.get("schema")
         schema = self.schemas.get(str(schema_id))
         if schema is None:
             raise SchemaMissingError(str(schema_id))
         nils = payload.version >= 2  # version 1 has no nil in a column
+        campaign = env.get("ext", {}).get("campaign")
+        if not isinstance(campaign, str):
+            campaign = None
         vss_columns = self._vss.get(schema.schema_id, {})
         try:
             t0, res = env["t0"], env["res"]
             if type(t0) is not int or type(res) is not int or res <= 0:
                 raise PayloadError("envelope t0/res must be integers (res > 0)")
-            groups = payload.body
+            if groups is None:
+                groups = payload.body
             for message_index, source_address, time_deltas, columns in groups:
                 if source_address is not None and not (
                     type(source_address) is int and 0 <= source_address <= 0xFF
@@ -502,6 +577,7 @@ class PayloadDecoder:
                             message.name,
                             signal,
                             source_address,
+                            campaign,
                         )
                         continue
                     for row, raw in zip(rows, values, strict=True):
@@ -514,6 +590,7 @@ class PayloadDecoder:
                             signal.unit,
                             choices.get(raw) if choices else None,
                             source_address,
+                            campaign,
                         )
         except PayloadError:
             raise
@@ -544,9 +621,8 @@ def _diagnostics_rows(envelope: Mapping[str, Any], items: object) -> list[Row]:
             "",
             r.text,
             r.source,
-            None,
-            r.ecu,
-            r.first_seen,
+            ecu=r.ecu,
+            first_seen=r.first_seen,
         )
         for r in records
     ]
@@ -576,21 +652,32 @@ def _with_vss(
     message: str,
     signal: SignalInfo,
     source: int | None,
+    campaign: str | None,
 ) -> Iterator[Row]:
     """A series' rows, each followed by its VSS rows (see :class:`PayloadDecoder`)."""
     name, unit, choices = signal.name, signal.unit, signal.choices
     for t, raw in zip(times, values, strict=True):
         physical = signal.physical(raw)
         choice = choices.get(raw) if choices else None
-        yield Row(t, bus, message, name, physical, unit, choice, source)
+        yield Row(t, bus, message, name, physical, unit, choice, source, campaign=campaign)
         for path, vss_unit, apply in links:
             value = apply(physical, choice)
             if value is None:  # the transform defines no VSS value for this one
                 continue
-            if type(value) is str:
-                yield Row(t, bus, message, name, physical, vss_unit, value, source, path)
-            else:
-                yield Row(t, bus, message, name, value, vss_unit, None, source, path)
+            # A string value goes in choice, with the DBC value beside it in value.
+            text = value if isinstance(value, str) else None
+            yield Row(
+                t,
+                bus,
+                message,
+                name,
+                physical if text is not None else value,
+                vss_unit,
+                text,
+                source,
+                campaign=campaign,
+                vss_path=path,
+            )
 
 
 def _item(items: Sequence[_T], index: object, what: str) -> _T:

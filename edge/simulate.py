@@ -31,12 +31,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import can
 from cantools.database.can import Database, Message, Signal
 from cantools.database.errors import Error as CantoolsError
 
-__all__ = ["DEMO_DBC", "VehicleSimulator", "run_simulation"]
+if TYPE_CHECKING:
+    from edge.simulate_ecus import SimulatedEcus
+
+__all__ = ["DEMO_DBC", "OBD2_DBC", "VehicleSimulator", "run_simulation", "simulated_ecus"]
 
 
 def _packaged_file(package: str, name: str, fallback: Path) -> Path:
@@ -53,6 +57,10 @@ DEMO_DBC: Path = _packaged_file(
     "edge.dbc",
     "demo_vehicle.dbc",
     Path(__file__).resolve().parent.parent / "dbc" / "demo_vehicle.dbc",
+)
+#: CSS Electronics' OBD-II database (MIT, dbc/README.md): decodes the answers to mode 01 requests.
+OBD2_DBC: Path = _packaged_file(
+    "edge.dbc", "obd2_css.dbc", Path(__file__).resolve().parent.parent / "dbc" / "obd2_css.dbc"
 )
 
 _DEFAULT_CYCLE_TIME = 0.1  # s, for messages without GenMsgCycleTime
@@ -887,6 +895,19 @@ class VehicleSimulator:
         """Names of the database's messages this simulator cannot produce."""
         return self._skipped
 
+    def diagnostic_values(self) -> dict[str, float]:
+        """What the engine ECU reports over OBD-II (:func:`simulated_ecus`): the drive's engine
+        speed (rpm), vehicle speed (km/h), coolant temperature and throttle (%)."""
+        model = self._model
+        if model is None:
+            return {}
+        return {
+            "engine_speed": model.engine_speed,
+            "speed": model.speed * 3.6,
+            "coolant": model.coolant,
+            "throttle": model.throttle,
+        }
+
     @property
     def time(self) -> float:
         """Timestamp at which the next call of :meth:`frames` starts."""
@@ -1027,3 +1048,12 @@ def _send(bus: can.BusABC, frame: can.Message, stop: threading.Event | None) -> 
                 raise
             time.sleep(min(0.0005 * (attempt + 1), 0.01))
     bus.send(frame)
+
+
+def simulated_ecus(bus: can.BusABC, simulator: VehicleSimulator | None = None) -> SimulatedEcus:
+    """The demo vehicle's diagnostic ECUs (:class:`edge.simulate_ecus.SimulatedEcus`: OBD-II,
+    UDS, J1939 DM1) answering on ``bus``, their OBD-II values following ``simulator``'s drive.
+    Start it (or use it as a context manager); runtime modules never import it."""
+    from edge.simulate_ecus import SimulatedEcus
+
+    return SimulatedEcus(bus, values=simulator.diagnostic_values if simulator else None)

@@ -160,7 +160,13 @@ class SimulatedEcus:
         self._send_lock = threading.Lock()
 
     def start(self) -> None:
-        """Start answering."""
+        """Start answering (sets ``bus``'s filters to the requests the ECUs answer)."""
+        filters: list[Any] = [
+            {"can_id": request, "can_mask": 0x7FF, "extended": False}
+            for request, _ in (OBD_ECM, UDS_TCM, UDS_BMS)
+        ]
+        filters.append({"can_id": 0xEA0000, "can_mask": 0x3FF0000, "extended": True})  # requests
+        self.bus.set_filters(filters)
         self._notifier = can.Notifier(self.bus, [self._on_j1939], timeout=0.1)
         ecus: list[tuple[str, tuple[int, int], Callable[[bytes], bytes | None]]] = [
             ("OBD", OBD_ECM, lambda r: _obd_answer(r, self._values(), self.vin)),

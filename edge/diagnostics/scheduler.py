@@ -182,7 +182,10 @@ class BusDiagnostics:
         """Open the bus connection and the ISO-TP channels, start the schedule."""
         from edge.source import open_bus
 
-        self.bus = self._given_bus if self._given_bus is not None else open_bus(self.bus_config)
+        if self._given_bus is not None:
+            self.bus = self._given_bus
+        else:
+            self.bus = open_bus(self.bus_config, self.filters())
         listeners: list[Any] = [self._on_frame]
         config = self.config
         if config.j1939 is not None:
@@ -219,6 +222,32 @@ class BusDiagnostics:
             self._notifier.stop()
         if self.bus is not None and self._given_bus is None:
             self.bus.shutdown()
+
+    def filters(self) -> list[dict[str, Any]]:
+        """python-can filters for the frames diagnostics read: the ECUs' answers, J1939's
+        transport and DM1/VIN, the condition's messages, error frames. The bus's every other
+        frame would cost a trip through each ISO-TP stack's queue in Python (SocketCAN filters
+        them in the kernel)."""
+        config = self.config
+        out: list[dict[str, Any]] = []
+
+        def exact(can_id: int, extended: bool) -> None:
+            mask = 0x1FFFFFFF if extended else 0x7FF
+            out.append({"can_id": can_id, "can_mask": mask, "extended": extended})
+
+        if config.obd is not None:
+            exact(config.obd.response_id, False)
+        for ecu in config.uds:
+            exact(ecu.response_id, ecu.extended_id)
+        if config.j1939 is not None:
+            for pgn, mask in ((0xEC00, 0x3FF0000), (0xEB00, 0x3FF0000)):
+                out.append({"can_id": pgn << 8, "can_mask": mask, "extended": True})
+            for pgn in (PGN_DM1, PGN_VIN):
+                out.append({"can_id": pgn << 8, "can_mask": 0x3FFFF00, "extended": True})
+        for frame_id, extended in self._condition_messages:
+            exact(frame_id, extended)
+        exact(0, True)  # python-can's virtual bus gives error frames this id (SocketCAN: always)
+        return out
 
     def _channel(self, request_id: int, response_id: int, extended: bool) -> IsoTpChannel:
         assert self.bus is not None and self._notifier is not None
