@@ -25,7 +25,15 @@ from typing import Any
 
 from edge.clock import Clock, SystemClock
 
-__all__ = ["COLUMN_BOUND", "TIME_BOUND", "Batch", "Batcher", "Group", "value_bound"]
+__all__ = [
+    "COLUMN_BOUND",
+    "MAX_BATCH_VALUES",
+    "TIME_BOUND",
+    "Batch",
+    "Batcher",
+    "Group",
+    "value_bound",
+]
 
 #: Upper bounds, in msgpack bytes, of one time delta and one (row delta, value) pair.
 TIME_BOUND = 9
@@ -37,6 +45,12 @@ EPOCH_THRESHOLD = 1e9
 
 #: Upper bound of the header of one column in a group: [index, rows | nil, values].
 COLUMN_BOUND = 14
+#: A batch closes at this many values whatever its size, so that no array of a payload is
+#: longer than readers take (:data:`edge.codec.MAX_ARRAY`): data that compresses extremely well
+#: (a counter's constant steps) would otherwise fit millions of values in the byte budget.
+MAX_BATCH_VALUES = 1_000_000
+#: Every value adds at least this much to the estimate (:func:`value_bound`).
+_LEAST_VALUE_BOUND = 6
 
 
 def value_bound(length: int, is_float: bool) -> int:
@@ -227,10 +241,14 @@ class Batcher:
         if batch.estimate >= self.next_measure:
             self.measurements += 1
             size = self._measure(batch)
-            if size >= self._budget * 0.95:
+            if size >= self._budget * 0.95 or batch.values >= MAX_BATCH_VALUES:
                 self._full = True
             else:
-                self.next_measure = batch.estimate + (self._budget * 0.95 - size)
+                # measure again before either the bytes or the values may reach their limit
+                self.next_measure = batch.estimate + min(
+                    self._budget * 0.95 - size,
+                    (MAX_BATCH_VALUES - batch.values) * _LEAST_VALUE_BOUND,
+                )
         # 1 tick of margin for rounding: a lower bound, checked exactly here
         self.age_due = (batch.first_tick + self._age_ticks - 1) / self._ticks_per_second
         # abs: a batch that time stepped back in (NTP, a replay starting over) closes as soon

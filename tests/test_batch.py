@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.batch import Batch, Batcher, Group
+from edge.batch import MAX_BATCH_VALUES, Batch, Batcher, Group
 from edge.clock import FakeClock
 from edge.codec import Codec, PayloadDecoder, unpack
 from edge.config import BatchConfig, BusConfig, Compression, Config, SignalRule, SignalsConfig
@@ -215,6 +215,18 @@ def test_batcher_closes_when_time_steps_back_by_max_age() -> None:
     batcher.take()
     assert not batcher.add(0, None, 3_600_000, [(0, 1)])
     assert batcher.add(0, None, 100, [(0, 2)])
+
+
+def test_batcher_closes_at_max_batch_values_however_well_they_compress() -> None:
+    # Values that compress to nothing (measure says 0 bytes) still close the batch in time for
+    # readers, which take arrays up to MAX_ARRAY only.
+    batcher = make_batcher(FakeClock(), budget=200_000, max_age=3600.0)
+    row = [(i, 1) for i in range(1000)]
+    tick = 0
+    while not batcher.add(0, None, tick, row):
+        tick += 1
+    assert MAX_BATCH_VALUES <= batcher.batch.values < MAX_BATCH_VALUES + len(row)
+    assert batcher.measurements < 100
 
 
 def test_batcher_expires_on_wall_clock_when_the_bus_goes_silent() -> None:

@@ -5,6 +5,7 @@ PayloadError and nothing else."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import re
 import struct
@@ -20,17 +21,19 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.batch import Batch
+from edge.batch import MAX_BATCH_VALUES, Batch
 from edge.codec import (
     FORMAT_VERSION,
     KIND_DATA,
     KIND_SCHEMA,
     MAGIC,
+    MAX_ARRAY,
     MAX_BODY,
     Codec,
     DecodedPayload,
     PayloadDecoder,
     Row,
+    peek,
     unpack,
 )
 from edge.errors import PayloadError, SchemaMissingError, TelemetryError
@@ -1367,3 +1370,67 @@ def test_envelope_extension_travels_and_old_readers_skip_it() -> None:
     # A trailing element that is not a map of string keys is not an extension: ignored.
     other = data[:5] + msgpack.packb([*fields[:6], [1]]) + body
     assert "ext" not in unpack(other).envelope
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 12, item 11: a streaming reader, bounded by rows as well as bytes
+
+
+def three_groups() -> Batch:
+    batch = Batch(0.0)
+    for tick in range(50):
+        batch.add(0, None, tick, [(0, tick % 4), (1, tick * 7)])
+        batch.add(1, None, tick, [(0, tick / 3)])
+        batch.add(2, tick % 3, tick, [(0, tick)])
+    return batch
+
+
+def test_iter_rows_gives_the_same_rows_as_rows() -> None:
+    schema_payload, data_payload = encode(make_codec(), FIXED, three_groups())
+    decoder = PayloadDecoder()
+    assert list(decoder.iter_rows(schema_payload.body)) == []
+    assert exact(decoder.iter_rows(data_payload.body)) == exact(decoder.rows(data_payload.body))
+
+
+def test_iter_rows_streams_the_groups_before_a_bad_one() -> None:
+    good = [0, None, [0, 1], [[1, None, [5, 1]]]]
+    body = msgpack.packb([good, [0, None, [0], [[1, None, "not a list"]]]])
+    decoder = decoder_for()
+    stream = decoder.iter_rows(raw_payload(data_envelope(), body))
+    assert [r.value for r in itertools.islice(stream, 2)] == [0.05, 0.06]
+    with pytest.raises(PayloadError, match="expected a list of integers"):
+        next(stream)
+
+
+def inflating_payload(elements: int) -> bytes:
+    """A data payload of a few KB whose body inflates to ``elements`` bytes: one group whose
+    time column holds ``elements`` zeros (msgpack array32 of fixints)."""
+    body = b"\x91\x94\x00\xc0\xdd" + elements.to_bytes(4, "big") + bytes(elements) + b"\x90"
+    compressed = zstandard.ZstdCompressor(level=3).compress(body)
+    return raw_payload(data_envelope(), compressed, code=CODES["zstd"])
+
+
+@pytest.mark.parametrize("elements", [MAX_ARRAY + 1, 60_000_000])
+def test_a_body_with_an_array_over_max_array_is_refused_before_it_is_built(
+    elements: int,
+) -> None:
+    data = inflating_payload(elements)
+    assert len(data) < 4096 and elements < MAX_BODY  # small, and under the byte bound
+    decoder = decoder_for()
+    with pytest.raises(PayloadError, match="max_array_len"):
+        list(decoder.iter_rows(data))
+    with pytest.raises(PayloadError, match="max_array_len"):
+        unpack(data)
+
+
+def test_the_longest_array_a_writer_makes_is_read() -> None:
+    data = inflating_payload(MAX_BATCH_VALUES)
+    assert len(list(decoder_for().iter_rows(data))) == 0  # times without values: no rows
+    assert len(unpack(data).body[0][2]) == MAX_BATCH_VALUES
+
+
+def test_peek_reads_the_envelope_only() -> None:
+    _, data_payload = encode(make_codec(), FIXED, three_groups())
+    peeked = peek(data_payload.body)
+    assert peeked.envelope == unpack(data_payload.body).envelope
+    assert isinstance(peeked.body, bytes)  # still compressed
