@@ -143,15 +143,25 @@ class Schema:
         """The body of a schema payload (docs/format.md)."""
         return {"buses": list(self.buses), "messages": [m.to_wire() for m in self.messages]}
 
+    def to_stored(self) -> dict[str, Any]:
+        """:meth:`to_wire` plus the VSS table under ``vss`` when there is one: what a store of
+        schemas (the lake's ``schemas`` table) keeps; :meth:`from_wire` reads it back whole."""
+        wire = self.to_wire()
+        if self.vss:
+            wire["vss"] = [v.to_wire() for v in self.vss]
+        return wire
+
     @classmethod
     def from_wire(cls, body: Mapping[str, Any], vss: Sequence[Any] | None = None) -> Schema:
-        """Parse a schema payload body (and its envelope's ``ext["vss"]``, if any); raises
-        PayloadError when malformed."""
+        """Parse a schema payload body (and its envelope's ``ext["vss"]``, if any; or a
+        :meth:`to_stored` form); raises PayloadError when malformed."""
         try:
             buses = tuple(str(b) for b in body["buses"])
             messages = tuple(MessageInfo.from_wire(m) for m in body["messages"])
             if any(not 0 <= m.bus < len(buses) for m in messages):
                 raise ValueError("message bus index out of range")
+            if vss is None:
+                vss = body.get("vss")
             links = tuple(VssInfo.from_wire(v) for v in vss or ())
             for link in links:
                 if not 0 <= link.message < len(messages):

@@ -582,3 +582,18 @@ def test_lake_rows_carry_the_vss_path_column(small_dbc: Path) -> None:
     assert speed == [(0.0, None, "Speed"), (12.34, None, "Speed"), (50.0, None, "Speed")]
     dbc_speed = [r["raw"] for r in rows if r["vss_path"] is None and r["signal"] == "Speed"]
     assert dbc_speed == [0, 1234, 5000]
+
+
+def test_a_stored_schema_keeps_its_vss_table(small_dbc: Path) -> None:
+    mapping = write_mapping(small_dbc.parent, GOOD)
+    collector = Collector()
+    processor = Processor(parse_config(small_config(small_dbc, mapping)), collector)
+    processor.process(drive_frames(load_databases([str(small_dbc)]), [0.0, 12.34]))
+    processor.flush()
+    stored = msgpack.unpackb(msgpack.packb(processor.schema.to_stored()), strict_map_key=False)
+    schema = Schema.from_wire(stored)
+    assert schema == processor.schema and schema.schema_id == processor.schema.schema_id
+    decoder = PayloadDecoder()
+    decoder.add_schema(schema)  # as the lake's book does, without the schema payload
+    rows = decoder.rows(collector.payloads[-1].body)
+    assert [r.value for r in rows if r.vss_path == "Vehicle.Speed"] == [0.0, 12.34]

@@ -319,7 +319,7 @@ def _ingest(files: list[Path], lake: Path, on_file: Callable[[Path], None] | Non
                 new_schemas.append(
                     {
                         "schema": schema_id,
-                        "wire": msgpack.packb(schema.to_wire(), use_bin_type=True),
+                        "wire": msgpack.packb(schema.to_stored(), use_bin_type=True),
                         "buses": list(schema.buses),
                         "messages": len(schema.messages),
                         "signals": schema.signal_count,

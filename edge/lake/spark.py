@@ -171,7 +171,7 @@ def process_batch(payloads: DataFrame, label: str, lake: str | os.PathLike[str])
     new_schemas = []
     now = dt.datetime.now(dt.UTC)
     for schema_id, schema in decoded_schemas.items():
-        wire = msgpack.packb(schema.to_wire(), use_bin_type=True)
+        wire = msgpack.packb(schema.to_stored(), use_bin_type=True)
         wires.append(wire)
         if schema_id not in known_ids:
             new_schemas.append(
