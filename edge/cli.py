@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from edge import __version__
-from edge.errors import ConfigError, DatabaseLoadError, PayloadError, TelemetryError
+from edge.errors import (
+    ConfigError,
+    DatabaseLoadError,
+    PayloadError,
+    SecretsFilter,
+    TelemetryError,
+    scrub_secrets,
+)
 
 __all__ = ["main"]
 
@@ -37,17 +44,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(SecretsFilter())
     try:
         result: int = args.func(args)
         return result
     except (ConfigError, DatabaseLoadError) as exc:
-        print(f"can-telemetry: configuration error: {printable(str(exc))}", file=sys.stderr)
+        message = printable(scrub_secrets(str(exc)))
+        print(f"can-telemetry: configuration error: {message}", file=sys.stderr)
         return 2
     except PayloadError as exc:
         print(f"can-telemetry: bad payload: {printable(str(exc))}", file=sys.stderr)
         return 3
     except TelemetryError as exc:
-        print(f"can-telemetry: {printable(str(exc))}", file=sys.stderr)
+        print(f"can-telemetry: {printable(scrub_secrets(str(exc)))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -7,6 +7,9 @@ ever looks at our own classes.
 
 from __future__ import annotations
 
+import logging
+import re
+
 __all__ = [
     "ConfigError",
     "DatabaseLoadError",
@@ -14,11 +17,44 @@ __all__ = [
     "PermanentUplinkError",
     "RejectedPayloadError",
     "SchemaMissingError",
+    "SecretsFilter",
     "SpoolError",
     "TelemetryError",
     "TransientUplinkError",
     "UplinkError",
+    "scrub_secrets",
 ]
+
+#: Values of secret keys in connection strings, SAS tokens and URLs, and base64 keys ending in
+#: "=" (a pasted shared access key), wherever they appear in a message.
+_SECRETS = re.compile(
+    r"(?i)\b(SharedAccessKey|SharedAccessSignature|sig|password|passwd|sas_token)(\s*[=:]\s*)"
+    r"[^;&\s'\",}]+"
+    r"|SharedAccessSignature\s+[^\s'\",}]+"
+    r"|[A-Za-z0-9+/]{16,}={1,2}(?![A-Za-z0-9+/=])"
+)
+
+
+def scrub_secrets(text: str) -> str:
+    """``text`` with shared access keys, signatures and passwords replaced by ``***``.
+
+    Applied to what leaves the process as text (log lines, reported errors), as a second line
+    of defence: messages are written not to quote secrets in the first place.
+    """
+    return _SECRETS.sub(lambda m: f"{m[1]}{m[2]}***" if m[1] else "***", text)
+
+
+class SecretsFilter(logging.Filter):
+    """A logging filter (for handlers) that passes every record with its secrets scrubbed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Render the message (and traceback) now, scrubbed; always keep the record."""
+        record.msg, record.args = scrub_secrets(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = scrub_secrets(record.exc_text)
+        return True
 
 
 class TelemetryError(Exception):

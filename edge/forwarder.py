@@ -46,6 +46,7 @@ from edge.errors import (
     RejectedPayloadError,
     SpoolError,
     TransientUplinkError,
+    scrub_secrets,
 )
 from edge.spool import Spool
 from edge.uplinks.base import Uplink
@@ -284,6 +285,7 @@ class Forwarder:
         _log.debug("forwarder: attempt %d failed, waiting", state.attempt_number)
 
     def _record_error(self, exc: BaseException) -> None:
-        message = f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_LENGTH]
+        # Reported (twin, /metrics): an SDK's message must not carry a key or signature.
+        message = scrub_secrets(f"{type(exc).__name__}: {exc}")[:_MAX_ERROR_LENGTH]
         with self._lock:
             self._last_error = message

@@ -62,9 +62,11 @@ from edge.config import Config, load_config
 from edge.errors import (
     ConfigError,
     PermanentUplinkError,
+    SecretsFilter,
     SpoolError,
     TelemetryError,
     TransientUplinkError,
+    scrub_secrets,
 )
 from edge.forwarder import ForwarderStats
 from edge.methods import DirectMethods, MethodServer
@@ -609,7 +611,10 @@ class EdgeModule:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             temporary = path.with_suffix(".tmp")
-            with temporary.open("w", encoding="utf-8") as file:
+            temporary.unlink(missing_ok=True)
+            # 0600 from the start: the configuration may hold connection strings and passwords.
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with open(descriptor, "w", encoding="utf-8") as file:
                 json.dump(document, file)
                 file.flush()
                 os.fsync(file.fileno())
@@ -891,6 +896,9 @@ def main_module(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(  # a no-op when can-telemetry's main() configured logging already
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, SecretsFilter) for f in handler.filters):
+            handler.addFilter(SecretsFilter())
     logging.getLogger().setLevel(args.log_level or "INFO")
     logging.getLogger("azure.iot.device").setLevel(logging.WARNING)  # per-operation INFO lines
     options = ModuleOptions(
@@ -921,7 +929,8 @@ def main_module(argv: Sequence[str] | None = None) -> int:
         module.stop(drain_timeout=0)
         return 1
     except TelemetryError as exc:
-        print(f"can-telemetry module: configuration error: {exc}", file=sys.stderr)
+        message = scrub_secrets(str(exc))
+        print(f"can-telemetry module: configuration error: {message}", file=sys.stderr)
         module.stop(drain_timeout=0)
         return 2
     log.warning("module running (version %s), data in %s", __version__, options.data_dir)

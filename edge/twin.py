@@ -63,7 +63,7 @@ from typing import Any, Literal, Protocol, TypeGuard
 from edge import __version__
 from edge.config import Config, parse_config
 from edge.database import load_databases
-from edge.errors import ConfigError, DatabaseLoadError, TelemetryError
+from edge.errors import ConfigError, DatabaseLoadError, TelemetryError, scrub_secrets
 from edge.vss.mapping import load_vss_mapping
 
 __all__ = [
@@ -488,6 +488,7 @@ class TwinAgent:
             self._refusal = None
 
     def _refuse(self, version: int | None, field: str, reason: str) -> None:
+        reason = scrub_secrets(reason)  # reported and logged: never with a pasted key in it
         log.warning("desired properties version %s refused: %s: %s", version, field, reason)
         with self._lock:
             self._refusal = Refusal(version, field, reason, self._time())

@@ -4,6 +4,7 @@ virtual buses, a real spool file and real payloads."""
 
 from __future__ import annotations
 
+import base64
 import gc
 import json
 import os
@@ -426,3 +427,59 @@ def test_a_spool_that_cannot_be_opened_exits_with_status_1_not_as_a_config_error
     assert process.returncode == 1, output
     assert "cannot use the spool" in output and "configuration error" not in output
     assert "Traceback" not in output
+
+
+def test_no_secret_in_logs_errors_reported_properties_or_method_answers(
+    hub: Mosquitto,
+    module: EdgeModule,
+    channel: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from edge.cli import main
+
+    password = f"pw-{uuid.uuid4().hex}"
+    pasted = base64.b64encode(os.urandom(31)).decode()  # a key ending in "=="
+    assert pasted.endswith("==")
+    secrets = (password, pasted, pasted.rstrip("="))
+    mqtt = {"type": "mqtt", "host": "127.0.0.1", "port": free_port(), "tls": False}
+    mqtt.update(username="car1", password=password, backoff_initial=0.05, backoff_max=0.2)
+    key = base64.b64encode(os.urandom(32)).decode()
+    azure = {"type": "azure-device", "host": None, "port": None, "tls": None}
+    azure.update(username=None, password=None)
+    azure["connection_string"] = f"HostName=h;DeviceId=car1;SharedAccessKey={key};{pasted}"
+    answers = []
+    with IoTHubResponder(hub, {"config": config(channel, uplink=mqtt)}) as responder:
+        module.start()
+        responder.wait_reported(lambda r: r.get("config", {}).get("desiredVersion") == 1)
+        saved = tmp_path / "data" / SAVED_CONFIG
+        assert saved.stat().st_mode & 0o777 == 0o600  # it holds the password: owner only
+        version = responder.patch_desired({"config": {"uplink": azure}})
+        reported = responder.wait_reported(lambda r: "refused" in r["config"])
+        assert reported["config"]["refused"]["desiredVersion"] == version
+        assert reported["config"]["refused"]["field"] == "config.uplink.connection_string"
+        for method in ("getConfig", "getStats", "flush"):
+            answers.append(responder.invoke(method, {}))
+        reported = responder.wait_reported(lambda r: r["stats"].get("at") is not None)
+    # The same pasted key in a file given to `can-telemetry run`.
+    bad = config(channel, uplink=azure)
+    toml = (
+        f'vehicle_id = "car1"\n[[buses]]\nname = "v"\nchannel = "{channel}"\n'
+        f'dbc = "{ROOT / "dbc" / "demo_vehicle.dbc"}"\n[uplink]\ntype = "azure-device"\n'
+        f'connection_string = "{bad["uplink"]["connection_string"]}"\n'
+    )
+    (tmp_path / "car.toml").write_text(toml)
+    assert main(["run", "--config", str(tmp_path / "car.toml")]) == 2
+    out, err = capfd.readouterr()
+    assert "connection_string" in err  # the error is there, without the key
+    channels = {
+        "logs": caplog.text,
+        "stdout and stderr": out + err,
+        "reported properties": json.dumps(reported),
+        "method answers": json.dumps(answers),
+    }
+    for name, text in channels.items():
+        for secret in secrets:
+            assert secret not in text, f"a secret in the {name}"
+        assert key not in text, f"the shared access key in the {name}"

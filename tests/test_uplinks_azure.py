@@ -53,6 +53,8 @@ pytestmark = [
 
 SLACK = 1.0  # generous: a send may end this much after its timeout
 KEY = base64.b64encode(b"a shared access key of 32 bytes!").decode()
+#: A key pasted after a stray ';': it ends with "==", so it parses as Key=value.
+PASTED = base64.b64encode(b"a pasted key of 31 bytes, no!!!").decode()
 BODY = bytes(range(256)) * 4
 PROPERTIES = {"kind": "data", "stream": "s1", "seq": "42", "vehicle": "car 1/ä", "format": "1"}
 EDGE_TOPIC = "devices/car1/modules/CanTelemetry/messages/events/#"
@@ -135,7 +137,8 @@ def test_parse_options(tls_files: TlsFiles) -> None:
         (None, "is required"),
         (42, "non-empty string"),
         (f"HostName=h;DeviceId=d;SharedAccessKey={KEY};HostName=x", "Key=value pairs"),
-        (f"HostName=h;DeviceId=d;SharedAccessKey={KEY};x509=true", "unsupported key 'x509'"),
+        (f"HostName=h;DeviceId=d;SharedAccessKey={KEY};x509=true", "part 4 has an unsupported"),
+        (f"HostName=h;DeviceId=d;SharedAccessKey={KEY};{PASTED}", "part 4 has an unsupported"),
         (f"HostName=h;SharedAccessKey={KEY}", "missing DeviceId"),
         (f"HostName=h;DeviceId=d;ModuleId=m;SharedAccessKey={KEY}", "module connection string"),
         ("HostName=h;DeviceId=d;SharedAccessKey=not*base64", "not valid base64"),
@@ -148,6 +151,7 @@ def test_parse_rejects_connection_strings_without_quoting_them(value: Any, reaso
     assert info.value.field == "uplink.connection_string"
     assert reason in info.value.reason
     assert KEY not in str(info.value) and "not*base64" not in str(info.value)
+    assert PASTED.rstrip("=") not in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -135,15 +135,18 @@ def _connection_string_problem(value: object) -> str | None:
     if not isinstance(value, str) or not value:
         return "expected a non-empty string (HostName=...;DeviceId=...;SharedAccessKey=...)"
     parts: dict[str, str] = {}
-    for item in value.split(";"):
+    known = ("HostName", "DeviceId", "SharedAccessKey", "GatewayHostName", "ModuleId")
+    for number, item in enumerate(value.split(";"), 1):
         key, sep, val = item.partition("=")
         if not sep or not val or key in parts:
             return "not a connection string: expected Key=value pairs separated by ';'"
+        if key not in known:
+            # Never quote it: a key pasted after a stray ';' ("...==") parses as a Key=value.
+            return (
+                f"part {number} has an unsupported key (expected {', '.join(known[:4])};"
+                " a device connection string with SharedAccessKey)"
+            )
         parts[key] = val
-    known = {"HostName", "DeviceId", "SharedAccessKey", "GatewayHostName", "ModuleId"}
-    unknown = sorted(set(parts) - known)
-    if unknown:
-        return f"unsupported key {unknown[0]!r} (a device connection string with SharedAccessKey)"
     missing = [k for k in ("HostName", "DeviceId", "SharedAccessKey") if k not in parts]
     if missing:
         return f"missing {missing[0]}"
