@@ -94,6 +94,7 @@ _UNIT_ALIASES = {
     "Unit_KiloWatt": "kW",
     "Unit_DegreCelsi": "Celsius",
 }
+_FOLDED_ALIASES = {k.lower(): v for k, v in _UNIT_ALIASES.items() if k != "C"}
 #: pint's names for VSS units whose long name it does not read.
 _PINT_NAMES = {"Celsius": "degC", "Fahrenheit": "degF", "ratio": "dimensionless"}
 
@@ -181,7 +182,9 @@ def _block(node: Mapping[str, Any]) -> Any:
     return node.get("dbc2vss", node.get("dbc"))
 
 
-def _entries(items: Iterable[tuple[str, Mapping[str, Any]]], file: str, field: str) -> list[Any]:
+def _entries(
+    items: Iterable[tuple[str, Mapping[str, Any]]], file: str, field: str
+) -> list[MappingEntry]:
     entries: list[MappingEntry] = []
     for path, node in items:
         block = _block(node)
@@ -333,7 +336,7 @@ def _pint_name(key: str, tree: VssTree) -> str:
 
 def _vss_unit(dbc_unit: str, tree: VssTree) -> str:
     """The VSS unit key a DBC unit string means ('' when none is known)."""
-    unit = _UNIT_ALIASES.get(dbc_unit, dbc_unit)
+    unit = _UNIT_ALIASES.get(dbc_unit) or _FOLDED_ALIASES.get(dbc_unit.lower(), dbc_unit)
     if unit in tree.units:
         return unit
     folded = {k.lower(): k for k in tree.units}
