@@ -34,7 +34,7 @@ from edge.source import (
     FrameSource,
     ReplaySource,
 )
-from edge.spool import Spool
+from edge.spool import DEFAULT_PRIORITY, Spool
 from edge.uplinks import uplink_class
 from edge.uplinks.base import Uplink
 
@@ -107,6 +107,9 @@ class Pipeline:
         self._clock = clock or SystemClock()
         self._owns_backend = forwarder is None
         self.spool = spool if spool is not None else open_spool(config, self._clock)
+        self._priority = next(
+            (c.priority for c in config.campaigns if c.collect == "always"), DEFAULT_PRIORITY
+        )
         self.processor = Processor(config, self._append, clock=self._clock)
         #: Diagnostic requests (edge/diagnostics/), on live buses that enable them; None when
         #: every bus is listen-only. Imported only then (can-isotp, udsoncan).
@@ -145,8 +148,9 @@ class Pipeline:
             for bus in config.buses
         ]
 
-    def _append(self, build: Callable[[str, int], Any]) -> int:
-        seq = self.spool.append(build)
+    def _append(self, build: Callable[[str, int], Any], priority: int | None = None) -> int:
+        # issue 11: campaign payloads carry their priority; the rest is the always campaign's.
+        seq = self.spool.append(build, priority=self._priority if priority is None else priority)
         self.forwarder.wake()
         return seq
 
@@ -221,6 +225,8 @@ class Pipeline:
         while (chunk := self.queue.get(timeout=0)) is not None:
             self.processor.process(chunk)
         self.processor.flush()
+        if self.processor.campaigns is not None:  # open captures go out with what they hold
+            self.processor.campaigns.flush()
         if not self._owns_backend:
             self._final_stats = self.stats()
             return

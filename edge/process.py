@@ -17,6 +17,7 @@ from typing import Any
 import can
 
 from edge.batch import COLUMN_BOUND, TIME_BOUND, Batch, Batcher, value_bound
+from edge.campaigns.engine import CampaignEngine
 from edge.clock import Clock, SystemClock
 from edge.codec import KIND_DATA, KIND_SCHEMA, Codec
 from edge.config import Config
@@ -38,7 +39,7 @@ RAW_FRAME_BYTES = 16
 
 @dataclass(frozen=True, slots=True)
 class PipelineStats:
-    """Counters since start (see docs/operations.md for what each means)."""
+    """Counters since start (docs/counters.md says what each means)."""
 
     frames: int
     decode: DecodeStats
@@ -50,6 +51,7 @@ class PipelineStats:
     raw_bytes: int
     payload_bytes: int
     spool_errors: int = 0
+    lost_rows: int = 0
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     spool: Any = None
     forwarder: Any = None
@@ -88,6 +90,11 @@ class Processor:
             for i, (name, db, j1939) in enumerate(databases)
         ]
         self.decoder = Decoder(self.bus_decoders)
+        # Campaigns (issue 11): condition/periodic campaigns see every chunk too (process());
+        # ``append`` then takes ``priority=``. None without such campaigns.
+        self.campaigns: CampaignEngine | None = None
+        if any(c.collect != "always" for c in config.campaigns):
+            self.campaigns = CampaignEngine(config, databases, append, clock=self._clock)
         # Values typed Any: the hot loop tells a Track from a skip reason by class, which
         # mypy does not narrow on (type() or isinstance() would cost a call per frame).
         self._tracks_by_bus: dict[str, tuple[dict[int, Any], dict[int, Any], BusDecoder]] = {
@@ -97,8 +104,8 @@ class Processor:
         # Estimate bounds per message (by schema index), tighter than the batcher's general
         # ones: each value's bound from its signal's size, each pending row reserving them all.
         self._value_bounds: list[list[int]] = []
-        for info in self.schema.messages:
-            message = databases[info.bus][1].get_message_by_name(info.name)
+        for index, info in enumerate(self.schema.messages):
+            message = self.bus_decoders[info.bus].messages_by_index[index]
             self._value_bounds.append(
                 [
                     value_bound(message.get_signal_by_name(s.name).length, s.is_float)
@@ -128,6 +135,7 @@ class Processor:
         self.last_time = 0.0  # timestamp of the newest frame processed
         self._schema_sent_at = -float("inf")
         self.spool_errors = 0
+        self.lost_rows = 0  # rows that could not be encoded (a fault of ours)
         self._spool_error_logged = -float("inf")
         self._stream: str | None = None
         self._lock = threading.Lock()
@@ -151,6 +159,8 @@ class Processor:
             self._run(frames)
             if frames:
                 self.last_time = frames[-1].timestamp
+        if self.campaigns is not None:  # issue 11: the same chunk, to the campaign engine
+            self.campaigns.process(frames)
 
     def _run(self, frames: Sequence[can.Message]) -> None:
         """The hot loop: :meth:`_process_one` (decode, sample, add) inlined for the common case.
@@ -169,6 +179,11 @@ class Processor:
 
         ``spent`` counts reservations not yet in ``_reserved``: it is flushed there before any
         call that may settle or close, and ``room``/``age_due`` are read again after it.
+
+        Fault isolation: a frame whose handling raises is lost and counted (:meth:`_lose`), its
+        message falls back to the plain path, and the loop goes on with the next frame (the
+        loop resumes on the same iterator, so the guard costs nothing per frame). A frame is
+        counted decoded or repeated only once it has been handled whole.
         """
         decoder = self.decoder
         buses = self._tracks_by_bus
@@ -176,7 +191,7 @@ class Processor:
         batcher = self.batcher
         bounds = self._row_bounds
         pending = self._pending
-        handled = decoded = repeated = rows = spent = unknown = 0
+        decoded = repeated = rows = spent = unknown = plain = 0
         skips: list[str] = []  # why each skipped frame was (but unknown IDs), counted at the end
         room = self._room - self._reserved
         age_due = batcher.age_due
@@ -184,107 +199,180 @@ class Processor:
         standard: dict[int, Any] = {}
         extended: dict[int, Any] = {}
         bus: Any = None
+        frames_left = iter(frames)
+        msg: Any = None
+        track: Any = None
         try:
-            for msg in frames:
-                if msg.is_error_frame or msg.is_remote_frame:
+            while True:
+                try:
+                    for msg in frames_left:
+                        track = None
+                        if msg.is_error_frame or msg.is_remote_frame:
+                            self._reserved += spent
+                            spent = 0
+                            plain += 1  # counted by the decoder itself
+                            self._process_one(msg)
+                            room, age_due = self._room - self._reserved, batcher.age_due
+                            continue
+                        channel = msg.channel
+                        if channel is not last_channel:  # frames come in runs of one bus
+                            entry = buses.get(channel)
+                            if entry is None:
+                                skips.append("unknown_bus")
+                                continue
+                            standard, extended, bus = entry
+                            last_channel = channel
+                        arbitration_id = msg.arbitration_id
+                        tracks = extended if msg.is_extended_id else standard
+                        track = tracks.get(arbitration_id)  # a Track, a skip reason, or None
+                        if track is UNKNOWN_ID:  # the commonest skip (interned: by identity)
+                            unknown += 1
+                            continue
+                        kind = track.__class__
+                        if kind is not Track:
+                            if kind is str:
+                                skips.append(track)
+                                continue
+                            track = bus.track(arbitration_id, msg.is_extended_id)
+                            if track is None:  # skipped, or lost (an Unusable message)
+                                lost = bus.unusable(arbitration_id, msg.is_extended_id)
+                                if lost is not None:
+                                    decoder.lose(lost.reason)
+                                else:
+                                    reason = bus.skip_reason(arbitration_id, msg.is_extended_id)
+                                    if reason is UNKNOWN_ID:
+                                        unknown += 1
+                                    else:
+                                        skips.append(reason)
+                                continue
+                            if track.shared:
+                                self._reserved += spent
+                                spent = 0
+                                self._settle_all()  # its group's other track stops deferring
+                                room, age_due = self._room - self._reserved, batcher.age_due
+                        data = msg.data
+                        t = msg.timestamp
+                        if not track.deferred or len(data) != track.length:
+                            self._reserved += spent
+                            spent = 0
+                            self._update(track, msg)
+                            room, age_due = self._room - self._reserved, batcher.age_due
+                            continue
+                        sampler = track.sampler
+                        if data == track.payload:
+                            if t >= sampler.next_check:  # a heartbeat may be due
+                                self._reserved += spent
+                                spent = 0
+                                self._sample_now(track, t, True)
+                                room, age_due = self._room - self._reserved, batcher.age_due
+                            repeated += 1
+                            continue
+                        direct = track.direct
+                        raw = track.raw = direct(data[::-1]) if track.reverse else direct(data)
+                        track.payload = bytes(data)
+                        if t >= sampler.next_check:  # the first frame, or a heartbeat may be due
+                            self._reserved += spent
+                            spent = 0
+                            self._sample_now(track, t, False)
+                            room, age_due = self._room - self._reserved, batcher.age_due
+                            decoded += 1
+                            continue
+                        select = sampler.select
+                        selected = raw if select is None else select(raw)
+                        if selected == sampler.last_raw:
+                            decoded += 1
+                            continue  # only bits of unselected signals changed
+                        sampler.last_raw = selected
+                        times = sampler.pending_times
+                        if not times:
+                            if track.generation != batcher.generation:
+                                self._join(track)
+                                room = self._room - self._reserved
+                            pending.append(track)
+                        times.append(t)
+                        sampler.pending_rows.append(selected)
+                        rows += 1
+                        spent += bounds[track.message_index]
+                        if spent >= room or t >= age_due:
+                            self._reserved += spent
+                            spent = 0
+                            self._check(t)
+                            room, age_due = self._room - self._reserved, batcher.age_due
+                        decoded += 1
+                    break
+                except Exception as exc:  # a fault of ours: this frame only
                     self._reserved += spent
                     spent = 0
-                    self._process_one(msg)
-                    room, age_due = self._room - self._reserved, batcher.age_due
-                    continue
-                channel = msg.channel
-                if channel is not last_channel:  # frames come in runs of one bus
-                    entry = buses.get(channel)  # type: ignore[arg-type]
-                    if entry is None:
-                        skips.append("unknown_bus")
-                        continue
-                    standard, extended, bus = entry
-                    last_channel = channel
-                arbitration_id = msg.arbitration_id
-                tracks = extended if msg.is_extended_id else standard
-                track: Any = tracks.get(arbitration_id)  # a Track, why it is skipped, or None
-                if track is UNKNOWN_ID:  # the commonest skip (interned: compared by identity)
-                    unknown += 1
-                    continue
-                kind = track.__class__
-                if kind is not Track:
-                    if kind is str:
-                        skips.append(track)
-                        continue
-                    new = bus.track(arbitration_id, msg.is_extended_id)
-                    if new is not None and new.shared:
-                        self._reserved += spent
-                        spent = 0
-                        self._settle_all()  # the track it shares a group with stops deferring
-                        room, age_due = self._room - self._reserved, batcher.age_due
-                    track = tracks[arbitration_id]
-                    if track.__class__ is str:
-                        skips.append(track)
-                        continue
-                handled += 1
-                data = msg.data
-                t = msg.timestamp
-                if not track.deferred or len(data) != track.length:
-                    self._reserved += spent
-                    spent = 0
-                    if decoder.update(track, msg):
-                        self._sample(track, t)
-                    room, age_due = self._room - self._reserved, batcher.age_due
-                    continue
-                sampler = track.sampler
-                if data == track.payload:
-                    repeated += 1
-                    if t >= sampler.next_check:  # a heartbeat may be due
-                        self._reserved += spent
-                        spent = 0
-                        self._sample_now(track, t, True)
-                        room, age_due = self._room - self._reserved, batcher.age_due
-                    continue
-                decoded += 1
-                direct = track.direct
-                raw = track.raw = direct(data[::-1]) if track.reverse else direct(data)
-                track.payload = bytes(data)
-                if t >= sampler.next_check:  # the first frame, or a heartbeat may be due
-                    self._reserved += spent
-                    spent = 0
-                    self._sample_now(track, t, False)
-                    room, age_due = self._room - self._reserved, batcher.age_due
-                    continue
-                select = sampler.select
-                selected = raw if select is None else select(raw)
-                if selected == sampler.last_raw:
-                    continue  # only bits of unselected signals changed
-                sampler.last_raw = selected
-                times = sampler.pending_times
-                if not times:
-                    if track.generation != batcher.generation:
-                        self._join(track)
-                        room = self._room - self._reserved
-                    pending.append(track)
-                times.append(t)
-                sampler.pending_rows.append(selected)
-                rows += 1
-                spent += bounds[track.message_index]
-                if spent >= room or t >= age_due:
-                    self._reserved += spent
-                    spent = 0
-                    self._check(t)
+                    self._lose(msg, track, exc)
                     room, age_due = self._room - self._reserved, batcher.age_due
         finally:
             self._reserved += spent
             skipped.update(skips)
             if unknown:
                 skipped[UNKNOWN_ID] += unknown
-            decoder.frames += handled + len(skips) + unknown
+            decoder.frames += len(frames) - plain
             decoder.decoded += decoded
             decoder.repeated += repeated
             self.rows += rows
+
+    def _update(self, track: Track, msg: can.Message) -> None:
+        """Decode and sample a frame of ``track`` the plain way (:meth:`Decoder.update`). If
+        sampling raises, the frame is not left counted as decoded: :meth:`_lose` counts it."""
+        decoder = self.decoder
+        if not decoder.update(track, msg):
+            return
+        try:
+            self._sample(track, msg.timestamp)
+        except Exception:
+            if track.repeated:
+                decoder.repeated -= 1
+            else:
+                decoder.decoded -= 1
+            raise
+
+    def _lose(self, msg: can.Message, track: Track | None, exc: Exception) -> None:
+        """A frame whose handling raised: count it lost and, when it has a track on the fast
+        path, settle what is pending and switch the message to cantools' own path for good."""
+        decoder = self.decoder
+        decoder.lose(type(exc).__name__)
+        name = "?"
+        if isinstance(track, Track):
+            bus = self.decoder.bus(str(msg.channel))
+            name = bus.message_name(track)
+            if track.unpack is not None or track.deferred:
+                try:
+                    self._settle_all()
+                except Exception as settle_error:  # pending rows of this track are gone too
+                    track.sampler.pending_rows.clear()
+                    track.sampler.pending_times.clear()
+                    self._pending.clear()
+                    log.error("settling after a fault failed: %r", settle_error)
+                bus.fall_back(track)
+                log.error(
+                    "message %s: processing a frame failed (%r); that frame is lost and "
+                    "counted, cantools decodes this message from now on",
+                    name,
+                    exc,
+                    exc_info=exc,
+                )
+                return
+        if decoder.lost_reasons[type(exc).__name__] == 1:  # first of its kind: the traceback
+            log.error("message %s: processing a frame failed; lost and counted", name, exc_info=exc)
+        else:
+            log.debug("message %s: processing a frame failed: %r", name, exc)
 
     def _process_one(self, msg: can.Message) -> None:
         """Decode, sample and batch one frame, in plain steps (what :meth:`_run` inlines)."""
         track = self.decoder.decode(msg)
         if track is not None:
-            self._sample(track, msg.timestamp)
+            try:
+                self._sample(track, msg.timestamp)
+            except Exception:
+                if track.repeated:
+                    self.decoder.repeated -= 1
+                else:
+                    self.decoder.decoded -= 1
+                raise
 
     def _sample(self, track: Track, t: float) -> None:
         """Sample the frame ``track`` was just updated with (the decoder's way)."""
@@ -367,7 +455,10 @@ class Processor:
 
     def _measure(self, batch: Batch) -> int:
         self._settle_all()
-        return self.codec.measure(batch, self.schema)
+        try:
+            return self.codec.measure(batch, self.schema)
+        except Exception:  # closed at once; _write then isolates the rows that cause it
+            return self.config.batch.max_bytes
 
     def tick(self) -> None:
         """Periodic housekeeping from the processing loop: close a batch a silent bus left open,
@@ -375,6 +466,8 @@ class Processor:
         with self._lock:
             if self.batcher.expired():
                 self._close()
+            if self.campaigns is not None:  # issue 11: start/expiry without frames
+                self.campaigns.tick()
             if self._clock.monotonic() - self._schema_sent_at >= self.config.batch.schema_interval:
                 self._send_schema()
 
@@ -429,9 +522,13 @@ class Processor:
 
     def _write(self, batch: Batch) -> None:
         codec, schema = self.codec, self.schema
-        envelope = codec.envelope(batch, schema)
-        body = codec.data_body(batch, schema)
-        size = codec.size(KIND_DATA, envelope, body)
+        try:
+            envelope = codec.envelope(batch, schema)
+            body = codec.data_body(batch, schema)
+            size = codec.size(KIND_DATA, envelope, body)
+        except Exception as exc:  # a fault of ours: isolate the rows that cause it
+            self._unencodable(batch, exc)
+            return
         if size > self.config.batch.max_bytes and batch.rows > 1:
             self.splits += 1
             for half in batch.split():
@@ -439,6 +536,16 @@ class Processor:
             return
         if self._spool(KIND_DATA, envelope, body):
             self.batches += 1
+
+    def _unencodable(self, batch: Batch, exc: Exception) -> None:
+        """Encoding ``batch`` raised: encode its halves apart, down to single rows, so that only
+        the rows that cannot be encoded are lost (counted in ``lost_rows``)."""
+        if batch.rows > 1:
+            for half in batch.split():
+                self._write(half)
+            return
+        self.lost_rows += batch.rows
+        log.error("a row could not be encoded (%d lost so far): %r", self.lost_rows, exc)
 
     def stats(self) -> PipelineStats:
         """A snapshot of the counters."""
@@ -454,4 +561,5 @@ class Processor:
             raw_bytes=decode.frames * RAW_FRAME_BYTES,
             payload_bytes=self.payload_bytes,
             spool_errors=self.spool_errors,
+            lost_rows=self.lost_rows,
         )

@@ -44,8 +44,10 @@ not a spool, or reports SQLITE_CORRUPT / SQLITE_NOTADB during operation is moved
 ``-wal`` and ``-shm`` to ``<name>.corrupt-<UTC timestamp>`` (kept for inspection), logged, counted
 in ``recovered_corrupt``, and a fresh spool with a new stream id takes its place; the operation is
 then retried once on it. The new file's counters start at zero, except ``recovered_corrupt``,
-which goes on from the count this process knew. ``quick_check`` walks the whole file at start-up:
-1.6 s for a 200 MB spool from a cold cache here, more on slow flash.
+which goes on from the count this process knew. At most :data:`CORRUPT_KEPT` such files are kept
+(the oldest deleted first, and all but the newest once together they exceed ``max_bytes / 2``),
+counted in ``corrupt_deleted``; the free-space budget sees the ones kept. ``quick_check`` walks
+the whole file at start-up: 1.6 s for a 200 MB spool from a cold cache here, more on slow flash.
 
 Numbers are never reused. Storage that lies about fsync, a power cut on it, or a lost or
 truncated ``-wal`` can roll committed appends back, and the file then reopens at a lower
@@ -112,6 +114,10 @@ DISK_RESERVE = 2 * 1024 * 1024
 _VACUUM_SLACK_PAGES = 256
 
 _MIN_MAX_BYTES = 256 * 1024
+
+#: Corrupt spool files (each with its -wal and -shm) kept aside for inspection; older ones are
+#: deleted, as are all but the newest when together they exceed ``max_bytes / 2``.
+CORRUPT_KEPT = 3
 
 #: Bytes of the ``.sent`` record: a uuid4 hex, a seq and a CRC fit, and it stays in one sector.
 _SENT_MARK_SIZE = 64
@@ -196,6 +202,10 @@ class SpoolStats:
     dead_letters: int
     #: Size on disk of the database and its WAL.
     file_bytes: int
+    #: Corrupt spool files kept aside for inspection (at most :data:`CORRUPT_KEPT`).
+    corrupt_files: int = 0
+    #: Corrupt spool files this process deleted to keep that bound.
+    corrupt_deleted: int = 0
 
 
 class _Unusable(Exception):
@@ -230,6 +240,7 @@ class Spool:
         self._closed = False
         # Known to this process, so that a file replaced during operation keeps the count.
         self._recovered_corrupt = 0
+        self._corrupt_deleted = 0
         self._page_size = 4096
         self._wal_bytes = 0
         self._budget = 0
@@ -247,6 +258,7 @@ class Spool:
             self._conn = self._connect()
         except _Unusable as exc:
             self._conn = self._replace_corrupt(str(exc))
+        self._bound_corrupt()  # files left by earlier runs, or by an older version
 
     # -- public API -------------------------------------------------------------------------
 
@@ -412,6 +424,8 @@ class Spool:
             recovered_corrupt=recovered,
             dead_letters=dead,
             file_bytes=_file_size(self._path) + _file_size(_sibling(self._path, "-wal")),
+            corrupt_files=len(self._corrupt_sets()),
+            corrupt_deleted=self._corrupt_deleted,
         )
 
     # -- helpers ----------------------------------------------------------------------------
@@ -542,10 +556,41 @@ class Spool:
             reason,
             target,
         )
+        self._bound_corrupt()
         try:
             return self._connect()
         except _Unusable as exc:
             raise SpoolError(f"spool {self._path}: a fresh spool is unusable: {exc}") from exc
+
+    def _corrupt_sets(self) -> list[list[Path]]:
+        """The corrupt files beside the spool, grouped with their -wal/-shm, oldest first."""
+        sets: dict[str, list[Path]] = {}
+        for file in self._path.parent.glob(f"{self._path.name}.corrupt-*"):
+            base = file.name.removesuffix("-wal").removesuffix("-shm")
+            sets.setdefault(base, []).append(file)
+
+        def moved_at(files: list[Path]) -> tuple[float, str]:
+            main = min(files, key=lambda f: len(f.name))
+            try:  # a rename sets ctime: when it was moved aside, whatever the wall clock said
+                return main.stat().st_ctime, main.name
+            except OSError:
+                return 0.0, main.name
+
+        return sorted(sets.values(), key=moved_at)
+
+    def _bound_corrupt(self) -> None:
+        """Delete the oldest corrupt files beyond :data:`CORRUPT_KEPT` sets or, the newest set
+        apart, beyond ``max_bytes / 2``; count them in ``corrupt_deleted``."""
+        sets = self._corrupt_sets()
+        total = sum(_file_size(f) for files in sets for f in files)
+        while len(sets) > CORRUPT_KEPT or (len(sets) > 1 and total > self._max_bytes // 2):
+            oldest = sets.pop(0)
+            for file in oldest:
+                total -= _file_size(file)
+                with contextlib.suppress(FileNotFoundError):
+                    file.unlink()
+            self._corrupt_deleted += 1
+            _log.warning("spool %s: deleted %s (corrupt, beyond the bound)", self._path, oldest[0])
 
     def _move_aside(self) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock.time()))

@@ -1,0 +1,743 @@
+"""The campaign engine: conditions, captures and periodic snapshots next to the always-on pipeline.
+
+The :class:`~edge.process.Processor` hands every chunk of frames to :meth:`CampaignEngine.process`
+as well. The engine keeps its own per-ID table of the messages of the configured databases: a
+frame of a message no campaign uses costs one dict lookup and one attribute store (its last frame,
+for ``getSignals`` and snapshots). For the rest:
+
+* messages a capture may need have a :class:`~edge.campaigns.capture.FrameRing` of raw frames;
+* messages whose signals a condition reads are decoded with cantools when their bytes change, and
+  the conditions that read them are evaluated then (``stale()`` conditions also as time passes);
+* a trigger (``rising_edge``: false -> true; ``while_true``: every evaluation that holds) opens a
+  :class:`~edge.campaigns.capture.Capture`, unless ``min_interval`` has not passed since the last
+  one (counted in ``suppressed``); when frame time passes its end, the capture is cut from the rings
+  and every frame of its window is decoded with cantools into rows of one payload (split like any
+  batch when too large), spooled at the campaign's priority;
+* a periodic campaign spools, every ``period`` seconds of frame time, one row per message: its
+  latest frame's values.
+
+Payloads are ordinary data payloads (docs/format.md) against the engine's own schema (the signals
+of every campaign), which the engine sends at priority 0 so it always precedes its data. Their
+envelope's ``ext`` carries ``campaign`` and, for a capture, ``trigger`` (frame time, seconds) and
+``condition``. Times are frame times, so a replay gives the same captures as the drive; ``start``
+and ``expiry`` and the daily byte budget go by the wall clock, so an expired campaign stops even
+while the car is offline.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import can
+from cantools.database.can import Database
+from cantools.database.can import Message as DbMessage
+
+from edge.batch import Batch
+from edge.campaigns.capture import Capture, FrameRing
+from edge.campaigns.config import ALWAYS, CampaignConfig, describe, field_name
+from edge.campaigns.expression import (
+    ConditionState,
+    Expression,
+    ExpressionError,
+    SignalRef,
+    compile_expression,
+)
+from edge.clock import Clock, SystemClock
+from edge.codec import KIND_DATA, KIND_SCHEMA, Codec
+from edge.config import Config
+from edge.errors import ConfigError, SpoolError, TelemetryError
+from edge.payload import Payload
+from edge.schema import Schema, build_schema
+
+__all__ = ["SCHEMA_PRIORITY", "CampaignEngine", "CampaignStats", "raw_frames"]
+
+log = logging.getLogger(__name__)
+
+#: Schema payloads of campaigns go first: a capture must never wait for its schema.
+SCHEMA_PRIORITY = 0
+#: Seconds of ring history kept beyond ``before + after``: a capture closes at the end of the
+#: chunk that passed its end, so the ring must still hold its first frame then.
+_RING_SLACK = 5.0
+
+#: ``append(build, priority=p)``: the spool's append with a delivery priority.
+Append = Callable[..., int]
+
+
+@dataclass(slots=True)
+class CampaignStats:
+    """Counters of one campaign (``listCampaigns``, reported properties, /metrics)."""
+
+    triggers: int = 0
+    suppressed: int = 0  # triggers within min_interval of the previous one
+    captures: int = 0  # captures (or snapshots) spooled
+    payloads: int = 0
+    bytes: int = 0
+    rows: int = 0
+    budget_dropped: int = 0  # captures (or snapshots) over the daily byte budget
+    truncated: int = 0  # captures whose history had been shortened by a ring's caps
+    spool_errors: int = 0
+
+    def as_json(self) -> dict[str, int]:
+        """camelCase counters."""
+        return {
+            "triggers": self.triggers,
+            "suppressed": self.suppressed,
+            "captures": self.captures,
+            "payloads": self.payloads,
+            "bytes": self.bytes,
+            "rows": self.rows,
+            "budgetDropped": self.budget_dropped,
+            "truncated": self.truncated,
+            "spoolErrors": self.spool_errors,
+        }
+
+
+class _Entry:
+    """One message of one bus, as the engine sees it."""
+
+    __slots__ = (
+        "bus",
+        "campaigns",
+        "db",
+        "decode_errors",
+        "index",
+        "inputs",
+        "last",
+        "payload",
+        "ring",
+        "schema_index",
+        "watched",
+    )
+
+    def __init__(self, index: int, bus: str, db: DbMessage) -> None:
+        self.index = index
+        self.bus = bus
+        self.db = db
+        self.last: can.Message | None = None
+        self.ring: FrameRing | None = None
+        self.inputs: list[tuple[str, tuple[str, str, str]]] = []  # (signal, state key)
+        self.watched = False  # a stale() reads its arrival times
+        self.campaigns: list[_Campaign] = []  # conditions to evaluate when it changes
+        self.payload: bytes | None = None
+        self.schema_index: int | None = None
+        self.decode_errors = 0
+
+
+@dataclass(slots=True)
+class _Campaign:
+    """A campaign's configuration, compiled condition and running state."""
+
+    config: CampaignConfig
+    index: int  # in config.campaigns
+    expression: Expression | None
+    #: (entry, [(signal name, schema column)]) for every message holding its signals
+    columns: list[tuple[_Entry, list[tuple[str, int]]]]
+    stats: CampaignStats = field(default_factory=CampaignStats)
+    active: bool = False
+    was_true: bool = False
+    last_trigger: float = -float("inf")
+    next_snapshot: float | None = None
+    day: int = -1
+    day_bytes: int = 0
+
+
+def _matcher(patterns: Sequence[str]) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns) or r"(?!)")
+
+
+class CampaignEngine:
+    """Runs the condition and periodic campaigns of a configuration. See the module docstring.
+
+    ``databases`` are the Processor's ``(bus name, database, j1939)``; ``append`` is the spool's
+    append taking ``priority=``. Raises :class:`ConfigError` naming ``campaigns[i].condition`` for
+    a condition that does not compile against these databases.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        databases: Sequence[tuple[str, Database, bool]],
+        append: Append,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = config
+        self._append = append
+        self._clock = clock or SystemClock()
+        self._lock = threading.RLock()
+        batch = config.batch
+        self.codec = Codec(
+            batch.compression, batch.compression_level, batch.time_resolution, config.vehicle_id
+        )
+        self._ticks = self.codec.ticks_per_second
+        self._entries: list[_Entry] = []
+        self._tables: dict[str, tuple[dict[int, _Entry], dict[int, _Entry]]] = {}
+        by_name: dict[str, list[_Entry]] = {}
+        for bus, db, _j1939 in databases:
+            standard: dict[int, _Entry] = {}
+            extended: dict[int, _Entry] = {}
+            for message in db.messages:
+                entry = _Entry(len(self._entries), bus, message)
+                self._entries.append(entry)
+                table = extended if message.is_extended_frame else standard
+                table.setdefault(message.frame_id, entry)
+                by_name.setdefault(message.name, []).append(entry)
+            self._tables[bus] = (standard, extended)
+        self._by_name = by_name
+        chosen = [(i, c) for i, c in enumerate(config.campaigns) if c.collect != ALWAYS]
+        patterns = _matcher([p for _, c in chosen for p in c.signals])
+        self.schema: Schema = build_schema(
+            databases, lambda _bus, m, s: bool(patterns.match(f"{m.name}.{s.name}"))
+        )
+        self._schema_index = {
+            (self.schema.buses[m.bus], m.name): i for i, m in enumerate(self.schema.messages)
+        }
+        for entry in self._entries:
+            entry.schema_index = self._schema_index.get((entry.bus, entry.db.name))
+        self.campaigns: list[_Campaign] = []
+        windows: dict[tuple[str, str, str], float] = {}
+        for index, campaign in chosen:
+            expression = None
+            if campaign.collect == "condition":
+                try:
+                    expression = compile_expression(
+                        campaign.condition, self._resolve_signal, self._resolve_message
+                    )
+                except ExpressionError as exc:
+                    raise ConfigError(field_name(index, "condition"), str(exc)) from None
+                for key, seconds in expression.windows.items():
+                    windows[key] = max(windows.get(key, 0.0), seconds)
+            self.campaigns.append(
+                _Campaign(campaign, index, expression, self._columns(campaign.signals))
+            )
+        self.state = ConditionState(windows)
+        self._wire()
+        self._open: list[tuple[_Campaign | None, Capture, list[tuple[_Entry, list[Any]]]]] = []
+        self._stream: str | None = None
+        self._schema_sent_at = -float("inf")
+        self.now = -float("inf")  # frame time of the newest frame seen
+        #: the frame time after which a capture ends or a snapshot is due (-inf: look at once)
+        self._due = -float("inf")
+        self.frames = 0
+        self.schemas = 0
+        self.adhoc = CampaignStats()  # captures the ``capture`` method asks for by signals
+        self._refresh(self._clock.time())
+
+    # -- building ------------------------------------------------------------------------------
+
+    def _resolve_signal(self, name: str) -> SignalRef:
+        """``Message.Signal`` or a bare signal name (unique over every bus)."""
+        found: list[tuple[_Entry, str]] = []
+        if "." in name:
+            message, _, signal = name.rpartition(".")
+            for entry in self._by_name.get(message, []):
+                if any(s.name == signal for s in entry.db.signals):
+                    found.append((entry, signal))
+        else:
+            for entry in self._entries:
+                if any(s.name == name for s in entry.db.signals):
+                    found.append((entry, name))
+        if not found:
+            raise LookupError(f"no signal {name!r} in the databases")
+        if len(found) > 1:
+            where = ", ".join(f"{e.bus}:{e.db.name}" for e, _ in found[:4])
+            raise LookupError(f"signal {name!r} is ambiguous ({where}): write Message.Signal")
+        entry, signal_name = found[0]
+        db_signal = entry.db.get_signal_by_name(signal_name)
+        choices: dict[str, float] = {}
+        for raw, choice in (db_signal.choices or {}).items():
+            choices[str(choice)] = float(int(raw) * db_signal.scale + db_signal.offset)
+        return SignalRef(entry.bus, entry.db.name, signal_name, choices)
+
+    def _resolve_message(self, name: str) -> tuple[str, str]:
+        entries = self._by_name.get(name, [])
+        if not entries:
+            raise LookupError(f"no message {name!r} in the databases")
+        if len(entries) > 1:
+            raise LookupError(f"message {name!r} is on several buses")
+        return (entries[0].bus, entries[0].db.name)
+
+    def _columns(self, globs: Sequence[str]) -> list[tuple[_Entry, list[tuple[str, int]]]]:
+        """The schema columns of the signals ``globs`` match, per message."""
+        match = _matcher(globs)
+        out = []
+        for entry in self._entries:
+            if entry.schema_index is None:
+                continue
+            info = self.schema.messages[entry.schema_index]
+            columns = [
+                (s.name, i)
+                for i, s in enumerate(info.signals)
+                if match.match(f"{entry.db.name}.{s.name}")
+            ]
+            if columns:
+                out.append((entry, columns))
+        return out
+
+    def _wire(self) -> None:
+        """Rings for captured messages, decoding for condition inputs."""
+        keep: dict[int, tuple[float, int, int]] = {}
+        for campaign in self.campaigns:
+            cfg = campaign.config
+            if cfg.collect == "condition":
+                for entry, _ in campaign.columns:
+                    seconds, frames, size = keep.get(entry.index, (0.0, 0, 0))
+                    keep[entry.index] = (
+                        max(seconds, cfg.before + cfg.after + _RING_SLACK),
+                        max(frames, cfg.buffer_frames),
+                        max(size, cfg.buffer_bytes),
+                    )
+            expression = campaign.expression
+            if expression is None:
+                continue
+            for bus, message, signal in expression.inputs:
+                entry = self._entry(bus, message)
+                key = (bus, message, signal)
+                if (signal, key) not in entry.inputs:
+                    entry.inputs.append((signal, key))
+                if campaign not in entry.campaigns:
+                    entry.campaigns.append(campaign)
+            for bus, message in expression.messages:
+                entry = self._entry(bus, message)
+                entry.watched = True
+                if campaign not in entry.campaigns:
+                    entry.campaigns.append(campaign)
+        for index, (seconds, frames, size) in keep.items():
+            self._entries[index].ring = FrameRing(seconds, frames, size)
+
+    def _entry(self, bus: str, message: str) -> _Entry:
+        return next(e for e in self._by_name[message] if e.bus == bus)
+
+    # -- the frames ----------------------------------------------------------------------------
+
+    def process(self, frames: Sequence[can.Message]) -> None:
+        """Look at a chunk of frames (the Processor's): rings, conditions, due captures."""
+        with self._lock:
+            tables = self._tables
+            last_channel: object = None
+            standard: dict[int, _Entry] = {}
+            extended: dict[int, _Entry] = {}
+            t = self.now
+            for msg in frames:
+                if msg.is_error_frame or msg.is_remote_frame:
+                    continue
+                channel = msg.channel
+                if channel is not last_channel:
+                    pair = tables.get(channel)  # type: ignore[arg-type]
+                    if pair is None:
+                        continue
+                    standard, extended = pair
+                    last_channel = channel
+                entry = (extended if msg.is_extended_id else standard).get(msg.arbitration_id)
+                if entry is None:
+                    continue
+                entry.last = msg
+                t = msg.timestamp
+                ring = entry.ring
+                if ring is not None:
+                    ring.push(t, bytes(msg.data))
+                if entry.campaigns:
+                    self._inputs(entry, msg, t)
+                if t > self._due:  # a capture ended or a snapshot is due (exact per frame)
+                    self._run_due(t)
+            self.frames += len(frames)
+            if t > self.now:
+                self.now = t
+            self._after(self.now)
+
+    def _inputs(self, entry: _Entry, msg: can.Message, t: float) -> None:
+        """A frame of a message conditions read: update their state and evaluate them."""
+        state = self.state
+        state.now = t
+        if entry.watched:
+            state.seen[(entry.bus, entry.db.name)] = t
+        data = bytes(msg.data)
+        if data == entry.payload and not entry.watched:
+            return  # nothing a condition reads can have changed
+        entry.payload = data
+        changed = entry.watched
+        if entry.inputs:
+            try:
+                values = _decode(entry.db, data, scaling=True)
+            except Exception:  # cantools raises several types for a bad frame: counted
+                entry.decode_errors += 1
+                return
+            state.changed.clear()
+            for signal, key in entry.inputs:
+                value = values.get(signal)
+                if isinstance(value, int | float) and state.update(key, t, float(value)):
+                    changed = True
+        if changed:
+            for campaign in entry.campaigns:
+                self._evaluate(campaign, t)
+
+    def _evaluate(self, campaign: _Campaign, t: float) -> None:
+        if not campaign.active or campaign.expression is None:
+            return
+        truth = campaign.expression(self.state)
+        cfg = campaign.config
+        fire = truth and (cfg.trigger == "while_true" or not campaign.was_true)
+        campaign.was_true = truth
+        if not fire:
+            return
+        if t - campaign.last_trigger < cfg.min_interval:
+            campaign.stats.suppressed += 1
+            return
+        campaign.last_trigger = t
+        campaign.stats.triggers += 1
+        self._open_capture(campaign, t, cfg.before, cfg.after, cfg.condition, campaign.columns)
+
+    def _open_capture(
+        self,
+        campaign: _Campaign | None,
+        t: float,
+        before: float,
+        after: float,
+        condition: str,
+        columns: Sequence[tuple[_Entry, list[tuple[str, int]]]],
+    ) -> Capture:
+        name = campaign.config.name if campaign is not None else "adhoc"
+        capture = Capture(name, t, before, after, condition)
+        self._open.append((campaign, capture, list(columns)))
+        self._due = min(self._due, capture.end)
+        return capture
+
+    def _after(self, now: float) -> None:
+        """Per chunk: start/expiry, stale() conditions, snapshots due, captures that ended."""
+        self._refresh(self._clock.time())
+        for campaign in self.campaigns:
+            if not campaign.active:
+                continue
+            expression = campaign.expression
+            if expression is not None and expression.messages:
+                self.state.now = now
+                self._evaluate(campaign, now)
+        if now > self._due:
+            self._run_due(now)
+
+    def _run_due(self, now: float) -> None:
+        """Snapshots due and captures that ended by frame time ``now``; the next such time."""
+        due = float("inf")
+        for campaign in self.campaigns:
+            if campaign.active and campaign.config.collect == "periodic":
+                self._periodic(campaign, now)
+                assert campaign.next_snapshot is not None
+                due = min(due, campaign.next_snapshot)
+        if self._open:
+            ended = [item for item in self._open if now > item[1].end]
+            if ended:
+                self._open = [item for item in self._open if not now > item[1].end]
+                for owner, capture, columns in ended:
+                    self._close(owner, capture, columns)
+            due = min([due, *(capture.end for _, capture, _ in self._open)])
+        self._due = due
+
+    def _refresh(self, wall: float) -> None:
+        for campaign in self.campaigns:
+            active = campaign.config.active(wall)
+            if active and not campaign.active:
+                campaign.was_true = False  # a rising edge needs a false first
+            campaign.active = active
+
+    def _periodic(self, campaign: _Campaign, now: float) -> None:
+        period = campaign.config.period
+        if campaign.next_snapshot is None:
+            campaign.next_snapshot = now + period
+            return
+        if now < campaign.next_snapshot:
+            return
+        while campaign.next_snapshot <= now:
+            campaign.next_snapshot += period
+        batch = Batch(0.0)
+        for entry, columns in campaign.columns:
+            msg = entry.last
+            if msg is not None:
+                self._add_row(batch, entry, columns, msg.timestamp, bytes(msg.data))
+        if batch.groups:
+            ext = {"campaign": campaign.config.name, "snapshot": now}
+            self._spool_batch(campaign, batch, ext, campaign.config.priority)
+
+    # -- captures into payloads ----------------------------------------------------------------
+
+    def _close(
+        self,
+        campaign: _Campaign | None,
+        capture: Capture,
+        columns: Sequence[tuple[_Entry, list[tuple[str, int]]]],
+    ) -> None:
+        batch = Batch(0.0)
+        raw: dict[tuple[int, int], list[bytes]] = {}
+        raw_wanted = campaign is not None and campaign.config.raw_frames
+        for entry, cols in columns:
+            ring = entry.ring
+            if ring is None:
+                continue
+            oldest = ring.oldest()
+            if ring.overflow and oldest is not None and oldest > capture.start:
+                capture.truncated = True
+            for t, data in ring.window(capture.start, capture.end):
+                self._add_row(batch, entry, cols, t, data)
+                if raw_wanted and entry.schema_index is not None:
+                    key = (entry.schema_index, round(t * self._ticks))
+                    raw.setdefault(key, []).append(data)
+        counters = campaign.stats if campaign is not None else self.adhoc
+        if capture.truncated:
+            counters.truncated += 1
+        if not batch.groups:
+            return
+        ext: dict[str, Any] = {
+            "campaign": capture.campaign,
+            "trigger": capture.trigger,
+            "condition": capture.condition,
+        }
+        priority = campaign.config.priority if campaign is not None else SCHEMA_PRIORITY
+        self._spool_batch(campaign, batch, ext, priority, raw)
+
+    def _add_row(
+        self, batch: Batch, entry: _Entry, columns: list[tuple[str, int]], t: float, data: bytes
+    ) -> None:
+        """One row: every value cantools gives for this frame, as raw integers (floats as is)."""
+        try:
+            values = _decode(entry.db, data, scaling=False)
+        except Exception:  # a frame cantools cannot decode is counted, not fatal
+            entry.decode_errors += 1
+            return
+        items = [(column, values[name]) for name, column in columns if name in values]
+        if items and entry.schema_index is not None:
+            batch.add(entry.schema_index, None, round(t * self._ticks), items)
+
+    def _spool_batch(
+        self,
+        campaign: _Campaign | None,
+        batch: Batch,
+        ext: dict[str, Any],
+        priority: int,
+        raw: Mapping[tuple[int, int], list[bytes]] | None = None,
+    ) -> None:
+        stats = campaign.stats if campaign is not None else self.adhoc
+        parts = self._parts(batch, ext, raw or {})
+        size = sum(self.codec.size(KIND_DATA, envelope, body) for envelope, body in parts)
+        if campaign is not None and campaign.config.daily_bytes is not None:
+            day = int(self._clock.time() // 86_400)
+            if day != campaign.day:
+                campaign.day, campaign.day_bytes = day, 0
+            if campaign.day_bytes + size > campaign.config.daily_bytes:
+                stats.budget_dropped += 1
+                return
+            campaign.day_bytes += size
+        if self._clock.monotonic() - self._schema_sent_at >= self.config.batch.schema_interval:
+            self._send_schema()
+        for envelope, body in parts:
+            written = self._spool(KIND_DATA, envelope, body, priority, ext["campaign"])
+            if written is None:
+                stats.spool_errors += 1
+                continue
+            stats.payloads += 1
+            stats.bytes += written
+        stats.captures += 1
+        stats.rows += batch.rows
+
+    def _parts(
+        self, batch: Batch, ext: Mapping[str, Any], raw: Mapping[tuple[int, int], list[bytes]]
+    ) -> list[tuple[dict[str, Any], bytes]]:
+        """Envelope and body of ``batch``, split in halves until each fits ``max_bytes``; with
+        ``raw`` (raw_frames), each part's ``ext["raw"]`` holds the frames of its own rows."""
+        codec, schema = self.codec, self.schema
+        envelope = codec.envelope(batch, schema)
+        envelope["ext"] = dict(ext)
+        if raw:
+            envelope["ext"]["raw"] = [
+                [index, tick, data]
+                for (index, _source), group in batch.groups.items()
+                for tick in dict.fromkeys(group.times)
+                for data in raw.get((index, tick), ())
+            ]
+        body = codec.data_body(batch, schema)
+        if codec.size(KIND_DATA, envelope, body) > self.config.batch.max_bytes and batch.rows > 1:
+            first, second = batch.split()
+            return self._parts(first, ext, raw) + self._parts(second, ext, raw)
+        return [(envelope, body)]
+
+    def _send_schema(self) -> None:
+        envelope = self.codec.envelope(None, self.schema)
+        body = self.codec.schema_body(self.schema)
+        if self._spool(KIND_SCHEMA, envelope, body, SCHEMA_PRIORITY, None) is not None:
+            self.schemas += 1
+            self._schema_sent_at = self._clock.monotonic()
+
+    def _spool(
+        self,
+        kind: int,
+        envelope: dict[str, Any],
+        body: bytes,
+        priority: int,
+        campaign: str | None,
+    ) -> int | None:
+        """Append one payload; its size, or None when the spool refused it (logged)."""
+        sizes: list[int] = []
+        new_stream = False
+
+        def build(stream: str, seq: int) -> Payload:
+            nonlocal new_stream
+            new_stream = self._stream is not None and stream != self._stream
+            self._stream = stream
+            payload = self.codec.payload(kind, envelope, body, stream, seq)
+            sizes.append(len(payload.body))
+            properties = dict(payload.properties, priority=str(priority))
+            if campaign is not None:
+                properties["campaign"] = campaign
+            return Payload(payload.body, properties)
+
+        try:
+            self._append(build, priority=priority)
+        except SpoolError as exc:
+            log.error("spool refused a campaign payload: %s", exc)
+            return None
+        if new_stream and kind == KIND_DATA:
+            self._send_schema()  # priority 0: delivered before this stream's data all the same
+        return sizes[-1]
+
+    # -- operating it --------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Close every open capture now with the frames it has (shutdown): nothing is lost."""
+        with self._lock:
+            open_, self._open = self._open, []
+            for campaign, capture, columns in open_:
+                self._close(campaign, capture, columns)
+
+    def tick(self) -> None:
+        """Housekeeping without frames: start/expiry by the wall clock."""
+        with self._lock:
+            self._refresh(self._clock.time())
+
+    def trigger(self, name: str) -> Capture:
+        """Open a capture of campaign ``name`` now (the ``capture`` direct method)."""
+        with self._lock:
+            for campaign in self.campaigns:
+                if campaign.config.name == name:
+                    if campaign.config.collect != "condition":
+                        raise TelemetryError(f"campaign {name!r} does not capture")
+                    campaign.stats.triggers += 1
+                    cfg = campaign.config
+                    return self._open_capture(
+                        campaign, self.now, cfg.before, cfg.after, "capture()", campaign.columns
+                    )
+            raise KeyError(name)
+
+    def capture(self, signals: Sequence[str], before: float, after: float) -> Capture:
+        """An ad hoc capture of ``signals`` (globs): only messages that already have a ring (a
+        condition campaign collects them) have history; others have none before now."""
+        with self._lock:
+            columns = [(e, c) for e, c in self._columns(signals) if e.ring is not None]
+            if not columns:
+                raise TelemetryError(
+                    "no captured message matches: ad hoc captures cover the signals of the "
+                    "condition campaigns"
+                )
+            self.adhoc.triggers += 1
+            return self._open_capture(None, self.now, before, after, "capture()", columns)
+
+    def signals(self, globs: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Latest value and time of every signal matching ``globs`` (``getSignals``)."""
+        match = _matcher(list(globs))
+        out: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            for entry in self._entries:
+                msg = entry.last
+                if msg is None:
+                    continue
+                wanted = [
+                    s.name for s in entry.db.signals if match.match(f"{entry.db.name}.{s.name}")
+                ]
+                if not wanted:
+                    continue
+                try:
+                    values = _decode(entry.db, bytes(msg.data), scaling=True)
+                except Exception:
+                    continue
+                for name in wanted:
+                    if name not in values:
+                        continue
+                    value = values[name]
+                    signal = entry.db.get_signal_by_name(name)
+                    choice = None
+                    if signal.choices:
+                        raw = round((float(value) - signal.offset) / signal.scale)
+                        choice = signal.choices.get(raw)
+                    out[f"{entry.db.name}.{name}"] = {
+                        "value": value,
+                        "unit": signal.unit or "",
+                        "choice": None if choice is None else str(choice),
+                        "time": msg.timestamp,
+                        "bus": entry.bus,
+                    }
+        return out
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """State, settings and counters per campaign (``listCampaigns``)."""
+        wall = self._clock.time()
+        out: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            for campaign in self.campaigns:
+                cfg = campaign.config
+                if not cfg.enabled:
+                    state = "disabled"
+                elif cfg.expiry is not None and wall >= cfg.expiry:
+                    state = "expired"
+                elif cfg.start is not None and wall < cfg.start:
+                    state = "scheduled"
+                else:
+                    state = "running"
+                open_ = sum(1 for c, _, _ in self._open if c is campaign)
+                out[cfg.name] = {
+                    "state": state,
+                    "openCaptures": open_,
+                    **describe(cfg),
+                    **campaign.stats.as_json(),
+                }
+        return out
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Counters per campaign (reported properties and /metrics)."""
+        with self._lock:
+            out = {c.config.name: c.stats.as_json() for c in self.campaigns}
+            out["adhoc"] = self.adhoc.as_json()
+            return out
+
+    def ring_stats(self) -> dict[str, int]:
+        """Frames and bytes held in the rings, and frames their caps pushed out."""
+        with self._lock:
+            rings = [e.ring for e in self._entries if e.ring is not None]
+            return {
+                "frames": sum(len(r.times) for r in rings),
+                "bytes": sum(r.bytes for r in rings),
+                "overflow": sum(r.overflow for r in rings),
+                "decodeErrors": sum(e.decode_errors for e in self._entries),
+            }
+
+
+def _decode(message: DbMessage, data: bytes, *, scaling: bool) -> dict[str, Any]:
+    """cantools' values of one frame (numbers: choices not decoded); raises for a bad frame."""
+    values: Any = message.decode(data, decode_choices=False, scaling=scaling)
+    return dict(values)
+
+
+def raw_frames(
+    ext: Mapping[str, Any], schema: Schema, resolution_ns: int
+) -> list[tuple[float, str, str, int, bytes]]:
+    """The raw frames a ``raw_frames`` capture carries in ``ext["raw"]`` (docs/format.md):
+    (time, bus, message, frame id, data) each, ``resolution_ns`` being the envelope's ``res``."""
+    out = []
+    for index, tick, data in ext.get("raw", ()):
+        info = schema.messages[index]
+        out.append(
+            (tick * resolution_ns / 1e9, schema.buses[info.bus], info.name, info.frame_id, data)
+        )
+    return out

@@ -1,0 +1,463 @@
+"""Campaign conditions: a small expression language over signals, parsed once, never ``eval``-ed.
+
+A condition comes from the cloud, so it is parsed with Python's :mod:`ast` in ``eval`` mode and
+only a whitelist of node types is accepted (anything else -- attribute access on values,
+subscripts, lambdas, comprehensions, calls of unknown functions -- is refused with its position).
+The tree is then compiled into small closures; evaluating a condition calls them, nothing more.
+
+Vocabulary (FleetWise's and Kuksa's, which fleet engineers know)::
+
+    ESC_VehicleSpeed > 20 and (ESC_BrakePressure - prev(ESC_BrakePressure, 0.5)) > 40
+    TCM_GearLever == 'R'                    # a choice name, by string
+    ESC_1.ESC_VehicleSpeed                  # Message.Signal, or a bare signal name
+    min(x, 2) / max(x, 2) / avg(x, 2)       # over the last 2 s of values (frame time)
+    prev(x, 0.5)                            # the value x had 0.5 s ago
+    changed(x)                              # x changed with the frame being evaluated
+    stale(ESC_1, 1.5)                       # message ESC_1 has not arrived for 1.5 s
+    abs(x), + - * / %, comparisons (chained), and / or / not, True / False
+
+A signal without a value yet (or an arithmetic error such as a division by zero) makes its
+sub-expression *unknown*: comparisons with unknown are false, so a condition never fires on data
+it has not seen.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.errors import TelemetryError
+
+__all__ = [
+    "ConditionState",
+    "Expression",
+    "ExpressionError",
+    "SignalRef",
+    "compile_expression",
+]
+
+#: Longest window a function may ask for (seconds): history costs memory.
+MAX_WINDOW = 600.0
+#: Longest expression text accepted.
+MAX_LENGTH = 2000
+
+
+class ExpressionError(TelemetryError):
+    """A condition that cannot be compiled: ``column`` is 1-based in the expression text."""
+
+    def __init__(self, reason: str, column: int) -> None:
+        super().__init__(f"column {column}: {reason}")
+        self.reason = reason
+        self.column = column
+
+
+@dataclass(frozen=True, slots=True)
+class SignalRef:
+    """A signal a condition reads: its message, its name and its choices (name -> value)."""
+
+    bus: str
+    message: str
+    signal: str
+    choices: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """The identity of the signal in :class:`ConditionState`."""
+        return (self.bus, self.message, self.signal)
+
+
+Key = tuple[str, str, str]
+#: ``resolve(name)`` -> the signal a name means; raises LookupError with the reason.
+SignalResolver = Callable[[str], SignalRef]
+#: ``resolve(name)`` -> (bus, message) of a message name; raises LookupError with the reason.
+MessageResolver = Callable[[str], tuple[str, str]]
+
+
+class ConditionState:
+    """What conditions read: latest values, their recent history and when messages arrived.
+
+    ``windows`` says how many seconds of history each signal must keep (from the compiled
+    expressions); others keep only their latest value. ``changed`` holds the signals whose value
+    changed with the frame being evaluated; ``now`` is that frame's time.
+    """
+
+    def __init__(self, windows: Mapping[Key, float]) -> None:
+        self.values: dict[Key, float] = {}
+        self.windows = dict(windows)
+        self.history: dict[Key, deque[tuple[float, float]]] = {k: deque() for k in windows}
+        self.seen: dict[tuple[str, str], float] = {}
+        self.changed: set[Key] = set()
+        self.now = 0.0
+
+    def update(self, key: Key, t: float, value: float) -> bool:
+        """Record ``value`` of ``key`` at ``t``; True when it differs from the previous one."""
+        previous = self.values.get(key)
+        self.values[key] = value
+        history = self.history.get(key)
+        if history is not None:
+            history.append((t, value))
+            # Keep one value older than the window: prev() and the window's first value need it.
+            horizon = t - self.windows[key]
+            while len(history) > 1 and history[1][0] <= horizon:
+                history.popleft()
+        if previous != value:
+            self.changed.add(key)
+            return True
+        return False
+
+    def window(self, key: Key, seconds: float) -> list[float]:
+        """The values of ``key`` that held during the last ``seconds`` (the one in force at the
+        start of the window included)."""
+        history = self.history.get(key)
+        if not history:
+            return []
+        start = self.now - seconds
+        out: list[float] = []
+        in_force = None  # the value that held when the window started
+        for t, value in history:
+            if t <= start:
+                in_force = value
+            else:
+                out.append(value)
+        if in_force is not None:
+            out.append(in_force)
+        return out
+
+    def previous(self, key: Key, seconds: float) -> float | None:
+        """The value ``key`` had ``seconds`` ago (None if it had none)."""
+        history = self.history.get(key)
+        if not history:
+            return None
+        start = self.now - seconds
+        found = None
+        for t, value in history:
+            if t > start:
+                break
+            found = value
+        return found
+
+
+Node = Callable[[ConditionState], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Expression:
+    """A compiled condition. ``inputs`` are the signals it reads (evaluate when one changes),
+    ``messages`` the messages ``stale()`` watches (evaluate as time passes), ``windows`` the
+    history each signal needs (seconds)."""
+
+    text: str
+    inputs: frozenset[Key]
+    messages: frozenset[tuple[str, str]]
+    windows: Mapping[Key, float]
+    _root: Node
+
+    def __call__(self, state: ConditionState) -> bool:
+        """Whether the condition holds in ``state``."""
+        return bool(_truth(self._root(state)))
+
+
+_ALLOWED = (
+    ast.Expression,
+    ast.BoolOp,
+    ast.UnaryOp,
+    ast.BinOp,
+    ast.Compare,
+    ast.Name,
+    ast.Attribute,
+    ast.Constant,
+    ast.Call,
+    ast.Load,
+    ast.And,
+    ast.Or,
+    ast.Not,
+    ast.USub,
+    ast.UAdd,
+    ast.Add,
+    ast.Sub,
+    ast.Mult,
+    ast.Div,
+    ast.Mod,
+    ast.Eq,
+    ast.NotEq,
+    ast.Lt,
+    ast.LtE,
+    ast.Gt,
+    ast.GtE,
+)
+
+_BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Mod: operator.mod,
+}
+_COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+}
+_FUNCTIONS = ("min", "max", "avg", "prev", "changed", "stale", "abs")
+
+
+def _truth(value: Any) -> bool:
+    return value is not None and bool(value)
+
+
+def compile_expression(
+    text: str, resolve_signal: SignalResolver, resolve_message: MessageResolver
+) -> Expression:
+    """Parse and compile ``text``; raises :class:`ExpressionError` (with the column) for
+    anything that is not a valid condition over known signals."""
+    if not isinstance(text, str) or not text.strip():
+        raise ExpressionError("empty condition", 1)
+    if len(text) > MAX_LENGTH:
+        raise ExpressionError(f"longer than {MAX_LENGTH} characters", MAX_LENGTH)
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise ExpressionError(
+            f"syntax error: {exc.msg}", exc.offset or len(text.strip()) + 1
+        ) from None
+    for node in ast.walk(tree):
+        if not isinstance(node, _ALLOWED):
+            raise ExpressionError(f"{type(node).__name__} is not allowed", _column(node))
+    compiler = _Compiler(resolve_signal, resolve_message)
+    root = compiler.node(tree.body)
+    return Expression(
+        text,
+        frozenset(compiler.inputs),
+        frozenset(compiler.messages),
+        dict(compiler.windows),
+        root,
+    )
+
+
+def _column(node: ast.AST) -> int:
+    return int(getattr(node, "col_offset", 0)) + 1
+
+
+def _dotted(node: ast.AST) -> str | None:
+    """``a.b.c`` as a string, or None when the node is not a dotted name."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return None if base is None else f"{base}.{node.attr}"
+    return None
+
+
+class _Compiler:
+    """Turns a whitelisted tree into closures, collecting what the expression reads."""
+
+    def __init__(self, resolve_signal: SignalResolver, resolve_message: MessageResolver) -> None:
+        self._signal = resolve_signal
+        self._message = resolve_message
+        self.inputs: set[Key] = set()
+        self.messages: set[tuple[str, str]] = set()
+        self.windows: dict[Key, float] = {}
+
+    def ref(self, node: ast.AST) -> SignalRef:
+        name = _dotted(node)
+        if name is None:
+            raise ExpressionError("expected a signal name", _column(node))
+        if name in ("True", "False"):
+            raise ExpressionError(f"{name} is not a signal", _column(node))
+        try:
+            ref = self._signal(name)
+        except LookupError as exc:
+            raise ExpressionError(str(exc.args[0] if exc.args else exc), _column(node)) from None
+        self.inputs.add(ref.key)
+        return ref
+
+    def node(self, node: ast.AST) -> Node:
+        if isinstance(node, ast.Constant):
+            value = node.value
+            if isinstance(value, str):
+                raise ExpressionError(
+                    "a string only compares with a signal that has choices", _column(node)
+                )
+            if not isinstance(value, int | float):
+                raise ExpressionError(f"constant {value!r} is not a number", _column(node))
+            return lambda _state: value
+        if isinstance(node, ast.Name | ast.Attribute):
+            key = self.ref(node).key
+
+            def signal(state: ConditionState) -> Any:
+                return state.values.get(key)
+
+            return signal
+        if isinstance(node, ast.BoolOp):
+            parts = [self.node(v) for v in node.values]
+            if isinstance(node.op, ast.And):
+                return lambda state: all(_truth(p(state)) for p in parts)
+            return lambda state: any(_truth(p(state)) for p in parts)
+        if isinstance(node, ast.UnaryOp):
+            operand = self.node(node.operand)
+            if isinstance(node.op, ast.Not):
+                return lambda state: not _truth(operand(state))
+            if isinstance(node.op, ast.USub):
+                return lambda state: _neg(operand(state))
+            return operand
+        if isinstance(node, ast.BinOp):
+            op = _BINARY.get(type(node.op))
+            if op is None:
+                raise ExpressionError(f"{type(node.op).__name__} is not allowed", _column(node))
+            left, right = self.node(node.left), self.node(node.right)
+
+            def binary(state: ConditionState) -> Any:
+                a, b = left(state), right(state)
+                if a is None or b is None:
+                    return None
+                try:
+                    return op(a, b)
+                except (ZeroDivisionError, OverflowError):
+                    return None
+
+            return binary
+        if isinstance(node, ast.Compare):
+            return self.compare(node)
+        if isinstance(node, ast.Call):
+            return self.call(node)
+        raise ExpressionError(f"{type(node).__name__} is not allowed", _column(node))
+
+    def compare(self, node: ast.Compare) -> Node:
+        operands = [node.left, *node.comparators]
+        compiled: list[Node] = []
+        for i, operand in enumerate(operands):
+            if isinstance(operand, ast.Constant) and isinstance(operand.value, str):
+                compiled.append(self.choice(operand, operands, i))
+            else:
+                compiled.append(self.node(operand))
+        ops = []
+        for op in node.ops:
+            fn = _COMPARE.get(type(op))
+            if fn is None:
+                raise ExpressionError(f"{type(op).__name__} is not allowed", _column(node))
+            ops.append(fn)
+
+        def compare(state: ConditionState) -> bool:
+            left = compiled[0](state)
+            for fn, right_node in zip(ops, compiled[1:], strict=True):
+                right = right_node(state)
+                if left is None or right is None or not fn(left, right):
+                    return False
+                left = right
+            return True
+
+        return compare
+
+    def choice(self, constant: ast.Constant, operands: list[ast.expr], i: int) -> Node:
+        """A choice name compared with a neighbouring signal: its value, checked now."""
+        name = str(constant.value)
+        neighbours = [operands[j] for j in (i - 1, i + 1) if 0 <= j < len(operands)]
+        for other in neighbours:
+            if _dotted(other) is not None:
+                ref = self.ref(other)
+                if name not in ref.choices:
+                    known = ", ".join(sorted(ref.choices)) or "none"
+                    raise ExpressionError(
+                        f"{ref.message}.{ref.signal} has no choice {name!r} (choices: {known})",
+                        _column(constant),
+                    )
+                value = ref.choices[name]
+                return lambda _state: value
+        raise ExpressionError(
+            "a string only compares with a signal that has choices", _column(constant)
+        )
+
+    def call(self, node: ast.Call) -> Node:
+        name = node.func.id if isinstance(node.func, ast.Name) else None
+        if name not in _FUNCTIONS:
+            raise ExpressionError(
+                f"unknown function (known: {', '.join(_FUNCTIONS)})", _column(node)
+            )
+        if node.keywords:
+            raise ExpressionError(f"{name}() takes no keyword arguments", _column(node))
+        args = node.args
+        expected = {"changed": 1, "abs": 1}.get(name, 2)
+        if len(args) != expected:
+            raise ExpressionError(f"{name}() takes {expected} argument(s)", _column(node))
+        if name == "abs":
+            inner = self.node(args[0])
+            return lambda state: _abs(inner(state))
+        if name == "stale":
+            return self.stale(args)
+        key = self.ref(args[0]).key
+        if name == "changed":
+            return lambda state: key in state.changed
+        seconds = self.seconds(args[1])
+        self.windows[key] = max(self.windows.get(key, 0.0), seconds)
+        if name == "prev":
+            return lambda state: state.previous(key, seconds)
+        reducers: dict[str, Callable[[list[float]], float]] = {
+            "min": _least,
+            "max": _most,
+            "avg": _mean,
+        }
+        reduce = reducers[name]
+
+        def window(state: ConditionState) -> Any:
+            values = state.window(key, seconds)
+            return reduce(values) if values else None
+
+        return window
+
+    def stale(self, args: list[ast.expr]) -> Node:
+        name = _dotted(args[0])
+        if name is None:
+            raise ExpressionError("stale() takes a message name", _column(args[0]))
+        try:
+            message = self._message(name)
+        except LookupError as exc:
+            raise ExpressionError(str(exc.args[0] if exc.args else exc), _column(args[0])) from None
+        seconds = self.seconds(args[1])
+        self.messages.add(message)
+
+        def stale(state: ConditionState) -> bool:
+            seen = state.seen.get(message)
+            return seen is None or state.now - seen > seconds
+
+        return stale
+
+    def seconds(self, node: ast.expr) -> float:
+        if (
+            not isinstance(node, ast.Constant)
+            or isinstance(node.value, bool)
+            or not isinstance(node.value, int | float)
+        ):
+            raise ExpressionError("expected a number of seconds", _column(node))
+        seconds = float(node.value)
+        if not 0 < seconds <= MAX_WINDOW:
+            raise ExpressionError(
+                f"seconds must be in (0, {MAX_WINDOW:g}], got {seconds:g}", _column(node)
+            )
+        return seconds
+
+
+def _least(values: list[float]) -> float:
+    return min(values)
+
+
+def _most(values: list[float]) -> float:
+    return max(values)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _neg(value: Any) -> Any:
+    return None if value is None else -value
+
+
+def _abs(value: Any) -> Any:
+    return None if value is None else abs(value)
