@@ -225,6 +225,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         stats.batches,
         stats.payload_bytes,
     )
+    spool = stats.spool
+    if spool is not None:  # every payload lost or refused on the way, by reason
+        log.warning(
+            "spool: %d pending, %d refused (spool_errors), dropped %d (full) and %d (ttl),"
+            " %d dead letters; corrupt files: %d recovered, %d deleted",
+            spool.depth,
+            stats.spool_errors,
+            spool.dropped_full,
+            spool.dropped_ttl,
+            spool.dead_letters,
+            spool.recovered_corrupt,
+            spool.corrupt_deleted,
+        )
     return 0
 
 

@@ -14,9 +14,10 @@ pipeline's own counters (``stats()``) at scrape time and turns them into metric 
   ``samples_total``, ``batches_total``, ``schema_payloads_total``, ``batch_splits_total``,
   ``raw_bytes_total`` (frames x 16 bytes, a SocketCAN ``struct can_frame``),
   ``payload_bytes_total`` (encoded), ``spool_dropped_total{reason}`` (``full``, ``ttl``),
-  ``spool_recovered_corrupt_total``, ``uplink_sent_total``, ``uplink_retries_total``,
+  ``spool_recovered_corrupt_total``, ``spool_corrupt_deleted_total``, ``uplink_sent_total``,
+  ``uplink_retries_total``,
   ``uplink_errors_total{kind}`` (``transient``, ``permanent``), ``bus_errors_total{bus}``;
-* gauges: ``spool_depth``, ``spool_bytes``, ``spool_file_bytes``,
+* gauges: ``spool_depth``, ``spool_bytes``, ``spool_file_bytes``, ``spool_corrupt_files``,
   ``spool_oldest_age_seconds``, ``spool_dead_letters``, ``last_send_timestamp_seconds``
   (0 before the first send), ``queue_chunks`` and ``queue_capacity_chunks`` (the frame queue),
   ``bus_up{bus}`` (1 while a live bus is open), ``build_info{version}`` (always 1).
@@ -222,6 +223,12 @@ def _pipeline_metrics(f: _Families, stats: PipelineStats) -> None:
             "spool_recovered_corrupt",
             "spool files found corrupt and replaced",
             spool.recovered_corrupt,
+        )
+        f.gauge("spool_corrupt_files", "corrupt spool files kept aside", spool.corrupt_files)
+        f.counter(
+            "spool_corrupt_deleted",
+            "corrupt spool files deleted to bound them",
+            spool.corrupt_deleted,
         )
     forwarder = stats.forwarder
     if forwarder is not None:

@@ -764,6 +764,13 @@ class EdgeModule:
             "spoolDepth": spool.depth,
             "spoolBytes": spool.bytes,
             "droppedBatches": spool.dropped_full + spool.dropped_ttl,
+            "spoolDropped": {"full": spool.dropped_full, "ttl": spool.dropped_ttl},
+            "spoolErrors": stats.spool_errors,
+            "spoolCorrupt": {
+                "recovered": spool.recovered_corrupt,
+                "kept": spool.corrupt_files,
+                "deleted": spool.corrupt_deleted,
+            },
             "deadLetters": spool.dead_letters,
             **self._diagnostics_summary(),
         }

@@ -332,3 +332,18 @@ def test_decode_to_a_bad_output_path_is_a_clear_error(
     )
     assert status == 2
     assert "--output: cannot write" in err and "No such file or directory" in err
+
+
+def test_run_summary_counts_every_payload_the_spool_lost_or_refused(tmp_path: Path) -> None:
+    log = tmp_path / "drive.log"
+    with can.Logger(str(log)) as writer:
+        for msg in VehicleSimulator(seed=2, start_time=1_700_000_000.0).frames(5):
+            writer.on_message_received(msg)
+    config = write_config(tmp_path)
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / "spool.db").write_bytes(b"not a database" * 100)  # moved aside
+    result = cli("run", "--config", str(config), "--replay", str(log), "--speed", "max")
+    assert result.returncode == 0, result.stderr
+    summary = next(line for line in result.stderr.splitlines() if "(spool_errors)" in line)
+    assert "0 refused (spool_errors), dropped 0 (full) and 0 (ttl)" in summary
+    assert "corrupt files: 1 recovered, 0 deleted" in summary

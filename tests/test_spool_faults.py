@@ -14,7 +14,7 @@ from pathlib import Path
 from edge.errors import SpoolError
 from edge.forwarder import Forwarder
 from edge.payload import Payload
-from edge.spool import DISK_RESERVE, Spool
+from edge.spool import CORRUPT_KEPT, DISK_RESERVE, Spool
 from edge.uplinks.file import FileUplink
 from tests.support.smallfs import fill
 from tests.support.waiting import wait_for
@@ -176,3 +176,39 @@ def test_a_damaged_mark_is_taken_as_unknown_and_starts_a_new_stream(tmp_path: Pa
     spool.close()
     path.with_name("spool.db.sent").write_bytes(b"\0" * 64)
     assert Spool(path).stream_id != stream
+
+
+# -- corrupt files moved aside --------------------------------------------------------------------
+
+
+def test_corrupt_files_kept_aside_are_bounded_and_counted(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    deleted = 0
+    for opened in range(5):
+        spool = Spool(path)
+        for _ in range(10):
+            spool.append(numbered)
+        spool.close()
+        path.write_bytes(b"this is not a database" * 1000)  # the next open moves it aside
+        spool = Spool(path)
+        stats = spool.stats()
+        spool.close()
+        assert stats.recovered_corrupt == 1
+        assert stats.corrupt_files == min(opened + 1, CORRUPT_KEPT)
+        deleted += stats.corrupt_deleted
+    assert deleted == 5 - CORRUPT_KEPT
+    aside = sorted(tmp_path.glob("spool.db.corrupt-*"))
+    assert len(aside) == CORRUPT_KEPT
+
+
+def test_corrupt_files_beyond_half_the_cap_are_deleted_but_the_newest(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    cap = 1_000_000
+    for _ in range(2):
+        path.write_bytes(os.urandom(400_000))  # not a database: moved aside at open
+        Spool(path, max_bytes=cap).close()
+    spool = Spool(path, max_bytes=cap)
+    stats = spool.stats()
+    assert stats.corrupt_files == 1  # 800 KB aside > 500 KB: the older one went
+    assert sum(f.stat().st_size for f in tmp_path.glob("spool.db.corrupt-*")) <= cap // 2
+    spool.close()
