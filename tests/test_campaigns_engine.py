@@ -371,3 +371,87 @@ def test_counters_per_campaign_are_kept() -> None:
             sizes["fast"] += len(payload.body)
     assert counters["fast"]["bytes"] == sizes["fast"]
     assert all(unpack(p.body).kind for _, p in collector.payloads)
+
+
+def steady_hour(seconds: float = 3600.0) -> list[can.Message]:
+    """ESC_Status and ESC_BrakeStatus at 10 Hz for ``seconds`` below 20 km/h, then a second at
+    30 km/h: a routine hour with one event at its end."""
+    status = DB.get_message_by_name("ESC_Status")
+    brake = DB.get_message_by_name("ESC_BrakeStatus")
+    frames = []
+    for i in range(int((seconds + 1) * 10)):
+        t = 1000.0 + i / 10
+        speed = 10 + 5 * math.sin(i / 600) if t < 1000.0 + seconds else 30.0
+        values = {"ESC_VehicleSpeed": round(speed, 2), "ESC_LongAccel": 0, "ESC_YawRate": 0}
+        values |= {"ESC_Counter": i % 16, "ESC_Checksum": 0}
+        frames.append(
+            can.Message(
+                timestamp=t,
+                arbitration_id=status.frame_id,
+                data=status.encode(values),
+                is_extended_id=False,
+                channel="can0",
+            )
+        )
+        pressure = {
+            "ESC_BrakePressure": 0,
+            "ESC_BrakePedalPressed": 0,
+            "ESC_ABSActive": 0,
+            "ESC_ParkingBrake": 0,
+        }
+        frames.append(
+            can.Message(
+                timestamp=t + 0.001,
+                arbitration_id=brake.frame_id,
+                data=brake.encode(pressure),
+                is_extended_id=False,
+                channel="can0",
+            )
+        )
+    return frames
+
+
+def test_a_capture_goes_first_behind_an_hour_of_routine_backlog(
+    tmp_path: Path, mosquitto_factory: Any, tls_files: Any
+) -> None:
+    from edge.forwarder import Forwarder
+    from edge.spool import Spool
+    from edge.uplinks.mqtt import MqttOptions, MqttUplink
+    from tests.support.mosquitto import Subscriber, free_port
+    from tests.support.tcpproxy import TcpProxy
+    from tests.support.waiting import wait_for
+
+    broker = mosquitto_factory("127.0.0.1", free_port())
+    spool = Spool(tmp_path / "spool.db")
+    processor = Processor(
+        config({**FAST, "after": 0.5}, batch={"max_age": 5.0}),
+        lambda build, priority=5: spool.append(build, priority=priority),
+    )
+    # The uplink is down: nothing listens where it connects until the proxy opens there.
+    port = free_port()
+    options = {"host": "127.0.0.1", "port": port, "ca_file": str(tls_files.ca_file)}
+    uplink = MqttUplink(MqttOptions.parse({**options, "keepalive": 5}, "uplink"))
+    forwarder = Forwarder(spool, uplink, send_timeout=2, backoff_initial=0.05, backoff_max=0.2)
+    forwarder.start()
+    try:
+        frames = steady_hour()
+        for start in range(0, len(frames), 1000):
+            processor.process(frames[start : start + 1000])
+        wait_for(lambda: forwarder.stats().transient_errors > 0, 10)
+        depth = spool.stats().depth
+        assert depth > 700  # 720 batches of 5 s, schemas, the capture
+        with (
+            Subscriber(broker, "#") as subscriber,
+            TcpProxy(("127.0.0.1", port), ("127.0.0.1", broker.port)),
+        ):
+            received = [subscriber.get(timeout=20) for _ in range(depth)]
+    finally:
+        forwarder.stop()
+        uplink.close()
+        spool.close()
+    properties = [dict(m.properties.UserProperty) for m in received]
+    first_data = next(p for p in properties if p["kind"] == "data")
+    assert first_data.get("campaign") == "fast" and first_data["priority"] == "0"
+    assert [p["kind"] for p in properties[: properties.index(first_data)]] == ["schema"]
+    routine = [int(p["seq"]) for p in properties if "priority" not in p]  # the always campaign
+    assert routine == sorted(routine) and len(routine) == depth - 2  # order kept within one
