@@ -14,8 +14,10 @@ Modes, per signal (configured by glob on ``Message.Signal``; the first matching 
 
 All times are frame times, so a replay at any speed gives the same samples as the live drive.
 When frame time steps back (an NTP step, a replay starting over), rate limits and heartbeats
-count from the step instead of waiting for the clock to catch up: a frame older than the last
-send finds its interval over, and :meth:`TrackSampler.restart_timers` starts them all again.
+count from the step instead of waiting for the clock to catch up
+(:meth:`TrackSampler.restart_timers`, called on a frame more than
+:data:`~edge.source.TIME_STEP_BACK` older than the newest one sampled, and by the pipeline for
+the frames the processing stage does not show the sampler).
 
 NaN: a float signal that becomes NaN, or stops being NaN, has changed (whatever the deadband);
 NaN followed by NaN has not.
@@ -37,6 +39,7 @@ from cantools.database.can.signal import Signal
 from edge.batch import Group
 from edge.config import SignalRule, SignalsConfig
 from edge.schema import MessageInfo
+from edge.source import TIME_STEP_BACK
 
 if TYPE_CHECKING:
     from edge.vss.mapping import VssMapping
@@ -140,6 +143,7 @@ class TrackSampler:
         "_last",
         "_modes",
         "_names",
+        "_newest",
         "_sent_at",
         "fast",
         "last_raw",
@@ -164,6 +168,7 @@ class TrackSampler:
         self._heartbeats = [p.heartbeat for p in policies]
         self._last: list[int | float | None] = [None] * len(policies)
         self._sent_at = [-math.inf] * len(policies)
+        self._newest = -math.inf  # time of the newest frame sampled in full
         #: frames before this time that repeat their predecessor can produce no sample
         self.next_check = -math.inf
         #: every signal on_change without deadband: rows may be deferred (see the class doc)
@@ -202,6 +207,9 @@ class TrackSampler:
         """
         if repeated and t < self.next_check:
             return []
+        if t < self._newest - TIME_STEP_BACK:
+            self.restart_timers()
+        self._newest = t
         if self.fast:
             return self._changes(t, values)
         index = self._index
@@ -222,9 +230,8 @@ class TrackSampler:
                 continue
             heartbeat = heartbeats[i]
             previous = last[i]
-            elapsed = t - sent_at[i]
             if (value != previous and (value == value or previous == previous)) or (
-                heartbeat and not 0 <= elapsed < heartbeat  # due, or time stepped back
+                heartbeat and t - sent_at[i] >= heartbeat
             ):
                 out.append((i, value))
                 last[i] = value
@@ -241,6 +248,9 @@ class TrackSampler:
         if repeated and t < self.next_check:
             return []
         assert not self.pending_rows, "settle the pending rows first"
+        if t < self._newest - TIME_STEP_BACK:
+            self.restart_timers()
+        self._newest = t
         selected = raw if self.select is None else self.select(raw)
         out = self._evaluate(t, enumerate(selected))
         if self.fast:  # on_change without deadband: what was last sent is what was last seen
@@ -298,23 +308,22 @@ class TrackSampler:
             mode = self._modes[i]
             previous = last[i]
             heartbeat = self._heartbeats[i]
-            elapsed = t - sent_at[i]
-            if elapsed < 0:  # time stepped back since the last send: the wait is over
-                elapsed = math.inf
-            deadband = self._deadbands[i]
             send = False
             if mode == _EVERY or previous is None:
                 send = True
             elif (
                 value != previous
                 and (value == value or previous == previous)  # NaN to NaN is no change
-                and (not deadband or not abs(value - previous) <= deadband)  # NaN: a change
+                and (
+                    not (deadband := self._deadbands[i])
+                    or not abs(value - previous) <= deadband  # true for a change to/from NaN
+                )
             ):
-                if mode == _ON_CHANGE or elapsed >= self._intervals[i]:
+                if mode == _ON_CHANGE or t - sent_at[i] >= self._intervals[i]:
                     send = True
                 else:  # held back by the rate limit: look again when the interval is over
                     next_check = min(next_check, sent_at[i] + self._intervals[i])
-            elif heartbeat and elapsed >= heartbeat:
+            elif heartbeat and t - sent_at[i] >= heartbeat:
                 send = True
             if send:
                 out.append((i, value))
