@@ -225,6 +225,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         stats.batches,
         stats.payload_bytes,
     )
+    sources = stats.sources.values()
+    log.warning(  # frames skipped before processing, and clock steps, over every source
+        "sources: %d frames skipped for a bad timestamp, %d log lines unreadable; "
+        "clock stepped back %d times, jumped forwards %d times",
+        sum(s.get("bad_timestamp", 0) for s in sources),
+        sum(s.get("bad_lines", 0) for s in sources),
+        sum(s.get("time_steps_back", 0) for s in sources),
+        sum(s.get("time_jumps", 0) for s in sources),
+    )
     spool = stats.spool
     if spool is not None:  # every payload lost or refused on the way, by reason
         log.warning(

@@ -171,6 +171,22 @@ def _pipeline_metrics(f: _Families, stats: PipelineStats) -> None:
     for bus, source in sorted(stats.sources.items()):
         f.counter("frames", "CAN frames read, by bus (or replay)", source.get("frames", 0), bus=bus)
     for bus, source in sorted(stats.sources.items()):
+        for reason, key in (("bad_timestamp", "bad_timestamp"), ("bad_line", "bad_lines")):
+            if key in source:  # edge/source.py: dropped before the processing stage
+                f.counter(
+                    "source_skipped",
+                    "frames skipped by a source, by reason",
+                    source[key],
+                    bus=bus,
+                    reason=reason,
+                )
+        if "time_steps_back" in source:
+            f.counter(
+                "time_steps_back",
+                "times frame time stepped back (NTP, a replay loop)",
+                source["time_steps_back"],
+                bus=bus,
+            )
         if "connected" in source:
             f.gauge("bus_up", "1 while a live bus is open", bool(source["connected"]), bus=bus)
             f.counter(

@@ -347,3 +347,11 @@ def test_run_summary_counts_every_payload_the_spool_lost_or_refused(tmp_path: Pa
     summary = next(line for line in result.stderr.splitlines() if "(spool_errors)" in line)
     assert "0 refused (spool_errors), dropped 0 (full) and 0 (ttl)" in summary
     assert "corrupt files: 1 recovered, 0 deleted" in summary
+
+
+def test_run_summary_counts_what_the_replay_skipped(tmp_path: Path) -> None:
+    log = tmp_path / "poison.log"
+    log.write_text("(1.0) can0 100#01\n(nan) can0 100#02\ngarbage\n(1.1) can0 100#03\n")
+    result = cli("run", "--config", str(write_config(tmp_path)), "--replay", str(log))
+    assert result.returncode == 0, result.stderr
+    assert "sources: 1 frames skipped for a bad timestamp, 1 log lines unreadable" in result.stderr

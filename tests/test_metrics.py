@@ -4,6 +4,7 @@ died."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import urllib.error
@@ -166,6 +167,17 @@ def test_metrics_are_read_from_the_pipeline_at_scrape_time(
     assert abs(last_send - time.time()) < 60
     assert any(name == "can_telemetry_build_info" for name, _ in metrics)
     assert get(port, "/other")[0] == 404
+
+
+def test_frames_a_source_skips_are_counted_by_reason(module: EdgeModule, channel: str) -> None:
+    wait_for(lambda: (s := module.stats()) is not None and s.sources["vehicle"]["connected"])
+    poison = can.Message(timestamp=math.nan, arbitration_id=0x7FE, data=bytes(8), channel=channel)
+    send(channel, [poison])
+    port = module.metrics_port
+    assert port
+    key = ("can_telemetry_source_skipped_total", (("bus", "vehicle"), ("reason", "bad_timestamp")))
+    wait_for(lambda: scrape(port).get(key) == 1, what="source_skipped{reason=bad_timestamp}")
+    assert scrape(port)[("can_telemetry_time_steps_back_total", (("bus", "vehicle"),))] == 0
 
 
 def test_healthz_fails_while_the_processing_stage_is_stalled(
