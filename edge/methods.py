@@ -19,7 +19,19 @@ method         payload                 answer (status 200)
                "did": "F190"}``        (and ``name``, ``value``, ``text`` when configured)
 ``getVin``     none, ``{}`` or         the VIN read at start, or now with ``refresh``:
                ``{"refresh": true}``   ``{"vin": "...", "bus": "..."}``
+``getSignals`` none, ``{}`` or         the last-known state: latest value, unit, choice, bus
+               ``{"signals": [globs]}``  and frame time of each signal matching the globs on
+                                       ``Message.Signal`` (default all; at most 500)
+``capture``    ``{"campaign": name}``  triggers a condition campaign now, or an ad hoc
+               or ``{"signals": [...], capture of the signals the campaigns keep history of;
+               "before": s,            ``{"campaign", "trigger", "end"}`` (frame times); the
+               "after": s}``           capture is spooled when frame time passes ``end``
+``listCampaigns`` none or ``{}``       state, settings and counters per campaign, and the
+                                       history rings' frames, bytes and overflow
 =============  ======================  =====================================================
+
+Campaign methods (issue 11) answer 409 when no campaign is configured (the engine that keeps the
+last-known state runs only then) and 400 for an unknown campaign.
 
 Diagnostics methods answer 409 when no bus enables diagnostics, 400 for an unknown ECU or a
 malformed DID, 403 for ``clear`` where ``allow_clear`` is off, 408 when the ECU did not answer
@@ -54,7 +66,20 @@ __all__ = ["METHOD_NAMES", "DirectMethods", "MethodServer", "ModuleApi", "redact
 
 log = logging.getLogger(__name__)
 
-METHOD_NAMES = ("getStats", "flush", "getConfig", "readDtcs", "readDid", "getVin")
+METHOD_NAMES = (
+    "getStats",
+    "flush",
+    "getConfig",
+    "readDtcs",
+    "readDid",
+    "getVin",
+    "getSignals",
+    "capture",
+    "listCampaigns",
+)
+
+#: Most signals one ``getSignals`` answers with (a method response is limited to 128 KB).
+MAX_SIGNALS = 500
 
 #: Longest ``wait`` a flush accepts (IoT Hub's method timeout defaults to 30 s, max 300 s).
 MAX_FLUSH_WAIT = 60.0
@@ -87,6 +112,10 @@ class ModuleApi(Protocol):
     def diagnostics(self) -> Any:
         """The running :class:`edge.diagnostics.service.Diagnostics`, None when every bus is
         listen-only."""
+        ...
+
+    def campaigns(self) -> Any:
+        """The running :class:`edge.campaigns.engine.CampaignEngine`, None without campaigns."""
         ...
 
 
@@ -126,6 +155,9 @@ class DirectMethods:
             "readDtcs": self.read_dtcs,
             "readDid": self.read_did,
             "getVin": self.get_vin,
+            "getSignals": self.get_signals,
+            "capture": self.capture,
+            "listCampaigns": self.list_campaigns,
         }
 
     def handle(self, name: str, payload: Any) -> Result:
@@ -235,6 +267,51 @@ class DirectMethods:
         options.finish()
         diagnostics = self._diagnostics()
         return self._diagnose(lambda: diagnostics.get_vin(refresh=refresh))
+
+
+    def _campaigns(self) -> Any:
+        engine = self._api.campaigns()
+        if engine is None:
+            raise TelemetryError("no campaign is configured ([[campaigns]] or config.campaigns)")
+        return engine
+
+    def get_signals(self, payload: Any) -> Result:
+        """``getSignals``: latest value and time of the signals matching the globs."""
+        options = _options(payload)
+        globs = options.str_list("signals", ("*",))
+        options.finish()
+        found = self._campaigns().signals(globs)
+        names = sorted(found)[:MAX_SIGNALS]
+        return 200, {
+            "signals": {name: found[name] for name in names},
+            "truncated": len(found) > len(names),
+        }
+
+    def capture(self, payload: Any) -> Result:
+        """``capture``: trigger a named campaign now, or an ad hoc capture of ``signals``."""
+        options = _options(payload)
+        name = options.str("campaign", None)
+        globs = options.str_list("signals", None)
+        before = options.float("before", 10.0, min=0.0, max=600.0)
+        after = options.float("after", 10.0, min=0.0, max=600.0)
+        options.finish()
+        if (name is None) == (globs is None):
+            raise _BadRequest("payload: give either campaign or signals")
+        engine = self._campaigns()
+        if name is not None:
+            try:
+                capture = engine.trigger(name)
+            except KeyError:
+                raise _BadRequest(f"payload.campaign: no campaign named {name!r}") from None
+        else:
+            capture = engine.capture(globs, before, after)
+        return 200, {"campaign": capture.campaign, "trigger": capture.trigger, "end": capture.end}
+
+    def list_campaigns(self, payload: Any) -> Result:
+        """``listCampaigns``: state, settings and counters of every campaign."""
+        _no_options(payload)
+        engine = self._campaigns()
+        return 200, {"campaigns": engine.describe(), "history": engine.ring_stats()}
 
 
 def _did(value: Any) -> int:

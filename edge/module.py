@@ -773,7 +773,15 @@ class EdgeModule:
             },
             "deadLetters": spool.dead_letters,
             **self._diagnostics_summary(),
+            **self._campaigns_summary(),
         }
+
+    def _campaigns_summary(self) -> dict[str, Any]:
+        """Per-campaign counters (issue 11), when campaigns run."""
+        engine = self.campaigns()
+        if engine is None:
+            return {}
+        return {"campaigns": engine.counters(), "campaignHistory": engine.ring_stats()}
 
     def _diagnostics_summary(self) -> dict[str, Any]:
         diagnostics = self.diagnostics()
@@ -784,6 +792,11 @@ class EdgeModule:
         listen-only or nothing is configured yet."""
         front = self._front
         return None if front is None else front.diagnostics
+
+    def campaigns(self) -> Any:
+        """The running campaign engine (edge.campaigns.engine), None without campaigns."""
+        front = self._front
+        return None if front is None else front.processor.campaigns
 
     def flush(self) -> None:
         """Close the open batch into the spool and wake the forwarder."""

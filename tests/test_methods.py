@@ -383,3 +383,78 @@ def test_clear_dtcs_needs_the_option_and_the_argument(
 def test_diagnostics_methods_without_diagnostics_answer_409(module: EdgeModule) -> None:
     status, answer = module.methods.handle("getVin", None)
     assert status == 409 and "not enabled" in answer["error"]
+
+
+# -- campaigns (edge/campaigns/): getSignals, capture, listCampaigns ---------------------------
+
+CAMPAIGNS = [
+    {
+        "name": "fast",
+        "condition": "ESC_VehicleSpeed > 1000",  # never: captures come from the method
+        "signals": ["ESC_Status.*"],
+        "before": 0.5,
+        "after": 0.2,
+        "priority": 0,
+    },
+    {"name": "snap", "collect": "periodic", "period": 0.5, "signals": ["BMS_PackStatus.*"]},
+]
+
+
+def test_campaign_methods(tmp_path: Path, channel: str) -> None:
+    module = start(tmp_path, settings(tmp_path, channel, campaigns=CAMPAIGNS))
+    try:
+        drive(module, channel)
+        handle = module.methods.handle
+        status, answer = handle("getSignals", {"signals": ["ESC_Status.ESC_Vehicle*", "TCM_*"]})
+        assert status == 200 and not answer["truncated"]
+        assert set(answer["signals"]) == {
+            "ESC_Status.ESC_VehicleSpeed",
+            "TCM_GearStatus.TCM_GearLever",
+            "TCM_GearStatus.TCM_CurrentGear",
+            "TCM_GearStatus.TCM_OilTemp",
+            "TCM_GearStatus.TCM_ConverterLocked",
+        }
+        lever = answer["signals"]["TCM_GearStatus.TCM_GearLever"]
+        assert lever["choice"] in {"P", "R", "N", "D"} and lever["unit"] == ""
+        json.dumps(answer)
+
+        status, answer = handle("capture", {"campaign": "fast"})
+        assert status == 200 and answer["end"] == answer["trigger"] + 0.2
+        adhoc_request = {"signals": ["ESC_Status.*"], "before": 0.3, "after": 0.2}
+        status, adhoc = handle("capture", adhoc_request)
+        assert status == 200 and adhoc["campaign"] == "adhoc"
+        assert handle("capture", {"campaign": "nope"})[0] == 400
+        assert handle("capture", {"campaign": "snap"})[0] == 409  # it does not capture
+        assert handle("capture", {})[0] == 400
+        assert handle("capture", {"campaign": "fast", "after": -1})[0] == 400
+
+        # one more second of driving, after the first: frame time passes the captures' ends
+        later = VehicleSimulator(seed=3, start_time=1_700_000_001.5, channel=channel).frames(1.0)
+        before = counters(module).frames
+        sent = list(later)
+        with can.Bus(interface="virtual", channel=channel, preserve_timestamps=True) as bus:
+            for msg in sent:
+                bus.send(msg)
+        wait_for(lambda: counters(module).frames == before + len(sent))
+        status, answer = handle("listCampaigns", None)
+        assert status == 200
+        fast, snap = answer["campaigns"]["fast"], answer["campaigns"]["snap"]
+        assert (fast["state"], fast["triggers"], fast["captures"]) == ("running", 1, 1)
+        assert fast["openCaptures"] == 0 and fast["bytes"] > 0
+        assert snap["captures"] >= 2
+        assert answer["history"]["frames"] > 0
+        stats = handle("getStats", None)[1]
+        assert stats["campaigns"]["fast"]["captures"] == 1
+        assert stats["campaigns"]["adhoc"]["captures"] == 1
+    finally:
+        module.stop(drain_timeout=0)
+
+
+def test_campaign_methods_without_campaigns_answer_409(module: EdgeModule) -> None:
+    for name, payload in (
+        ("getSignals", None),
+        ("capture", {"campaign": "x"}),
+        ("listCampaigns", None),
+    ):
+        status, answer = module.methods.handle(name, payload)
+        assert status == 409 and "no campaign" in answer["error"]
