@@ -83,7 +83,7 @@ def test_a_full_table() -> None:
         ),
         (
             {"buses": [{"bus": "can0", "j1939": {}, "when": "Speed >"}]},
-            "diagnostics.buses[0].when: syntax error",
+            "diagnostics.buses[0].when: column 8: syntax error",
         ),
         (
             {"buses": [{"bus": "can0", "obd": {"pids": [{"pid": 0x100, "period": 1}]}}]},

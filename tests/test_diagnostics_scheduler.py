@@ -18,6 +18,7 @@ from edge.diagnostics.records import DiagRecord
 from edge.diagnostics.scheduler import BusDiagnostics, RateLimiter
 from edge.diagnostics.service import Diagnostics
 from edge.diagnostics.transport import DiagnosticTimeout, NegativeResponse
+from edge.errors import ConfigError
 from edge.simulate_ecus import DEMO_VIN, SimulatedEcus
 from tests.support.diagnostics import diag_config
 from tests.support.waiting import wait_for
@@ -257,3 +258,12 @@ def test_j1939_vin_by_request(vehicle_channel: str, ecus: SimulatedEcus) -> None
     vin = next(r for r in recorder.records if r.kind == "vin")
     assert (vin.text, vin.ecu, vin.source) == (DEMO_VIN, "SA00", 0)
     assert ecus.requests["J1939"] == 1
+
+
+def test_a_condition_on_an_unknown_signal_stops_start_up(vehicle_channel: str) -> None:
+    config = parse_config(diag_config(vehicle_channel, when="ECM_EngineStatus.Nope > 1"))
+    with pytest.raises(ConfigError) as info:
+        Diagnostics(config, Recorder())
+    assert str(info.value) == (
+        "diagnostics.buses[0].when: column 1: no signal 'ECM_EngineStatus.Nope' on bus 'vehicle'"
+    )

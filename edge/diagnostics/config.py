@@ -8,11 +8,11 @@ docs/diagnostics.md.
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from edge.diagnostics.condition import Condition, ConditionError
 from edge.settings import Table
 
 __all__ = [
@@ -142,10 +142,13 @@ def _bus(t: Table, bus_names: Sequence[str]) -> DiagBusConfig:
         raise t.error("bus", f"no bus named {bus!r}")
     when = t.str("when", None)
     if when is not None:
+        # Syntax here; names are resolved against the bus's databases when the diagnostics are
+        # built, before anything starts (edge.campaigns.expression, as campaign conditions).
         try:
-            Condition(when)
-        except ConditionError as exc:
-            raise t.error("when", str(exc)) from None
+            ast.parse(when.strip(), mode="eval")
+        except SyntaxError as exc:
+            column = exc.offset or len(when.strip()) + 1
+            raise t.error("when", f"column {column}: syntax error: {exc.msg}") from None
     obd = _obd(t.table("obd")) if t.has("obd") else None
     uds = tuple(_uds(u) for u in t.tables("uds"))
     ecus = [u.name for u in uds]

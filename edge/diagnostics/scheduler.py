@@ -30,9 +30,15 @@ from typing import Any
 
 import can
 
+from edge.campaigns.expression import (
+    ConditionState,
+    Expression,
+    ExpressionError,
+    SignalRef,
+    compile_expression,
+)
 from edge.clock import Clock, SystemClock
 from edge.config import BusConfig
-from edge.diagnostics.condition import Condition
 from edge.diagnostics.config import DiagBusConfig
 from edge.diagnostics.dtc import j1939_dtc_text, uds_dtc_text
 from edge.diagnostics.j1939 import (
@@ -166,15 +172,17 @@ class BusDiagnostics:
         self.j1939: J1939Reassembler | None = None
         self._j1939_vin = threading.Event()
         self._pause_until = -float("inf")
+        self._state_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._jobs: list[_Job] = []
         self._order = itertools.count()
-        self.condition = Condition(config.when) if config.when else None
-        self._values: dict[str, float] = {}
+        #: ``when``, compiled against the bus's databases (edge.campaigns.expression)
+        self.condition: Expression | None = None
+        self._state = ConditionState({})
         self._condition_messages: dict[tuple[int, bool], Any] = {}
-        if self.condition is not None and condition_database is not None:
-            self._watch(condition_database)
+        if config.when:
+            self._compile_condition(config.when, condition_database)
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -300,7 +308,7 @@ class BusDiagnostics:
                 self._stop.wait(min(_IDLE, self._pause_until - now))
                 continue
             job = heapq.heappop(self._jobs)
-            if self.condition is not None and not self.condition(self._values):
+            if self.condition is not None and not self._condition_holds():
                 self.counters["gated"] += 1
                 job.due = now + max(job.period, 1.0)  # look again later, not at once
                 heapq.heappush(self._jobs, job)
@@ -501,20 +509,64 @@ class BusDiagnostics:
                     decoded = message.decode(msg.data, decode_choices=False)
                 except Exception:  # a frame the gate cannot read leaves the old values
                     return
-                for signal, value in decoded.items():
-                    self._values[f"{message.name}.{signal}"] = value
-                    self._values[signal] = value
+                bus, state = self.config.bus, self._state
+                with self._state_lock:
+                    state.seen[(bus, message.name)] = msg.timestamp
+                    for signal, value in decoded.items():
+                        state.update((bus, message.name, signal), msg.timestamp, float(value))
 
-    def _watch(self, database: Any) -> None:
+    def _condition_holds(self) -> bool:
         assert self.condition is not None
-        for name in self.condition.names:
-            message_name = name.split(".", 1)[0] if "." in name else None
-            for message in database.messages:
-                if message.name == message_name or (
-                    message_name is None and any(s.name == name for s in message.signals)
-                ):
-                    key = (message.frame_id, bool(message.is_extended_frame))
-                    self._condition_messages[key] = message
+        with self._state_lock:
+            state = self._state
+            state.now = max(state.seen.values(), default=0.0)
+            state.changed.clear()
+            return self.condition(state)
+
+    def _compile_condition(self, text: str, database: Any) -> None:
+        """Compile ``when`` against the bus's database (ConfigError for field ``when``)."""
+        from edge.errors import ConfigError
+
+        if database is None:
+            raise ConfigError("diagnostics.when", "needs the bus's databases")
+        bus = self.config.bus
+        by_name = {m.name: m for m in database.messages}
+
+        def resolve_signal(name: str) -> SignalRef:
+            message_name, _, signal = name.rpartition(".")
+            if message_name:
+                candidates = [by_name[message_name]] if message_name in by_name else []
+            else:
+                candidates = list(database.messages)
+            found = [m for m in candidates if any(s.name == signal for s in m.signals)]
+            if not found:
+                raise LookupError(f"no signal {name!r} on bus {bus!r}")
+            if len(found) > 1:
+                raise LookupError(f"signal {name!r} is ambiguous: write Message.Signal")
+            db_signal = found[0].get_signal_by_name(signal)
+            choices = {
+                str(c): float(int(raw) * db_signal.scale + db_signal.offset)
+                for raw, c in (db_signal.choices or {}).items()
+            }
+            return SignalRef(bus, found[0].name, signal, choices)
+
+        def resolve_message(name: str) -> tuple[str, str]:
+            if name not in by_name:
+                raise LookupError(f"no message {name!r} on bus {bus!r}")
+            return (bus, name)
+
+        try:
+            expression = compile_expression(text, resolve_signal, resolve_message)
+        except ExpressionError as exc:
+            raise ConfigError("when", str(exc)) from None
+        self.condition = expression
+        self._state = ConditionState(expression.windows)
+        for _, message_name, _ in expression.inputs:
+            message = by_name[message_name]
+            self._condition_messages[(message.frame_id, bool(message.is_extended_frame))] = message
+        for _, message_name in expression.messages:
+            message = by_name[message_name]
+            self._condition_messages[(message.frame_id, bool(message.is_extended_frame))] = message
 
     def _on_j1939(self, pgn: int, source: int, data: bytes, t: float) -> None:
         ecu = f"SA{source:02X}"

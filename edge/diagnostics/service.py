@@ -21,7 +21,7 @@ from edge.config import Config
 from edge.diagnostics.records import EXT_KEY, DiagRecord, records_to_wire
 from edge.diagnostics.scheduler import BusDiagnostics
 from edge.diagnostics.uds import did_text
-from edge.errors import SpoolError
+from edge.errors import ConfigError, SpoolError
 from edge.payload import Payload
 
 __all__ = ["Diagnostics", "DiagnosticsWriter"]
@@ -92,13 +92,13 @@ class Diagnostics:
 
         clock = clock or SystemClock()
         self.buses: list[BusDiagnostics] = []
-        for diag in config.diagnostics.buses:
+        for i, diag in enumerate(config.diagnostics.buses):
             bus_config = config.bus(diag.bus)
             database = None
             if diag.when:
                 database = load_databases(bus_config.databases, strict=bus_config.strict)
-            self.buses.append(
-                BusDiagnostics(
+            try:
+                bus = BusDiagnostics(
                     diag,
                     bus_config,
                     emit,
@@ -106,7 +106,9 @@ class Diagnostics:
                     bus=(buses or {}).get(diag.bus),
                     condition_database=database,
                 )
-            )
+            except ConfigError as exc:  # the condition names a signal the bus does not have
+                raise ConfigError(f"diagnostics.buses[{i}].{exc.field}", exc.reason) from None
+            self.buses.append(bus)
 
     def start(self) -> None:
         """Start every bus's schedule."""
