@@ -543,6 +543,10 @@ class EdgeModule:
                 # Fail here, before anything stops: databases, schema, uplink options.
                 Processor(config, lambda build: 0, clock=self._clock)
                 uplink_class(config.uplink.kind)
+                if config.diagnostics.buses:  # a gate on a signal the bus does not have
+                    from edge.diagnostics.service import Diagnostics
+
+                    Diagnostics(config, lambda records: None, clock=self._clock)
                 front = None
             else:
                 assert backend is not None
