@@ -31,8 +31,12 @@ free pages are given back to the file system (``auto_vacuum=INCREMENTAL``). Tole
 may exceed ``max_bytes`` by about one transaction (the largest payload plus a few pages); the
 ``-shm`` index (32 KiB) is not counted.
 
-Age bound (optional). With ``ttl``, pending payloads appended more than ``ttl`` seconds ago (wall
-clock) are deleted from the front of the stream and counted in ``dropped_ttl``.
+Age bound (optional). With ``ttl``, pending payloads appended more than ``ttl`` seconds ago are
+deleted from the front of the stream and counted in ``dropped_ttl``. Ages (and ``oldest_age``)
+are measured on the spool's own clock, never on the wall clock: a gateway without RTC boots in
+1970, spools offline, then NTP sets the date, and a wall-clock TTL would delete the whole backlog
+at once. The spool clock is the monotonic clock, carried across restarts in ``meta.clock``
+(saved with every append and at close); time while the gateway is off does not count.
 
 Disk full (SQLITE_FULL) or an I/O error: the append is refused with :class:`SpoolError` and
 nothing already spooled is touched. Deleting old rows would not give the file system any space
@@ -134,7 +138,8 @@ CREATE TABLE meta (
     next_seq INTEGER NOT NULL,
     dropped_full INTEGER NOT NULL,
     dropped_ttl INTEGER NOT NULL,
-    recovered_corrupt INTEGER NOT NULL
+    recovered_corrupt INTEGER NOT NULL,
+    clock REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE spool (
     seq INTEGER PRIMARY KEY,
@@ -142,7 +147,8 @@ CREATE TABLE spool (
     size INTEGER NOT NULL,
     properties TEXT NOT NULL,
     body BLOB NOT NULL,
-    priority INTEGER NOT NULL DEFAULT 5
+    priority INTEGER NOT NULL DEFAULT 5,
+    created_tick REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX spool_order ON spool (priority, seq);
 CREATE TABLE dead_letter (
@@ -248,6 +254,8 @@ class Spool:
         self._sent_path = _sibling(self._path, ".sent")
         #: Numbers from this one on were never handed to the forwarder (see the docstring).
         self._sent_mark = 0
+        self._tick_base = 0.0  # the spool clock when this file was opened (meta.clock)
+        self._tick_origin = 0.0  # the monotonic clock then
         self._unlogged: dict[str, int] = {}
         self._logged_at: dict[str, float] = {}
         try:
@@ -324,6 +332,8 @@ class Spool:
         with self._lock:
             if not self._closed:
                 self._closed = True
+                with contextlib.suppress(sqlite3.Error):  # so the next run's clock goes on
+                    self._conn.execute("UPDATE meta SET clock = ?", (self._tick(),))
                 self._conn.close()
 
     # -- operations (called with the lock held) ---------------------------------------------
@@ -345,13 +355,15 @@ class Spool:
                     f"a payload of {size} bytes cannot fit a spool of max_bytes={self._max_bytes}"
                     f" with {budget} bytes usable on the file system"
                 )
+            tick = self._tick()
             conn.execute(
-                "INSERT INTO spool (seq, created_at, size, properties, body, priority)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (seq, self._clock.time(), size, properties, payload.body, priority),
+                "INSERT INTO spool (seq, created_at, size, properties, body, priority,"
+                " created_tick) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (seq, self._clock.time(), size, properties, payload.body, priority, tick),
             )
             conn.execute(
-                "UPDATE meta SET next_seq = ?, dropped_full = dropped_full + ?", (seq + 1, dropped)
+                "UPDATE meta SET next_seq = ?, dropped_full = dropped_full + ?, clock = ?",
+                (seq + 1, dropped, tick),
             )
         self._warn_dropped("dropped_full", dropped)
         return int(seq)
@@ -411,8 +423,8 @@ class Spool:
                 "SELECT count(*), coalesce(sum(size), 0) FROM spool"
             ).fetchone()
             (dead,) = conn.execute("SELECT count(*) FROM dead_letter").fetchone()
-            oldest = conn.execute("SELECT created_at FROM spool ORDER BY seq LIMIT 1").fetchone()
-        age = None if oldest is None else max(0.0, self._clock.time() - oldest[0])
+            oldest = conn.execute("SELECT created_tick FROM spool ORDER BY seq LIMIT 1").fetchone()
+        age = None if oldest is None else max(0.0, self._tick() - oldest[0])
         return SpoolStats(
             stream_id=self._stream_id,
             next_seq=next_seq,
@@ -434,12 +446,12 @@ class Spool:
         """Delete pending rows older than the TTL, from the front of the stream."""
         if self._ttl is None:
             return
-        cutoff = self._clock.time() - self._ttl
+        cutoff = self._tick() - self._ttl
         last = None
         count = 0
-        cursor = conn.execute("SELECT seq, created_at FROM spool ORDER BY seq")
-        for seq, created_at in cursor:
-            if created_at >= cutoff:
+        cursor = conn.execute("SELECT seq, created_tick FROM spool ORDER BY seq")
+        for seq, created_tick in cursor:
+            if created_tick >= cutoff:
                 break
             last = seq
             count += 1
@@ -448,6 +460,11 @@ class Spool:
             conn.execute("DELETE FROM spool WHERE seq <= ?", (last,))
             conn.execute("UPDATE meta SET dropped_ttl = dropped_ttl + ?", (count,))
             self._warn_dropped("dropped_ttl", count)
+
+    def _tick(self) -> float:
+        """The spool's clock: seconds of running time, monotonic, carried across restarts in
+        ``meta.clock`` (time while the gateway is off does not count)."""
+        return self._tick_base + max(0.0, self._clock.monotonic() - self._tick_origin)
 
     def _warn_dropped(self, counter: str, count: int) -> None:
         """Log drops at most once a minute: a long outage at the cap drops on every append."""
@@ -654,10 +671,12 @@ class Spool:
             if check != "ok":
                 raise _Unusable(f"quick_check: {check}")
             _add_priority(conn)
-        row = conn.execute("SELECT stream_id, recovered_corrupt FROM meta").fetchone()
+            _add_spool_clock(conn)
+        row = conn.execute("SELECT stream_id, recovered_corrupt, clock FROM meta").fetchone()
         if row is None:
             raise _Unusable("meta row missing")
-        self._stream_id, self._recovered_corrupt = row
+        self._stream_id, self._recovered_corrupt, self._tick_base = row
+        self._tick_origin = self._clock.monotonic()
         self._check_sent_mark(conn, created)
 
     def _check_sent_mark(self, conn: sqlite3.Connection, created: bool) -> None:
@@ -704,7 +723,8 @@ class Spool:
                 if statement.strip():
                     conn.execute(statement)
             conn.execute(
-                "INSERT INTO meta VALUES (0, ?, 0, 0, 0, ?)",
+                "INSERT INTO meta (id, stream_id, next_seq, dropped_full, dropped_ttl,"
+                " recovered_corrupt) VALUES (0, ?, 0, 0, 0, ?)",
                 (uuid.uuid4().hex, self._recovered_corrupt),
             )
             conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
@@ -723,6 +743,18 @@ def _add_priority(conn: sqlite3.Connection) -> None:
             f"ALTER TABLE spool ADD COLUMN priority INTEGER NOT NULL DEFAULT {DEFAULT_PRIORITY}"
         )
         conn.execute("CREATE INDEX spool_order ON spool (priority, seq)")
+
+
+def _add_spool_clock(conn: sqlite3.Connection) -> None:
+    """Give a spool file from before the spool clock its ``clock`` and ``created_tick``
+    columns: payloads already in it count as appended now (their wall-clock times may be the
+    very times that jumped), so none is expired by the upgrade."""
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(spool)")]
+    if "created_tick" in columns:
+        return
+    with _transaction(conn):
+        conn.execute("ALTER TABLE meta ADD COLUMN clock REAL NOT NULL DEFAULT 0")
+        conn.execute("ALTER TABLE spool ADD COLUMN created_tick REAL NOT NULL DEFAULT 0")
 
 
 @contextlib.contextmanager

@@ -3,14 +3,19 @@ rolled back behind its back, corrupt files piling up, a wall clock set after off
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+from edge.clock import FakeClock
 from edge.errors import SpoolError
 from edge.forwarder import Forwarder
 from edge.payload import Payload
@@ -211,4 +216,53 @@ def test_corrupt_files_beyond_half_the_cap_are_deleted_but_the_newest(tmp_path: 
     stats = spool.stats()
     assert stats.corrupt_files == 1  # 800 KB aside > 500 KB: the older one went
     assert sum(f.stat().st_size for f in tmp_path.glob("spool.db.corrupt-*")) <= cap // 2
+    spool.close()
+
+
+# -- the wall clock set after offline spooling ----------------------------------------------------
+
+BOOTED_IN_1970 = 3600.0  # an RTC-less gateway's wall clock, an hour after boot
+
+
+def test_ntp_setting_the_date_deletes_nothing_ttl_runs_on_the_spool_clock(tmp_path: Path) -> None:
+    clock = FakeClock(start=BOOTED_IN_1970, synchronized=False)
+    path = tmp_path / "spool.db"
+    spool = Spool(path, ttl=3600, clock=clock)
+    for _ in range(30):  # half an hour offline, a payload a minute
+        spool.append(numbered)
+        clock.advance(60)
+    clock.set_wall(1_796_000_000.0)  # NTP: 56 years later, at once
+    stats = spool.stats()
+    assert stats.dropped_ttl == 0 and stats.depth == 30
+    assert stats.oldest_age == pytest.approx(1800)
+    spool.close()
+
+    # A restart (the monotonic clock starts again from near zero after a reboot): the spool clock
+    # goes on from where it was, so ages neither reset nor jump.
+    clock = FakeClock(start=5.0)
+    spool = Spool(path, ttl=3600, clock=clock)
+    assert spool.stats().oldest_age == pytest.approx(1800)
+    clock.advance(2370)  # spool clock 4170 s: the ten payloads made before 570 s expire
+    stats = spool.stats()
+    assert (stats.dropped_ttl, stats.depth) == (10, 20)
+    assert stats.oldest_age == pytest.approx(4170 - 600)
+    spool.close()
+
+
+def test_a_spool_from_before_the_spool_clock_is_upgraded_without_expiring(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    spool = Spool(path)
+    for _ in range(3):
+        spool.append(numbered)
+    spool.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # as an older version left it
+        conn.execute("ALTER TABLE spool DROP COLUMN created_tick")
+        conn.execute("ALTER TABLE meta DROP COLUMN clock")
+        conn.commit()
+    clock = FakeClock()
+    clock.set_wall(1e10)  # whatever the wall clock says, the rows count as appended now
+    spool = Spool(path, ttl=60, clock=clock)
+    assert (spool.stats().depth, spool.stats().oldest_age) == (3, 0.0)
+    clock.advance(61)
+    assert spool.stats().dropped_ttl == 3
     spool.close()
