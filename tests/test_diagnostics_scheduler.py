@@ -104,6 +104,11 @@ def test_on_demand_reads_answer_with_current_values(run: Any, ecus: SimulatedEcu
     did = diagnostics.read_did("BMS", 0xF195)
     assert did["hex"] == b"BMS-SW-2.3.0".hex().upper()
     assert diagnostics.get_vin(refresh=True)["vin"] == DEMO_VIN
+    wait_for(lambda: "SA00" in diagnostics.read_dtcs(), what="the engine's DM1")
+    assert diagnostics.read_dtcs()["SA00"] == [
+        {"dtc": "SPN 110 FMI 16", "status": 1},
+        {"dtc": "SPN 190 FMI 2", "status": 3},
+    ]
     with pytest.raises(KeyError):
         diagnostics.read_dtcs(["ABS"])
 

@@ -131,8 +131,9 @@ class Diagnostics:
         raise KeyError(ecu)
 
     def read_dtcs(self, ecus: Sequence[str] | None = None) -> dict[str, Any]:
-        """Read the DTCs of ``ecus`` (default: every UDS ECU) now; DTCs that appeared or
-        cleared are sent as usual. Raises KeyError for an unknown ECU (before asking any)."""
+        """Read the DTCs of ``ecus`` (default: every UDS ECU, plus the J1939 ECUs' last DM1) now;
+        DTCs that appeared or cleared are sent as usual. Raises KeyError for an unknown ECU
+        (before asking any)."""
         names = list(ecus) if ecus is not None else self.ecu_names()
         owners = [(name, self._owner(name)) for name in names]
         answer: dict[str, Any] = {}
@@ -140,6 +141,12 @@ class Diagnostics:
             bus._emit_now(bus.read_dtcs_of(name))
             active = bus.dtcs.active().get(name, {})
             answer[name] = [{"dtc": code, "status": status} for code, status in active.items()]
+        if ecus is None:  # J1939 ECUs broadcast DM1: their last one, nothing to ask
+            for bus in self.buses:
+                if bus.config.j1939 is not None:
+                    for name, active in bus.dtcs.active().items():
+                        if name.startswith("SA"):
+                            answer[name] = [{"dtc": c, "status": s} for c, s in active.items()]
         return answer
 
     def read_did(self, ecu: str, did: int) -> dict[str, Any]:
