@@ -11,6 +11,8 @@ from typing import Any
 
 import can
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edge.config import BusConfig, ReplayConfig
 from edge.errors import ConfigError
@@ -370,3 +372,35 @@ def test_replay_loop_keeps_its_speed_and_cuts_chunks_at_each_pass(tmp_path: Path
     for chunk in chunks:
         times = [m.timestamp for m in chunk]
         assert times == sorted(times)
+
+
+@given(
+    st.lists(
+        st.lists(
+            st.one_of(
+                st.floats(1e9, 1e9 + 5),  # ordinary times, some steps back
+                st.sampled_from([math.nan, math.inf, -1.0, 1e20, 3e9]),  # poison
+            ),
+            max_size=20,
+        ),
+        max_size=8,
+    )
+)
+def test_time_guard_split_equals_frame_by_frame_admission(chunks: list[list[float]]) -> None:
+    """The whole-chunk shortcut of split changes nothing: same frames, cuts and counters."""
+    by_chunk, by_frame = TimeGuard(), TimeGuard()
+    for times in chunks:
+        chunk = [one(t) for t in times]
+        expected: list[list[can.Message]] = []
+        current: list[can.Message] = []
+        for msg in chunk:
+            passed, stepped = by_frame.admit(msg)
+            if stepped and current:
+                expected.append(current)
+                current = []
+            current.extend(passed)
+        if current:
+            expected.append(current)
+        assert by_chunk.split(chunk) == expected
+    assert by_chunk.finish() == by_frame.finish()
+    assert by_chunk.stats() == by_frame.stats()
