@@ -20,7 +20,7 @@ import can
 import pytest
 
 from edge.config import parse_config
-from edge.methods import DirectMethods, redact
+from edge.methods import METHOD_NAMES, DirectMethods, redact
 from edge.module import EdgeModule, ModuleOptions
 from edge.process import PipelineStats
 from edge.simulate import DEMO_DBC, VehicleSimulator
@@ -150,7 +150,17 @@ def test_unknown_methods_are_answered_with_404(module: EdgeModule) -> None:
     assert status == 404
     assert answer == {
         "error": "unknown method 'reboot'",
-        "methods": ["getStats", "flush", "getConfig", "readDtcs", "readDid", "getVin"],
+        "methods": [
+            "getStats",
+            "flush",
+            "getConfig",
+            "readDtcs",
+            "readDid",
+            "getVin",
+            "getSignals",
+            "capture",
+            "listCampaigns",
+        ],
     }
 
 
@@ -218,7 +228,7 @@ def test_methods_over_the_sdk(hub: Mosquitto, tmp_path: Path, channel: str) -> N
             status, answer = responder.invoke("getConfig", [1])
             assert status == 400
             status, answer = responder.invoke("reboot")
-            assert status == 404 and answer["methods"] == ["getStats", "flush", "getConfig"]
+            assert status == 404 and answer["methods"] == list(METHOD_NAMES)
             status, answer = responder.invoke("getConfig")  # no payload at all: JSON null
             assert status == 200 and answer["source"] == "file"
 
