@@ -18,8 +18,10 @@ import logging
 import math
 import queue
 import socket
+import struct
 import threading
 import time
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -507,8 +509,9 @@ class BusSource(FrameSource):
 #: with a gap (ignition off, logs joined end to end, a clock set forwards) goes on at once.
 REPLAY_MAX_WAIT = 10.0
 
-#: What python-can's text log readers raise on a line they cannot parse.
-_BAD_LINE = (ValueError, IndexError, TypeError)
+#: What python-can's log readers raise on a record they cannot parse: text readers a
+#: ValueError, IndexError or TypeError; the BLF reader struct.error or zlib.error.
+_BAD_LINE = (ValueError, IndexError, TypeError, KeyError, struct.error, zlib.error)
 
 
 class ReplaySource(FrameSource):

@@ -404,3 +404,17 @@ def test_time_guard_split_equals_frame_by_frame_admission(chunks: list[list[floa
         assert by_chunk.split(chunk) == expected
     assert by_chunk.finish() == by_frame.finish()
     assert by_chunk.stats() == by_frame.stats()
+
+
+def test_replay_of_a_corrupt_blf_counts_it_and_ends_the_pass(tmp_path: Path) -> None:
+    log = tmp_path / "drive.blf"
+    with can.Logger(str(log)) as writer:
+        for i, msg in enumerate(frames(5000)):
+            msg.timestamp = 1000.0 + i * 0.01
+            writer.on_message_received(msg)
+    damaged = bytearray(log.read_bytes())
+    damaged[300:700] = bytes(b ^ 0x5A for b in damaged[300:700])  # inside the first container
+    log.write_bytes(damaged)
+    source = ReplaySource(ReplayConfig(path=str(log), speed=None), ["can0"])
+    source.run(FrameQueue(), threading.Event())  # returns: no exception out of the thread
+    assert source.stats()["bad_lines"] == 1
