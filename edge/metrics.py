@@ -20,7 +20,11 @@ pipeline's own counters (``stats()``) at scrape time and turns them into metric 
 * gauges: ``spool_depth``, ``spool_bytes``, ``spool_file_bytes``, ``spool_corrupt_files``,
   ``spool_oldest_age_seconds``, ``spool_dead_letters``, ``last_send_timestamp_seconds``
   (0 before the first send), ``queue_chunks`` and ``queue_capacity_chunks`` (the frame queue),
-  ``bus_up{bus}`` (1 while a live bus is open), ``build_info{version}`` (always 1).
+  ``bus_up{bus}`` (1 while a live bus is open), ``build_info{version}`` (always 1);
+* campaigns (issue 11): ``campaign_events_total{campaign,event}`` (``triggers``, ``suppressed``,
+  ``captures``, ``payloads``, ``rows``, ``budget_dropped``, ``truncated``, ``spool_errors``),
+  ``campaign_bytes_total{campaign}``, ``campaign_history_frames`` and
+  ``campaign_history_bytes`` (gauges: the pre-trigger rings), ``campaign_history_overflow_total``.
 
 Liveness. :class:`ProgressWatch` tells a stuck pipeline from an idle one: it is stuck when frames
 wait in the queue and the processing stage has not taken any for ``stall_after`` seconds. The
@@ -221,6 +225,7 @@ def _pipeline_metrics(f: _Families, stats: PipelineStats) -> None:
     )
     f.counter("raw_bytes", "bytes of the frames read, as 16-byte SocketCAN frames", stats.raw_bytes)
     f.counter("payload_bytes", "bytes of the encoded payloads", stats.payload_bytes)
+    _campaign_metrics(f, stats.campaigns)
     spool = stats.spool
     if spool is not None:
         f.gauge("spool_depth", "payloads waiting in the spool", spool.depth)
@@ -258,6 +263,39 @@ def _pipeline_metrics(f: _Families, stats: PipelineStats) -> None:
             "wall-clock time of the last confirmed send (0 before the first)",
             forwarder.last_success_time or 0.0,
         )
+
+
+def _campaign_metrics(f: _Families, campaigns: dict[str, dict[str, int]]) -> None:
+    events = {
+        "triggers": "triggers",
+        "suppressed": "suppressed",
+        "captures": "captures",
+        "payloads": "payloads",
+        "rows": "rows",
+        "budgetDropped": "budget_dropped",
+        "truncated": "truncated",
+        "spoolErrors": "spool_errors",
+    }
+    for name, counters in sorted(campaigns.items()):
+        if name == "history":
+            f.gauge("campaign_history_frames", "frames kept for captures", counters["frames"])
+            f.gauge("campaign_history_bytes", "bytes kept for captures", counters["bytes"])
+            f.counter(
+                "campaign_history_overflow",
+                "frames pushed out of the capture history by its caps",
+                counters["overflow"],
+            )
+            continue
+        for key, event in events.items():
+            f.counter(
+                "campaign_events",
+                "campaign events, by campaign",
+                counters.get(key, 0),
+                campaign=name,
+                event=event,
+            )
+        spooled = counters.get("bytes", 0)
+        f.counter("campaign_bytes", "payload bytes spooled, by campaign", spooled, campaign=name)
 
 
 class MetricsServer:

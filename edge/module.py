@@ -385,7 +385,7 @@ def _summed(a: _Counters, b: _Counters) -> _Counters:
     values: dict[str, Any] = {}
     for f in fields(a):  # type: ignore[arg-type]
         x, y = getattr(a, f.name), getattr(b, f.name)
-        if f.name == "sources":
+        if f.name in ("sources", "campaigns"):  # counters by bus, by campaign
             values[f.name] = _add_sources(x, y)
         elif is_dataclass(x) and is_dataclass(y):
             values[f.name] = _summed(x, y)
@@ -782,10 +782,11 @@ class EdgeModule:
 
     def _campaigns_summary(self) -> dict[str, Any]:
         """Per-campaign counters (issue 11), when campaigns run."""
-        engine = self.campaigns()
-        if engine is None:
+        stats = self.stats()  # summed over reconfigurations: a campaign's counters go on
+        if stats is None or not stats.campaigns:
             return {}
-        return {"campaigns": engine.counters(), "campaignHistory": engine.ring_stats()}
+        counters = dict(stats.campaigns)
+        return {"campaignHistory": counters.pop("history", {}), "campaigns": counters}
 
     def _diagnostics_summary(self) -> dict[str, Any]:
         diagnostics = self.diagnostics()

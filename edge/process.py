@@ -18,7 +18,7 @@ import can
 
 from edge.batch import COLUMN_BOUND, TIME_BOUND, Batch, Batcher, value_bound
 from edge.campaigns.engine import CampaignEngine
-from edge.clock import Clock, SystemClock
+from edge.clock import Clock, SystemClock, WallClockWatch
 from edge.codec import KIND_DATA, KIND_SCHEMA, Codec
 from edge.config import Config
 from edge.database import load_databases
@@ -53,6 +53,8 @@ class PipelineStats:
     spool_errors: int = 0
     lost_rows: int = 0
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: counters per campaign (issue 11, edge/campaigns/engine.py), and ``history`` for the rings
+    campaigns: dict[str, dict[str, int]] = field(default_factory=dict)
     spool: Any = None
     forwarder: Any = None
 
@@ -74,6 +76,7 @@ class Processor:
         self.config = config
         self._append = append
         self._clock = clock or SystemClock()
+        self._wall_clock = WallClockWatch(self._clock)  # ext "clock" (docs/format.md)
         databases = [
             (bus.name, load_databases(bus.databases, strict=bus.strict), bus.j1939)
             for bus in config.buses
@@ -479,6 +482,7 @@ class Processor:
     def _send_schema(self) -> None:
         codec, schema = self.codec, self.schema
         envelope = codec.envelope(None, schema)
+        envelope.setdefault("ext", {})["clock"] = self._wall_clock.schema_ext()
         body = codec.schema_body(schema)
         if self._spool(KIND_SCHEMA, envelope, body):
             self.schemas += 1
@@ -524,6 +528,9 @@ class Processor:
         codec, schema = self.codec, self.schema
         try:
             envelope = codec.envelope(batch, schema)
+            clock = self._wall_clock.data_ext()
+            if clock is not None:  # the wall clock may be wrong: say how to place the payload
+                envelope.setdefault("ext", {})["clock"] = clock
             body = codec.data_body(batch, schema)
             size = codec.size(KIND_DATA, envelope, body)
         except Exception as exc:  # a fault of ours: isolate the rows that cause it
@@ -536,6 +543,7 @@ class Processor:
             return
         if self._spool(KIND_DATA, envelope, body):
             self.batches += 1
+            self._wall_clock.spooled(envelope.get("ext", {}).get("clock"))
 
     def _unencodable(self, batch: Batch, exc: Exception) -> None:
         """Encoding ``batch`` raised: encode its halves apart, down to single rows, so that only
@@ -562,4 +570,5 @@ class Processor:
             payload_bytes=self.payload_bytes,
             spool_errors=self.spool_errors,
             lost_rows=self.lost_rows,
+            campaigns=self.campaigns.all_counters() if self.campaigns is not None else {},
         )

@@ -288,3 +288,22 @@ def test_the_collector_serves_a_plain_pipeline_too(tmp_path: Path, channel: str)
     finally:
         server.stop()
         pipeline.stop()
+
+
+def test_campaign_counters_are_metrics(tmp_path: Path, channel: str) -> None:
+    snap = {"name": "snap", "collect": "periodic", "period": 0.2, "signals": ["BMS_Pack*"]}
+    module = start(tmp_path, settings(tmp_path, channel, campaigns=[snap]))
+    try:
+        drive(module, channel)
+        stats = counters(module).campaigns
+        assert stats["snap"]["captures"] >= 3
+        port = module.metrics_port
+        assert port is not None
+        metrics = scrape(port)
+        event = (("campaign", "snap"), ("event", "captures"))
+        assert metrics[("can_telemetry_campaign_events_total", event)] == stats["snap"]["captures"]
+        spooled = metrics[("can_telemetry_campaign_bytes_total", (("campaign", "snap"),))]
+        assert spooled == stats["snap"]["bytes"] > 0
+        assert ("can_telemetry_campaign_history_frames", ()) in metrics
+    finally:
+        module.stop(drain_timeout=0)

@@ -711,6 +711,10 @@ class CampaignEngine:
             out["adhoc"] = self.adhoc.as_json()
             return out
 
+    def all_counters(self) -> dict[str, dict[str, int]]:
+        """:meth:`counters` and, under ``history``, :meth:`ring_stats` (PipelineStats)."""
+        return {**self.counters(), "history": self.ring_stats()}
+
     def ring_stats(self) -> dict[str, int]:
         """Frames and bytes held in the rings, and frames their caps pushed out."""
         with self._lock:
