@@ -153,3 +153,27 @@ def test_cmdt_without_permission_to_send_is_ignored(channel: str) -> None:
     rts = bytes((16, 18, 0, 3, 0xFF)) + PGN_VIN.to_bytes(3, "little")
     reassembler.on_message_received(can.Message(arbitration_id=0x1CECF900, data=rts))
     assert reassembler.stats["cmdt_ignored"] == 1 and not reassembler._sessions
+
+
+def test_gaps_are_timed_on_our_clock_not_the_frames_timestamps() -> None:
+    now = [100.0]
+    received = Received()
+    reassembler = J1939Reassembler({PGN_DM1}, received, clock=lambda: now[0])
+    data = dm1_bytes(DTCS)
+    announce = bytes((32, len(data), 0, 3, 0xFF)) + PGN_DM1.to_bytes(3, "little")
+    # A replay's (or a simulator's) timestamps: far in the past, all equal.
+    frames = [can.Message(arbitration_id=0x1CECFF00, data=announce, timestamp=0.0)]
+    for seq in range(1, 4):
+        chunk = bytes((seq,)) + data[(seq - 1) * 7 : seq * 7].ljust(7, b"\xff")
+        frames.append(can.Message(arbitration_id=0x1CEBFF00, data=chunk, timestamp=0.0))
+    for frame in frames[:2]:
+        reassembler.on_message_received(frame)
+        now[0] += 0.1
+    reassembler.expire()  # 0.2 s since the last packet: still going
+    for frame in frames[2:]:
+        reassembler.on_message_received(frame)
+    assert received.items == [(PGN_DM1, 0x00, data)]
+    reassembler.on_message_received(frames[0])
+    now[0] += 0.8
+    reassembler.expire()
+    assert reassembler.stats["transfers_timed_out"] == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -118,8 +119,12 @@ class J1939Reassembler(can.Listener):
         *,
         address: int = 0xF9,
         send: Callable[[can.Message], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pgns = pgns
+        # Gaps are timed on our clock when frames arrive: a frame's own timestamp may be a
+        # replay's, a simulator's or an interface's time base.
+        self._clock = clock
         self._deliver = deliver
         self._address = address
         self._send = send
@@ -133,15 +138,18 @@ class J1939Reassembler(can.Listener):
         pgn, destination, source = pgn_of(msg.arbitration_id)
         data = bytes(msg.data)
         if pgn == PGN_TP_CM:
-            self._control(source, destination, data, msg.timestamp)
+            self._control(source, destination, data, self._clock())
         elif pgn == PGN_TP_DT:
-            self._packet(source, destination, data, msg.timestamp)
+            self._packet(source, destination, data, self._clock(), msg.timestamp)
         elif pgn in self.pgns:
             self.stats["messages"] += 1
             self._deliver(pgn, source, data, msg.timestamp)
 
-    def expire(self, now: float) -> None:
-        """Drop transfers whose next packet is overdue (call now and then)."""
+    def expire(self, now: float | None = None) -> None:
+        """Drop transfers whose next packet is overdue (call now and then; ``now`` on the
+        reassembler's clock, by default its present)."""
+        if now is None:
+            now = self._clock()
         for key, session in list(self._sessions.items()):
             if now - session.last > PACKET_TIMEOUT:
                 del self._sessions[key]
@@ -176,7 +184,9 @@ class J1939Reassembler(can.Listener):
         if control == _RTS:
             self._reply(source, bytes((_CTS, packets, 1, 0xFF, 0xFF)) + pgn.to_bytes(3, "little"))
 
-    def _packet(self, source: int, destination: int, data: bytes, t: float) -> None:
+    def _packet(
+        self, source: int, destination: int, data: bytes, t: float, frame_time: float
+    ) -> None:
         key = (source, destination)
         session = self._sessions.get(key)
         if session is None or len(data) < 2:
@@ -201,7 +211,7 @@ class J1939Reassembler(can.Listener):
             )
             self._reply(source, ack + session.pgn.to_bytes(3, "little"))
         self.stats["transfers"] += 1
-        self._deliver(session.pgn, source, payload, t)
+        self._deliver(session.pgn, source, payload, frame_time)
 
     def _reply(self, destination: int, data: bytes) -> None:
         if self._send is None:

@@ -299,7 +299,7 @@ class BusDiagnostics:
         while not self._stop.is_set():
             now = clock.monotonic()
             if self.j1939 is not None:
-                self.j1939.expire(clock.time())
+                self.j1939.expire()
             if not self._jobs or self._jobs[0].due > now:
                 wait = _IDLE if not self._jobs else min(_IDLE, self._jobs[0].due - now)
                 self._stop.wait(wait)
