@@ -143,12 +143,15 @@ class WallClockWatch:
         return {"boot": BOOT_ID, "offset": self._offset(), "synced": bool(synced)}
 
     def data_ext(self) -> dict[str, Any] | None:
-        """For a data payload; None when the clock is synchronized (nothing to correct)."""
+        """For a data payload; None when the clock is synchronized (nothing to correct). Call
+        :meth:`spooled` with it once the payload is spooled."""
         # Unknown (no adjtimex) counts as synchronized: no bytes spent on every payload there.
-        synced = self._clock.synchronized() is not False
-        was, self._synced = self._synced, synced
-        if not synced:
+        if self._clock.synchronized() is False:
             return {"offset": self._offset()}
-        if was is False:
+        if self._synced is False:
             return {"offset": self._offset(), "synced": True}
         return None
+
+    def spooled(self, ext: dict[str, Any] | None) -> None:
+        """A data payload with ``ext`` (from :meth:`data_ext`) was spooled."""
+        self._synced = ext is None or bool(ext.get("synced"))

@@ -245,3 +245,36 @@ def test_a_refused_append_costs_one_payload_and_a_new_stream_gets_its_schema() -
         for r in decoder.rows(p.body)
     ]
     assert 0 < len(rows) < stats.samples  # the two refused batches are the only loss
+
+
+def test_payloads_made_before_the_date_was_set_say_how_to_place_them() -> None:
+    from edge.clock import BOOT_ID, FakeClock
+    from edge.codec import unpack
+    from edge.simulate import DEMO_DBC, VehicleSimulator
+
+    config = parse_config(
+        {"buses": [{"name": "can0", "dbc": [str(DEMO_DBC)]}], "batch": {"max_age": 1.0}}
+    )
+    clock = FakeClock(start=3600.0, synchronized=False)  # an RTC-less gateway, an hour after boot
+    spool = Collector()
+    processor = Processor(config, spool, clock=clock)
+    frames = VehicleSimulator(seed=2, start_time=3600.0, channel="can0").frames(2)
+    processor.process(list(frames))
+    processor.flush()
+    clock.advance(10)
+    clock.set_wall(1_796_000_000.0)  # NTP sets the date
+    for _ in range(2):
+        frames = VehicleSimulator(seed=3, start_time=1_796_000_000.0, channel="can0").frames(1)
+        processor.process(list(frames))
+        processor.flush()
+    envelopes = [unpack(p.body) for p in spool.payloads]
+    schema = envelopes[0]
+    assert schema.kind == "schema"
+    assert schema.envelope["ext"]["clock"] == {"boot": BOOT_ID, "offset": 0.0, "synced": False}
+    data = [e.envelope.get("ext", {}).get("clock") for e in envelopes if e.kind == "data"]
+    offset = 1_796_000_000.0 - 3610.0  # wall - monotonic once the date is right
+    assert data[0] == {"offset": 0.0}  # before: wall == monotonic here, both wrong
+    assert {"offset": offset, "synced": True} in data  # the reference, once
+    assert data[-1] is None  # then nothing: the clock is right
+    # What the cloud does: shift the early payload's times by the difference of the offsets.
+    assert offset - data[0]["offset"] == pytest.approx(1_796_000_000.0 - 3610.0)
