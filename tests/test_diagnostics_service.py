@@ -17,7 +17,7 @@ import pytest
 from edge.codec import PayloadDecoder, Row
 from edge.config import parse_config
 from edge.diagnostics.records import DiagRecord
-from edge.diagnostics.service import DiagnosticsWriter
+from edge.diagnostics.service import DTC_PRIORITY, DiagnosticsWriter
 from edge.pipeline import Pipeline
 from edge.simulate import OBD2_DBC
 from edge.simulate_ecus import DEMO_VIN, SimulatedEcus
@@ -136,9 +136,11 @@ def test_writer_payload_round_trips_through_the_codec(tmp_path: Path) -> None:
 
     codec = Codec("zstd", 3, 0.001, "car")
     payloads: list[bytes] = []
+    priorities: list[int | None] = []
 
-    def append(build: Any) -> int:
+    def append(build: Any, priority: int | None) -> int:
         payloads.append(build("ab" * 16, len(payloads)).body)
+        priorities.append(priority)
         return len(payloads)
 
     writer = DiagnosticsWriter(codec, lambda: "00" * 8, append)
@@ -161,7 +163,9 @@ def test_writer_payload_round_trips_through_the_codec(tmp_path: Path) -> None:
     ]
     writer.write(records)
     writer.write([])  # nothing: no payload
-    assert len(payloads) == 1
+    writer.write([DiagRecord(1.7e9, "can0", "OBD", "vin", "VIN", 0, DEMO_VIN)])
+    assert len(payloads) == 2
+    assert priorities == [DTC_PRIORITY, None]  # DTC events overtake a backlog
     rows = PayloadDecoder().rows(payloads[0])  # no schema needed: the body is empty
     got = [(r.message, r.signal, r.value, r.choice, r.source, r.ecu) for r in rows]
     assert got == [

@@ -24,19 +24,25 @@ from edge.diagnostics.uds import did_text
 from edge.errors import ConfigError, SpoolError
 from edge.payload import Payload
 
-__all__ = ["Diagnostics", "DiagnosticsWriter"]
+__all__ = ["DTC_PRIORITY", "Diagnostics", "DiagnosticsWriter"]
 
 log = logging.getLogger(__name__)
 
 
+#: Spool delivery priority of a payload with DTC events (0 most urgent ... 9; the spool's
+#: default is 5, campaigns' schemas go at 0): they overtake a backlog of ordinary data.
+DTC_PRIORITY = 1
+
+
 class DiagnosticsWriter:
-    """Appends records to the spool as one data payload per call."""
+    """Appends records to the spool as one data payload per call; ``append(build, priority)``
+    is the pipeline's (priority None: the default)."""
 
     def __init__(
         self,
         codec: Codec,
         schema_id: Callable[[], str],
-        append: Callable[[Callable[[str, int], Payload]], int],
+        append: Callable[[Callable[[str, int], Payload], int | None], int],
     ) -> None:
         self._codec = codec
         self._schema_id = schema_id
@@ -67,8 +73,9 @@ class DiagnosticsWriter:
         def build(stream: str, seq: int) -> Payload:
             return self._codec.payload(KIND_DATA, envelope, body, stream, seq)
 
+        urgent = any(r.kind == "dtc" for r in records)
         try:
-            self._append(build)
+            self._append(build, DTC_PRIORITY if urgent else None)
         except SpoolError as exc:
             self.spool_errors += 1
             log.error("spool refused a diagnostics payload (%d records): %s", len(records), exc)
