@@ -925,6 +925,7 @@ def test_example_replay_loads() -> None:
 def test_every_example_is_covered() -> None:
     assert sorted(p.name for p in EXAMPLES.glob("*.toml")) == [
         "car.toml",
+        "diagnostics.toml",
         "mqtt.toml",
         "replay.toml",
     ]

@@ -3,6 +3,8 @@ parser serves the TOML file and the twin)."""
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -130,3 +132,27 @@ def test_a_bad_table_names_the_field(table: Any, error: str) -> None:
     with pytest.raises(ConfigError) as info:
         config(table)
     assert str(info.value).startswith(error)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_example_loads_and_its_gate_compiles() -> None:
+    from edge.config import load_config
+    from edge.diagnostics.service import Diagnostics
+
+    parsed = load_config(ROOT / "examples" / "diagnostics.toml")
+    bus = parsed.diagnostics.for_bus("powertrain")
+    assert bus is not None and bus.when and parsed.diagnostics.for_bus("body") is None
+    assert [e.name for e in bus.uds] == ["TCM", "BMS"]
+    diagnostics = Diagnostics(parsed, lambda records: None)  # builds, opens nothing
+    assert diagnostics.buses[0].condition is not None
+
+
+def test_the_toml_in_the_docs_is_valid() -> None:
+    text = (ROOT / "docs" / "diagnostics.md").read_text(encoding="utf-8")
+    snippet = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    data = tomllib.loads(snippet)
+    data["buses"] = [{"name": "powertrain", "dbc": str(DEMO_DBC)}]
+    parsed = parse_config(data)
+    assert parsed.diagnostics.buses[0].ecu("BMS").dids[1].name == "software"
