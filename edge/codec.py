@@ -566,7 +566,6 @@ class PayloadDecoder:
                         values = _undelta(_ints(values), 0)
                     if len(values) != len(rows):
                         raise PayloadError("column length does not match its rows")
-                    choices = signal.choices
                     links = vss_columns.get((message_index, signal_index))
                     if links:
                         yield from _with_vss(
@@ -588,7 +587,7 @@ class PayloadDecoder:
                             signal.name,
                             signal.physical(raw),
                             signal.unit,
-                            choices.get(raw) if choices else None,
+                            signal.choice(raw),
                             source_address,
                             campaign,
                         )
@@ -655,10 +654,10 @@ def _with_vss(
     campaign: str | None,
 ) -> Iterator[Row]:
     """A series' rows, each followed by its VSS rows (see :class:`PayloadDecoder`)."""
-    name, unit, choices = signal.name, signal.unit, signal.choices
+    name, unit = signal.name, signal.unit
     for t, raw in zip(times, values, strict=True):
         physical = signal.physical(raw)
-        choice = choices.get(raw) if choices else None
+        choice = signal.choice(raw)
         yield Row(t, bus, message, name, physical, unit, choice, source, campaign=campaign)
         for path, vss_unit, apply in links:
             value = apply(physical, choice)

@@ -17,8 +17,18 @@ check, is decoded by cantools itself.
 
 Frames that cannot be decoded are counted by reason and skipped; the stream never stops for a bad
 frame. Reasons: ``error_frame``, ``remote_frame``, ``unknown_id`` (not in the database),
-``not_selected`` (no signal of it is kept), ``short_frame``, ``decode_error`` (e.g. a multiplexer
-value the database does not define), ``unknown_bus``.
+``not_selected`` (no signal of it is kept), ``short_frame``, ``decode_error`` (cantools refuses
+the payload, e.g. a multiplexer value the database does not define), ``unknown_bus``.
+
+Faults of our own. A frame whose handling raises anything else (a bug, in the fast path or not)
+is *lost*: counted apart (``Decoder.lost``, by exception type in ``lost_reasons``), and its
+message falls back to cantools' own decoding for good (:meth:`Track.fall_back`, logged once).
+A message that cannot even be set up is :class:`Unusable`: its frames are lost and counted. So
+``frames = decoded + repeated + skipped + lost`` always holds (docs/counters.md).
+
+A message is found as cantools finds it: by frame ID *and* kind (an 11-bit ID and a 29-bit ID of
+the same number are different messages; a 29-bit ID below 0x800 is still a 29-bit ID), with the
+database's frame ID mask; on J1939 buses, else by parameter group number.
 """
 
 from __future__ import annotations
@@ -40,13 +50,16 @@ from edge.sample import Policy, Selection, TrackSampler
 from edge.schema import MessageInfo, Schema
 
 __all__ = [
+    "MAX_CACHED_UNKNOWN",
     "UNKNOWN_ID",
     "BusDecoder",
     "DecodeStats",
     "Decoder",
     "Track",
     "TupleLayout",
+    "Unusable",
     "dict_decoder",
+    "plain_decoder",
     "tuple_decoder",
 ]
 
@@ -219,16 +232,23 @@ def tuple_decoder(message: Message) -> TupleLayout | None:
     return TupleLayout(decode, names, *layout)
 
 
+def plain_decoder(message: Message) -> DictDecoder:
+    """cantools' own ``message.decode(data, False, False)``: the reference every faster path is
+    checked against, and the path a message falls back to when a faster one fails."""
+
+    def plain(data: bytes | bytearray) -> RawValues:
+        return cast(RawValues, message.decode(bytes(data), False, False))
+
+    return plain
+
+
 def dict_decoder(message: Message) -> DictDecoder:
     """``decode(data)`` equal to ``message.decode(data, False, False)`` for a payload of exactly
     ``message.length`` bytes (DecodeError for a multiplexer value the database does not define),
     walking cantools' codec tree without its per-signal scaling loop. Falls back to cantools'
     ``decode`` when the tree is not as expected or the result would differ."""
     codec = _root_codec(message)
-
-    def plain(data: bytes | bytearray) -> RawValues:
-        return cast(RawValues, message.decode(bytes(data), False, False))
-
+    plain = plain_decoder(message)
     if codec is None or message.is_container:
         return plain
 
@@ -279,6 +299,20 @@ def pgn_from_frame_id(frame_id: int) -> int:
 #: the Processor's loop counts by identity (``is``) instead of by name.
 UNKNOWN_ID = "unknown_id"
 _J1939_PGN_MASK = 0x3FFFF00
+#: Unknown IDs remembered per bus and kind (11/29-bit) so that their frames cost one lookup; past
+#: this (a bus flooded with random 29-bit IDs), unknown IDs are looked up every time instead of
+#: growing memory without bound.
+MAX_CACHED_UNKNOWN = 16384
+
+
+class Unusable:
+    """A message no decoding path can be set up for (an error of ours, or a database cantools
+    loads but cannot decode with): its frames are lost, counted under ``reason``."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
 class Track:
@@ -360,15 +394,30 @@ class Track:
         else:
             self._values = self.decode(data)
 
+    def fall_back(self, message: Message) -> None:
+        """From now on decode with cantools itself and sample value by value (no tuple layout,
+        no deferred rows): the path of last resort after a faster one failed. The next frame is
+        decoded afresh. Pending rows must be settled first."""
+        self.decode = plain_decoder(message)
+        self.unpack = self.direct = None
+        self.names = ()
+        self.reverse = False
+        self.raw = ()
+        self.deferred = False
+        self.payload = None
+        self.repeated = False
+
 
 @dataclass(frozen=True, slots=True)
 class DecodeStats:
-    """Counters since start."""
+    """Counters since start: ``frames = decoded + repeated + sum(skipped) + lost``."""
 
     frames: int
     decoded: int
     repeated: int
     skipped: Mapping[str, int] = field(default_factory=dict)
+    lost: int = 0
+    lost_reasons: Mapping[str, int] = field(default_factory=dict)
 
 
 class BusDecoder:
@@ -388,19 +437,34 @@ class BusDecoder:
         self._db = database
         self._j1939 = j1939
         self._selection = selection
-        #: frame ID -> its track or, when its frames are skipped, why (a ``DecodeStats.skipped``
-        #: key), for 11-bit and 29-bit IDs apart; IDs not seen yet are absent. Read by the
+        #: frame ID -> its track, or why its frames are skipped (a ``DecodeStats.skipped`` key),
+        #: or :class:`Unusable`, for 11-bit and 29-bit IDs apart; IDs not seen yet are absent
+        #: (and unknown IDs past ``MAX_CACHED_UNKNOWN``). Read by the
         #: Processor's loop (two tables keyed by the ID itself: no key to compute per frame).
-        self.standard: dict[int, Track | str] = {}
-        self.extended: dict[int, Track | str] = {}
+        self.standard: dict[int, Track | str | Unusable] = {}
+        self.extended: dict[int, Track | str | Unusable] = {}
         self._decoders: dict[int, tuple[DictDecoder, TupleLayout | None]] = {}
         self._group_tracks: dict[tuple[int, int | None], Track] = {}
-        # Schema index of each selected message of this bus, by cantools message.
+        # Schema index of each selected message of this bus, by cantools message, and the
+        # message of each schema index. The schema lists them in database order, so they are
+        # paired in order: a database may define two messages of one name (cantools keeps both,
+        # each under its own frame ID).
         self._selected: dict[int, tuple[int, MessageInfo]] = {}
-        by_name = {m.name: m for m in database.messages}
-        for index, info in enumerate(schema.messages):
-            if info.bus == bus_index:
-                self._selected[id(by_name[info.name])] = (index, info)
+        #: the cantools message of each schema index of this bus
+        self.messages_by_index: dict[int, Message] = {}
+        mine = iter([(i, info) for i, info in enumerate(schema.messages) if info.bus == bus_index])
+        wanted = next(mine, None)
+        for message in database.messages:
+            if wanted is not None and (wanted[1].name, wanted[1].frame_id) == (
+                message.name,
+                message.frame_id,
+            ):
+                self._selected[id(message)] = wanted
+                self.messages_by_index[wanted[0]] = message
+                wanted = next(mine, None)
+        if wanted is not None:
+            raise ValueError(f"schema message {wanted[1].name} is not in bus {name}'s database")
+        self._messages: dict[int, Message] = {}  # by id(Track), for fall_back
         self._by_pgn: dict[int, Message] = {}
         if j1939:
             for message in database.messages:
@@ -411,9 +475,8 @@ class BusDecoder:
         """Kernel filters for the selected messages: ``(can_id, can_mask, extended)``. On J1939
         buses the mask keeps the PGN and ignores priority and source address."""
         filters = []
-        by_name = {m.name: m for m in self._db.messages}
-        for _, info in self._selected.values():
-            message = by_name[info.name]
+        for index, info in self._selected.values():
+            message = self.messages_by_index[index]
             if info.j1939:
                 filters.append((message.frame_id & _J1939_PGN_MASK, _J1939_PGN_MASK, True))
             else:
@@ -422,55 +485,90 @@ class BusDecoder:
         return filters
 
     def track(self, arbitration_id: int, extended: bool) -> Track | None:
-        """The track of a frame ID (created on first sight), or None (reason recorded)."""
+        """The track of a frame ID (created on first sight), or None: skipped (the reason is
+        :meth:`skip_reason`) or lost (:meth:`unusable`)."""
         table = self.extended if extended else self.standard
         known = table.get(arbitration_id)
         if known is not None:
             return known if isinstance(known, Track) else None
-        message: Message | None = None
+        message = self.message(arbitration_id, extended)
         source_address: int | None = None
-        try:
-            message = self._db.get_message_by_frame_id(arbitration_id)
-            if bool(message.is_extended_frame) != extended:
-                message = None
-        except KeyError:
-            pass
-        if message is None and extended and self._j1939:
-            message = self._by_pgn.get(pgn_from_frame_id(arbitration_id))
         if message is not None and self._j1939 and extended:
             source_address = arbitration_id & 0xFF
-        track: Track | None = None
         if message is None:
-            table[arbitration_id] = UNKNOWN_ID
-        elif id(message) not in self._selected:
+            if len(table) < MAX_CACHED_UNKNOWN:
+                table[arbitration_id] = UNKNOWN_ID
+            return None
+        if id(message) not in self._selected:
             table[arbitration_id] = "not_selected"
-        else:
-            index, info = self._selected[id(message)]
-            policies: list[Policy] = []
-            for signal_info in info.signals:
-                policy = self._selection.policy(
-                    self.name, message, message.get_signal_by_name(signal_info.name)
-                )
-                assert policy is not None  # the schema holds selected signals only
-                policies.append(policy)
-            decoders = self._decoders.get(id(message))
-            if decoders is None:  # shared by the tracks of one message (J1939 source addresses)
-                decoders = self._decoders[id(message)] = (
-                    dict_decoder(message),
-                    tuple_decoder(message),
-                )
-            sampler = TrackSampler(info, policies)
-            if decoders[1] is not None:
-                names = decoders[1].names
-                position = {name: i for i, name in enumerate(names)}
-                sampler.bind([position[s.name] for s in info.signals], len(names))
-            track = Track(message, index, sampler, source_address, decoders)
-            other = self._group_tracks.setdefault((index, source_address), track)
-            if other is not track:
-                other.shared = track.shared = True
-                other.deferred = track.deferred = False
-            table[arbitration_id] = track
+            return None
+        try:
+            track = self._new_track(message, source_address)
+        except Exception as exc:  # a bug of ours, or a message cantools cannot handle
+            log.error(
+                "message %s (%#x): cannot be decoded (%r); its frames are lost and counted",
+                message.name,
+                arbitration_id,
+                exc,
+            )
+            table[arbitration_id] = Unusable(f"setup:{type(exc).__name__}")
+            return None
+        table[arbitration_id] = track
         return track
+
+    def message(self, arbitration_id: int, extended: bool) -> Message | None:
+        """The message a frame ID stands for, as cantools finds it (ID and kind, frame ID mask),
+        else on J1939 buses by PGN; None when the database has none."""
+        try:
+            return self._db.get_message_by_frame_id(arbitration_id, force_extended_id=extended)
+        except KeyError:
+            pass
+        if extended and self._j1939:
+            return self._by_pgn.get(pgn_from_frame_id(arbitration_id))
+        return None
+
+    def _new_track(self, message: Message, source_address: int | None) -> Track:
+        index, info = self._selected[id(message)]
+        policies: list[Policy] = []
+        for signal_info in info.signals:
+            policy = self._selection.policy(
+                self.name, message, message.get_signal_by_name(signal_info.name)
+            )
+            assert policy is not None  # the schema holds selected signals only
+            policies.append(policy)
+        decoders = self._decoders.get(id(message))
+        if decoders is None:  # shared by the tracks of one message (J1939 source addresses)
+            layout = tuple_decoder(message)
+            if layout is not None and not {s.name for s in info.signals} <= set(layout.names):
+                # Signals cantools never decodes (e.g. multiplexed ones of a message whose
+                # multiplexer is not marked as one): decoded value by value, as cantools does.
+                layout = None
+            decoders = self._decoders[id(message)] = (dict_decoder(message), layout)
+        sampler = TrackSampler(info, policies)
+        if decoders[1] is not None:
+            names = decoders[1].names
+            position = {name: i for i, name in enumerate(names)}
+            sampler.bind([position[s.name] for s in info.signals], len(names))
+        track = Track(message, index, sampler, source_address, decoders)
+        self._messages[id(track)] = message
+        other = self._group_tracks.setdefault((index, source_address), track)
+        if other is not track:
+            other.shared = track.shared = True
+            other.deferred = track.deferred = False
+        return track
+
+    def fall_back(self, track: Track) -> None:
+        """Switch ``track`` to cantools' own decoding for good (see :meth:`Track.fall_back`)."""
+        track.fall_back(self._messages[id(track)])
+
+    def message_name(self, track: Track) -> str:
+        """The name of the message ``track`` decodes."""
+        return str(self._messages[id(track)].name)
+
+    def unusable(self, arbitration_id: int, extended: bool) -> Unusable | None:
+        """The :class:`Unusable` entry of a frame ID, if its message could not be set up."""
+        entry = (self.extended if extended else self.standard).get(arbitration_id)
+        return entry if isinstance(entry, Unusable) else None
 
     def skip_reason(self, arbitration_id: int, extended: bool) -> str:
         """Why frames with this ID are skipped."""
@@ -487,6 +585,8 @@ class Decoder:
         self.decoded = 0
         self.repeated = 0
         self.skipped: Counter[str] = Counter()
+        self.lost = 0
+        self.lost_reasons: Counter[str] = Counter()
 
     def bus(self, name: str) -> BusDecoder:
         """The decoder of bus ``name``."""
@@ -509,9 +609,18 @@ class Decoder:
             return None
         track = bus.track(msg.arbitration_id, msg.is_extended_id)
         if track is None:
-            self.skipped[bus.skip_reason(msg.arbitration_id, msg.is_extended_id)] += 1
+            unusable = bus.unusable(msg.arbitration_id, msg.is_extended_id)
+            if unusable is not None:
+                self.lose(unusable.reason)
+            else:
+                self.skipped[bus.skip_reason(msg.arbitration_id, msg.is_extended_id)] += 1
             return None
         return track if self.update(track, msg) else None
+
+    def lose(self, reason: str) -> None:
+        """Count a frame lost to a fault of ours (already counted in ``frames``)."""
+        self.lost += 1
+        self.lost_reasons[reason] += 1
 
     def update(self, track: Track, msg: can.Message) -> bool:
         """Decode ``msg``, a frame of ``track`` (already counted in ``frames``), as
@@ -538,4 +647,11 @@ class Decoder:
 
     def stats(self) -> DecodeStats:
         """A snapshot of the counters."""
-        return DecodeStats(self.frames, self.decoded, self.repeated, dict(self.skipped))
+        return DecodeStats(
+            self.frames,
+            self.decoded,
+            self.repeated,
+            dict(self.skipped),
+            self.lost,
+            dict(self.lost_reasons),
+        )

@@ -7,6 +7,7 @@ schema by its content hash (``schema_id``), so a batch carries no names at all.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,18 @@ class SignalInfo:
         if self.scale == 1 and self.offset == 0:
             return raw
         return raw * self.scale + self.offset
+
+    def choice(self, raw: Number) -> str | None:
+        """The choice name of a raw value, looked up as cantools looks it up: by the raw value
+        as an integer (a float signal's value truncated; none for NaN and infinities)."""
+        choices = self.choices
+        if not choices:
+            return None
+        if type(raw) is float:
+            if not math.isfinite(raw):
+                return None
+            raw = int(raw)
+        return choices.get(raw)
 
     def to_wire(self) -> list[Any]:
         """Compact form: ``[name, scale, offset, unit, is_float, choices]``."""
