@@ -53,8 +53,8 @@ class SignalInfo:
         if type(raw) is float:
             if not math.isfinite(raw):
                 return None
-            raw = int(raw)
-        return choices.get(raw)
+            return choices.get(int(raw))
+        return choices.get(int(raw))
 
     def to_wire(self) -> list[Any]:
         """Compact form: ``[name, scale, offset, unit, is_float, choices]``."""
