@@ -12,29 +12,12 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import pytest
 
-from edge.codec import Row
 from edge.lake.local import gaps, ingest, read_table
-from tests.support.lake import Fleet, write_avro
-
-_ROW_COLUMNS = ["stream", "seq", *Row._fields]
-
-
-def lake_rows(lake: Path) -> list[tuple[Any, ...]]:
-    """The lake's signals as (stream, seq, *Row) tuples, sorted."""
-    table = read_table(lake, "signals", _ROW_COLUMNS)
-    return sorted(zip(*(table.column(c).to_pylist() for c in _ROW_COLUMNS), strict=True))
-
-
-def edge_rows(fleet: Fleet) -> list[tuple[Any, ...]]:
-    return sorted(
-        tuple(float(v) if i == 2 + Row._fields.index("value") else v for i, v in enumerate(r))
-        for r in fleet.edge_rows()
-    )
+from tests.support.lake import Fleet, edge_rows, lake_rows, write_avro
 
 
 def test_signals_equal_the_edges_decode_row_for_row(fleet: Fleet, tmp_path: Path) -> None:

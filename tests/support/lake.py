@@ -12,10 +12,19 @@ from typing import Any
 
 import pytest
 
+from edge.codec import Row
 from edge.payload import Payload
 from tests.support.corpus import LOGS, require_corpus
 
-__all__ = ["Fleet", "corpus_payloads", "fleet", "hub_messages", "write_avro"]
+__all__ = [
+    "Fleet",
+    "corpus_payloads",
+    "edge_rows",
+    "fleet",
+    "hub_messages",
+    "lake_rows",
+    "write_avro",
+]
 
 #: Two vehicles of the corpus, each with its own stream (frames capped to keep tests quick).
 _VEHICLES = (("kona", "0a" * 16, 40_000), ("j1939-truck", "0b" * 16, 30_000))
@@ -78,6 +87,25 @@ def write_avro(path: Path, messages: Sequence[Any], capture: bool = False) -> Pa
     with path.open("wb") as f:
         (write_capture if capture else write_routing)(f, messages)
     return path
+
+
+_ROW_COLUMNS = ["stream", "seq", *Row._fields]
+
+
+def lake_rows(lake: Path) -> list[tuple[Any, ...]]:
+    """The lake's signals as (stream, seq, *Row) tuples, sorted."""
+    from edge.lake.local import read_table
+
+    table = read_table(lake, "signals", _ROW_COLUMNS)
+    return sorted(zip(*(table.column(c).to_pylist() for c in _ROW_COLUMNS), strict=True))
+
+
+def edge_rows(fleet: Fleet) -> list[tuple[Any, ...]]:
+    """The edge's decode of the fleet as :func:`lake_rows` gives it (values as floats)."""
+    value = 2 + Row._fields.index("value")
+    return sorted(
+        tuple(float(v) if i == value else v for i, v in enumerate(r)) for r in fleet.edge_rows()
+    )
 
 
 class Fleet:
