@@ -17,7 +17,7 @@ from edge.config import parse_config
 from edge.diagnostics.records import DiagRecord
 from edge.diagnostics.scheduler import BusDiagnostics, RateLimiter
 from edge.diagnostics.service import Diagnostics
-from edge.diagnostics.transport import DiagnosticTimeout, NegativeResponse
+from edge.diagnostics.transport import DiagnosticTimeout, NegativeResponse, TransportError
 from edge.errors import ConfigError
 from edge.simulate_ecus import DEMO_VIN, SimulatedEcus
 from tests.support.diagnostics import diag_config
@@ -272,3 +272,17 @@ def test_a_condition_on_an_unknown_signal_stops_start_up(vehicle_channel: str) -
     assert str(info.value) == (
         "diagnostics.buses[0].when: column 1: no signal 'ECM_EngineStatus.Nope' on bus 'vehicle'"
     )
+
+
+def test_a_bus_that_cannot_be_opened_does_not_stop_anything(vehicle_channel: str) -> None:
+    data = diag_config(vehicle_channel, obd=None, j1939=None)
+    data["buses"][0].update(interface="socketcan", channel="nosuchcan0")
+    diagnostics = Diagnostics(parse_config(data), Recorder())
+    diagnostics.start()  # no exception: the schedule's thread keeps trying
+    try:
+        wait_for(lambda: diagnostics.stats()["vehicle"].get("open_errors", 0) >= 1)
+        assert not diagnostics.buses[0].connected
+        with pytest.raises(TransportError, match="not open"):
+            diagnostics.read_dtcs(["TCM"])
+    finally:
+        diagnostics.stop()

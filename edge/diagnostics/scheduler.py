@@ -20,6 +20,7 @@ pipeline sends as a payload of its own.
 from __future__ import annotations
 
 import collections
+import contextlib
 import heapq
 import itertools
 import logging
@@ -167,6 +168,7 @@ class BusDiagnostics:
         self.vin: str | None = None
         self.supported_pids: set[int] | None = None
         self._channels: list[IsoTpChannel] = []
+        self._closed_isotp_errors: collections.Counter[str] = collections.Counter()
         self.obd: ObdClient | None = None
         self.ecus: dict[str, UdsEcu] = {}
         self.j1939: J1939Reassembler | None = None
@@ -187,7 +189,64 @@ class BusDiagnostics:
     # -- life cycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Open the bus connection and the ISO-TP channels, start the schedule."""
+        """Start the schedule. Its thread opens the bus connection and the ISO-TP channels, and
+        opens them again after the connection failed (a SocketCAN link that is down at start,
+        or goes away): diagnostics never stop the pipeline. The first attempt is made here, so
+        that on-demand requests work as soon as this returns when the bus is there."""
+        self._plan()
+        try:
+            self._connect()
+        except Exception:  # the thread says why, and tries again
+            self._disconnect()
+        self._thread = threading.Thread(
+            target=self._main, name=f"diagnostics-{self.config.bus}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the schedule and close what it opened."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._disconnect()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the bus connection is open and its reader alive."""
+        notifier = self._notifier
+        return notifier is not None and notifier.exception is None
+
+    def _main(self) -> None:
+        logged = False
+        while not self._stop.is_set():
+            if not self.connected:
+                if self._notifier is not None:  # the reader died: a bus error (link gone)
+                    log.warning(
+                        "diagnostics on bus %s: connection lost (%s); reopening",
+                        self.config.bus,
+                        self._notifier.exception,
+                    )
+                    self.counters["reconnects"] += 1
+                    self._disconnect()
+                try:
+                    self._connect()
+                    logged = False
+                except Exception as exc:
+                    self.counters["open_errors"] += 1
+                    if not logged:  # once per outage, not every retry
+                        log.warning(
+                            "diagnostics on bus %s cannot open it: %s: %s (retrying)",
+                            self.config.bus,
+                            type(exc).__name__,
+                            exc,
+                        )
+                        logged = True
+                    self._disconnect()
+                    self._stop.wait(max(1.0, min(self.config.error_pause, 10.0)))
+                    continue
+            self._step()
+
+    def _connect(self) -> None:
         from edge.source import open_bus
 
         if self._given_bus is not None:
@@ -205,31 +264,32 @@ class BusDiagnostics:
             )
             listeners.append(self.j1939)
         self._notifier = can.Notifier(self.bus, listeners, timeout=0.1)
+        obd = None
         if config.obd is not None:
-            channel = self._channel(config.obd.request_id, config.obd.response_id, False)
-            self.obd = ObdClient(channel)
+            obd = ObdClient(self._channel(config.obd.request_id, config.obd.response_id, False))
+        ecus = {}
         for ecu in config.uds:
             channel = self._channel(ecu.request_id, ecu.response_id, ecu.extended_id)
-            self.ecus[ecu.name] = UdsEcu(ecu, channel)
+            ecus[ecu.name] = UdsEcu(ecu, channel)
         for channel in self._channels:
             channel.open()
-        self._plan()
-        self._thread = threading.Thread(
-            target=self._run, name=f"diagnostics-{config.bus}", daemon=True
-        )
-        self._thread.start()
+        self.obd = obd
+        self.ecus = ecus
 
-    def stop(self) -> None:
-        """Stop the schedule and close what :meth:`start` opened."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+    def _disconnect(self) -> None:
+        self.ecus = {}
+        self.obd = None
         for channel in self._channels:
             channel.close()
+            self._closed_isotp_errors.update(channel.errors)
+        self._channels = []
         if self._notifier is not None:
             self._notifier.stop()
+            self._notifier = None
         if self.bus is not None and self._given_bus is None:
-            self.bus.shutdown()
+            with contextlib.suppress(Exception):  # a bus already gone
+                self.bus.shutdown()
+        self.bus = None
 
     def filters(self) -> list[dict[str, Any]]:
         """python-can filters for the frames diagnostics read: the ECUs' answers, J1939's
@@ -294,34 +354,33 @@ class BusDiagnostics:
 
     # -- the schedule ----------------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _step(self) -> None:
+        """Run the next job when it is due (or wait a little)."""
         clock = self._clock
-        while not self._stop.is_set():
-            now = clock.monotonic()
-            if self.j1939 is not None:
-                self.j1939.expire()
-            if not self._jobs or self._jobs[0].due > now:
-                wait = _IDLE if not self._jobs else min(_IDLE, self._jobs[0].due - now)
-                self._stop.wait(wait)
-                continue
-            if now < self._pause_until:
-                self._stop.wait(min(_IDLE, self._pause_until - now))
-                continue
-            job = heapq.heappop(self._jobs)
-            if self.condition is not None and not self._condition_holds():
-                self.counters["gated"] += 1
-                job.due = now + max(job.period, 1.0)  # look again later, not at once
-                heapq.heappush(self._jobs, job)
-                continue
-            ok = self._attempt(job.name, job.action)
-            if job.period > 0:
-                job.due = max(job.due + job.period, clock.monotonic())
-            elif ok:
-                continue  # once per start, done
-            else:
-                job.backoff = min(MAX_RETRY, max(2 * job.backoff, 5.0))
-                job.due = clock.monotonic() + job.backoff
+        now = clock.monotonic()
+        if self.j1939 is not None:
+            self.j1939.expire()
+        if not self._jobs or self._jobs[0].due > now:
+            self._stop.wait(_IDLE if not self._jobs else min(_IDLE, self._jobs[0].due - now))
+            return
+        if now < self._pause_until:
+            self._stop.wait(min(_IDLE, self._pause_until - now))
+            return
+        job = heapq.heappop(self._jobs)
+        if self.condition is not None and not self._condition_holds():
+            self.counters["gated"] += 1
+            job.due = now + max(job.period, 1.0)  # look again later, not at once
             heapq.heappush(self._jobs, job)
+            return
+        ok = self._attempt(job.name, job.action)
+        if job.period > 0:
+            job.due = max(job.due + job.period, clock.monotonic())
+        elif ok:
+            return  # once per start, done
+        else:
+            job.backoff = min(MAX_RETRY, max(2 * job.backoff, 5.0))
+            job.due = clock.monotonic() + job.backoff
+        heapq.heappush(self._jobs, job)
 
     def _attempt(self, name: str, action: Callable[[], None]) -> bool:
         try:
@@ -365,6 +424,14 @@ class BusDiagnostics:
 
     # -- jobs ------------------------------------------------------------------------------------
 
+    def _ecu(self, name: str) -> UdsEcu:
+        """UDS ECU ``name`` (KeyError: not configured; TransportError: the bus is not open)."""
+        self.config.ecu(name)
+        ecu = self.ecus.get(name)
+        if ecu is None:
+            raise TransportError(f"bus {self.config.bus} is not open")
+        return ecu
+
     def _discover(self) -> None:
         assert self.obd is not None
         obd = self.obd
@@ -396,8 +463,10 @@ class BusDiagnostics:
         return job
 
     def _obd_vin(self) -> None:
-        assert self.obd is not None
-        self._got_vin(OBD_ECU, self._request(self.obd.vin))
+        obd = self.obd
+        if obd is None:
+            raise TransportError(f"bus {self.config.bus} is not open")
+        self._got_vin(OBD_ECU, self._request(obd.vin))
 
     def _got_vin(self, ecu: str, vin: str, source: int | None = None) -> None:
         changed = vin != self.vin
@@ -416,14 +485,14 @@ class BusDiagnostics:
 
     def read_dtcs_of(self, name: str) -> list[DiagRecord]:
         """Read the DTCs of UDS ECU ``name`` now; the records of what changed."""
-        ecu = self.ecus[name]
+        ecu = self._ecu(name)
         found = self._request(ecu.read_dtcs)
         current = {uds_dtc_text(code): status for code, status in found}
         return self.dtcs.update(self.config.bus, name, current, self._clock.time())
 
     def _did_job(self, name: str) -> Callable[[], None]:
         def job() -> None:
-            ecu = self.ecus[name]
+            ecu = self._ecu(name)
             records = []
             for did in ecu.config.dids:
                 value, text = did_text(did, self.read_did(name, did.did))
@@ -440,7 +509,7 @@ class BusDiagnostics:
 
     def read_did(self, name: str, did: int) -> bytes:
         """The bytes of DID ``did`` of UDS ECU ``name``, read now."""
-        ecu = self.ecus[name]
+        ecu = self._ecu(name)
         data: bytes = self._request(lambda: ecu.read_did(did))
         return data
 
@@ -448,7 +517,7 @@ class BusDiagnostics:
         """ClearDiagnosticInformation on UDS ECU ``name`` (only with ``allow_clear``)."""
         if not self.config.allow_clear:
             raise PermissionError(f"bus {self.config.bus}: allow_clear is off")
-        ecu = self.ecus[name]
+        ecu = self._ecu(name)
         self._request(ecu.clear_dtcs)
         self.counters["clears"] += 1
 
@@ -468,7 +537,7 @@ class BusDiagnostics:
 
     def request_vin(self) -> str:
         """The VIN read now: OBD mode 09, else J1939, else a UDS DID 0xF190."""
-        if self.obd is not None:
+        if self.config.obd is not None:
             self._obd_vin()
         elif self.config.j1939 is not None:
             self._j1939_vin_job()
@@ -490,9 +559,11 @@ class BusDiagnostics:
     # -- frames from the bus (the notifier's thread) ---------------------------------------------
 
     def _send(self, msg: can.Message) -> None:
-        assert self.bus is not None
+        bus = self.bus
+        if bus is None:
+            raise TransportError(f"bus {self.config.bus} is not open")
         try:
-            self.bus.send(msg)
+            bus.send(msg)
         except can.CanError as exc:
             self._pause()
             raise TransportError(f"send failed: {exc}") from exc
@@ -591,7 +662,7 @@ class BusDiagnostics:
     def stats(self) -> dict[str, Any]:
         """Counters (requests, responses, timeouts, negative responses, ...)."""
         out: dict[str, Any] = dict(self.counters)
-        isotp_errors: collections.Counter[str] = collections.Counter()
+        isotp_errors = collections.Counter(self._closed_isotp_errors)
         for channel in self._channels:
             isotp_errors.update(channel.errors)
         if isotp_errors:

@@ -133,7 +133,7 @@ class Diagnostics:
 
     def _owner(self, ecu: str) -> BusDiagnostics:
         for bus in self.buses:
-            if ecu in bus.ecus:
+            if any(e.name == ecu for e in bus.config.uds):
                 return bus
         raise KeyError(ecu)
 
@@ -160,7 +160,7 @@ class Diagnostics:
         """Read DID ``did`` of ``ecu`` now."""
         bus = self._owner(ecu)
         data = bus.read_did(ecu, did)
-        configured = next((d for d in bus.ecus[ecu].config.dids if d.did == did), None)
+        configured = next((d for d in bus.config.ecu(ecu).dids if d.did == did), None)
         out: dict[str, Any] = {"ecu": ecu, "did": f"{did:04X}", "hex": data.hex().upper()}
         if configured is not None:
             out["name"] = configured.name
