@@ -302,9 +302,9 @@ def _signal_range(signal: Signal) -> tuple[float, float]:
     else:
         raw_low, raw_high = 0, 2**signal.length - 1
     ends = sorted((raw_low * signal.scale + signal.offset, raw_high * signal.scale + signal.offset))
-    low = signal.minimum if signal.minimum is not None else ends[0]
-    high = signal.maximum if signal.maximum is not None else ends[1]
-    return float(low), float(high)
+    if signal.minimum is None or signal.maximum is None or signal.minimum == signal.maximum:
+        return float(ends[0]), float(ends[1])  # [0|0] in many DBCs means "not declared"
+    return float(signal.minimum), float(signal.maximum)
 
 
 def _integral(signal: Signal) -> bool:
@@ -361,8 +361,9 @@ def _conversion(dbc_unit: str, vss_unit: str, tree: VssTree) -> tuple[float, flo
     try:
         units = [registry.Unit(n.replace(" per ", "/").replace(" ", "_")) for n in names]
     except (pint.errors.UndefinedUnitError, AttributeError, ValueError, TypeError):
-        if source:  # two VSS units pint cannot read: compare their quantities only
-            if tree.units[source].quantity != tree.units[vss_unit].quantity:
+        target = tree.units.get(vss_unit)
+        if source and target is not None:  # two VSS units pint cannot read: compare quantities
+            if tree.units[source].quantity != target.quantity:
                 raise ValueError(f"DBC unit {dbc_unit!r} cannot become {vss_unit!r}") from None
             raise ValueError(f"no conversion known from {dbc_unit!r} to {vss_unit!r}") from None
         return None  # a DBC unit nobody knows: pass values unconverted
