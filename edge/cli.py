@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
@@ -138,6 +139,11 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--speed", default="1", help="a factor (1 = real time) or max")
     sim.add_argument("--fd", action="store_true", help="open the bus in CAN FD mode")
     sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument(
+        "--ecus",
+        action="store_true",
+        help="also answer diagnostic requests (OBD-II, UDS, J1939) as the demo vehicle's ECUs",
+    )
     sim.set_defaults(func=_cmd_simulate)
 
     dbc = sub.add_parser("dbc", help="list the messages and signals of a CAN database")
@@ -165,6 +171,11 @@ def _parser() -> argparse.ArgumentParser:
         help="run as an Azure IoT Edge module: module twin, direct methods, /metrics, /healthz",
     )
     mod.set_defaults(func=_cmd_module)
+
+    # `lake ingest|stream` and `plot` (edge/lake/commands.py; their libraries load when run).
+    from edge.lake.commands import register as register_lake
+
+    register_lake(sub)
     return parser
 
 
@@ -290,7 +301,20 @@ def demo_config(workdir: Path, channel: str) -> dict[str, Any]:
         "spool": {"path": str(workdir / "spool.db")},
         "uplink": {"type": "file", "path": str(workdir / "outbox")},
         "diagnostics": {"buses": [_DEMO_DIAGNOSTICS]},
+        "campaigns": _demo_campaigns(),
     }
+
+
+def _demo_campaigns() -> list[Any]:
+    """The example campaign set (examples/campaigns.toml: a harsh braking, a reverse manoeuvre,
+    a periodic battery snapshot); none when the examples are not beside the package."""
+    import tomllib
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "campaigns.toml"
+    if not path.is_file():
+        return []
+    campaigns: list[Any] = tomllib.loads(path.read_text(encoding="utf-8")).get("campaigns", [])
+    return campaigns
 
 
 #: The demo's diagnostics: the simulated ECUs of edge/simulate_ecus.py answer them.
@@ -376,10 +400,14 @@ def _print_demo_summary(
     rows = 0
     last: dict[str, Any] = {}
     diagnostics: list[Any] = []  # DTC/VIN/DID rows (edge/diagnostics/), not sampled values
+    campaign_rows: dict[str, int] = {}  # rows of captures and snapshots (edge/campaigns/)
     for _, payload_rows in _decode_files(decoder, files, []):
         for row in payload_rows:
             if row.ecu is not None:
                 diagnostics.append(row)
+                continue
+            if row.campaign is not None:
+                campaign_rows[row.campaign] = campaign_rows.get(row.campaign, 0) + 1
                 continue
             rows += 1
             last[row.signal] = row
@@ -404,7 +432,21 @@ def _print_demo_summary(
     shown = [_fmt(last[name]) for name in wanted if name in last]
     if shown:
         print("  last values        " + ", ".join(shown))
+    _print_campaigns(stats.campaigns, campaign_rows)
     _print_diagnostics(diagnostics)
+
+
+def _print_campaigns(counters: dict[str, dict[str, int]], rows: dict[str, int]) -> None:
+    """What each campaign sent: captures (or snapshots), rows decoded back, bytes."""
+    for name, counts in sorted(counters.items()):
+        if name == "history" or (name == "adhoc" and not counts["triggers"]):
+            continue
+        kind = "captures" if counts["triggers"] or not counts["captures"] else "snapshots"
+        what = f"{counts['captures']} {kind}"
+        note = f"campaign: {rows.get(name, 0):,} rows decoded, {counts['bytes']:,} bytes"
+        if counts["suppressed"] or counts["budgetDropped"]:
+            note += f", {counts['suppressed'] + counts['budgetDropped']} held back"
+        print(f"  {name:18} {what:>14}   {note}")
 
 
 def _print_diagnostics(rows: list[Any]) -> None:
@@ -439,7 +481,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     from edge.config import parse_speed
     from edge.database import load_database
-    from edge.simulate import VehicleSimulator, run_simulation
+    from edge.simulate import VehicleSimulator, run_simulation, simulated_ecus
 
     speed = parse_speed(args.speed)
     database = load_database(args.dbc) if args.dbc else None
@@ -454,7 +496,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--interface", f"cannot open {args.interface}:{args.channel}: {exc}"
         ) from exc
-    with bus:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(bus)
+        if args.ecus:  # on a connection of their own: they filter what they read
+            ecu_bus = stack.enter_context(can.Bus(interface=args.interface, channel=args.channel))
+            stack.enter_context(simulated_ecus(ecu_bus, simulator))
         sent = run_simulation(bus, simulator, args.duration, speed=speed, stop=stop)
     print(f"sent {sent} frames on {args.interface}:{args.channel}", file=sys.stderr)
     return 0

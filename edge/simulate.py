@@ -106,17 +106,21 @@ class _Segment:
     duration: float
     steering_deg: float = 0.0  # held while slower than 30 km/h (turning at a junction)
     indicator: int = 0  # 1 = left, -1 = right
+    emergency: bool = False  # a stop braked as hard as an emergency (about 8 m/s2)
 
 
 def _drive_cycle(rng: random.Random) -> Iterator[_Segment]:
     """An endless, varied drive: park, drive a few legs with lights and turns, sometimes reverse."""
     yield _Segment(_P, 0.0, rng.uniform(5.0, 15.0))
+    first = True  # the first loop has a harsh braking and a reverse manoeuvre (campaign demo)
     while True:
         yield _Segment(_D, 0.0, rng.uniform(1.0, 2.0))
-        for _ in range(rng.randint(2, 4)):
+        for leg in range(rng.randint(2, 4)):
             yield _Segment(
                 _D, rng.choice((30.0, 50.0, 50.0, 70.0, 100.0, 120.0)), rng.uniform(15, 40)
             )
+            if first and leg == 0:  # inserted without drawing from rng: the rest is unchanged
+                yield _Segment(_D, 0.0, 4.0, emergency=True)
             if rng.random() < 0.5:
                 side = rng.choice((1, -1))
                 yield _Segment(_D, 20.0, 8.0, indicator=side)
@@ -124,7 +128,8 @@ def _drive_cycle(rng: random.Random) -> Iterator[_Segment]:
             else:
                 yield _Segment(_D, 0.0, rng.uniform(5.0, 40.0))  # traffic lights
         yield _Segment(_D, 0.0, rng.uniform(3.0, 8.0))
-        if rng.random() < 0.4:
+        if rng.random() < 0.4 or first:
+            first = False
             side = rng.choice((1, -1))
             yield _Segment(_R, 0.0, 1.0)
             yield _Segment(_R, 6.0, 5.0, side * rng.uniform(200.0, 450.0))
@@ -239,6 +244,8 @@ class _DriveModel:
         if self.lever in (_P, _N):
             # Shifting out of P or N needs a foot on the brake.
             brake_goal = 15.0 if segment.lever != self.lever else 0.0
+        elif target == 0.0 and segment.emergency and not standing:
+            brake_goal = 90.0
         elif target == 0.0:
             brake_goal = 12.0 if standing else min(35.0, 10.0 + 1.2 * self.speed)
         else:

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -70,6 +71,11 @@ def test_demo_runs_the_whole_pipeline_and_decodes_what_it_sent(tmp_path: Path) -
     # Diagnostics: the simulated ECUs answered the demo's requests (edge/simulate_ecus.py).
     assert "WDEMO00CANTELEM01" in result.stdout and "TCM P0700" in result.stdout
     assert any((tmp_path / "outbox").glob("*.data.ctl"))
+    # Campaigns (examples/campaigns.toml): the drive brakes hard at about 52 s.
+    assert re.search(r"harsh-braking +1 captures +campaign: [1-9]", result.stdout)
+    decoded = cli("decode", str(tmp_path / "outbox"), "--format", "jsonl")
+    rows = [json.loads(line) for line in decoded.stdout.splitlines()]
+    assert {row["campaign"] for row in rows} >= {None, "harsh-braking"}
 
 
 def test_dbc_lists_messages_and_signals() -> None:
@@ -355,3 +361,30 @@ def test_run_summary_counts_what_the_replay_skipped(tmp_path: Path) -> None:
     result = cli("run", "--config", str(write_config(tmp_path)), "--replay", str(log))
     assert result.returncode == 0, result.stderr
     assert "sources: 1 frames skipped for a bad timestamp, 1 log lines unreadable" in result.stderr
+
+
+def test_simulate_with_ecus_answers_diagnostic_requests(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from edge.config import parse_config
+    from edge.diagnostics.service import Diagnostics
+    from edge.simulate_ecus import DEMO_VIN
+
+    channel = f"cli-ecus-{os.getpid()}"
+    config = parse_config(
+        {
+            "buses": [{"name": "car", "channel": channel, "dbc": str(DEMO_DBC)}],
+            "diagnostics": {"buses": [{"bus": "car", "obd": {}, "timeout": 0.5}]},
+        }
+    )
+    diagnostics = Diagnostics(config, lambda records: None)
+    diagnostics.start()  # asks for the VIN until the simulated engine ECU answers
+    try:
+        status, err = run_main(
+            capsys, "simulate", "--interface", "virtual", "--channel", channel,
+            "--duration", "8", "--ecus",
+        )  # fmt: skip  (a VIN asked before the ECUs answered is asked again after 5 s)
+        assert status == 0, err
+        assert diagnostics.buses[0].vin == DEMO_VIN
+    finally:
+        diagnostics.stop()

@@ -922,8 +922,18 @@ def test_example_replay_loads() -> None:
         assert load_databases(bus.databases, strict=bus.strict).messages
 
 
+def test_example_campaigns_loads_and_compiles() -> None:
+    from edge.process import Processor
+
+    config = load_config(EXAMPLES / "campaigns.toml")
+    assert [c.name for c in config.campaigns] == ["harsh-braking", "reverse", "battery"]
+    processor = Processor(config, lambda build, priority=5: 0)  # conditions resolve
+    assert processor.campaigns is not None
+
+
 def test_every_example_is_covered() -> None:
     assert sorted(p.name for p in EXAMPLES.glob("*.toml")) == [
+        "campaigns.toml",
         "car.toml",
         "diagnostics.toml",
         "mqtt.toml",

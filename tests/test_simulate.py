@@ -458,3 +458,27 @@ def test_run_simulation_rejects_a_non_positive_speed(
 ) -> None:
     with pytest.raises(ValueError, match="speed"):
         run_simulation(virtual_pair[0], VehicleSimulator(), 1.0, speed=0.0)
+
+
+def test_the_demo_drive_has_a_harsh_braking_and_a_reverse_manoeuvre() -> None:
+    """Events worth capturing (issue 11's demo campaigns) within the first 5 minutes, whatever
+    the seed (two of them here: 13 s each)."""
+    import cantools
+
+    from edge.simulate import DEMO_DBC, VehicleSimulator
+
+    db = cantools.database.load_file(str(DEMO_DBC))
+    brake = db.get_message_by_name("ESC_BrakeStatus")
+    status = db.get_message_by_name("ESC_Status")
+    gear = db.get_message_by_name("TCM_GearStatus")
+    for seed in (1, 7):
+        pressure = decel = 0.0
+        reverse = False
+        for msg in VehicleSimulator(seed=seed, start_time=0.0).frames(300):
+            if msg.arbitration_id == brake.frame_id:
+                pressure = max(pressure, brake.decode(msg.data)["ESC_BrakePressure"])
+            elif msg.arbitration_id == status.frame_id:
+                decel = min(decel, status.decode(msg.data)["ESC_LongAccel"])
+            elif msg.arbitration_id == gear.frame_id:
+                reverse = reverse or gear.decode(msg.data)["TCM_GearLever"] == "R"
+        assert pressure > 60 and decel < -6 and reverse, seed

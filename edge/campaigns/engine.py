@@ -112,6 +112,7 @@ class _Entry:
         "payload",
         "ring",
         "schema_index",
+        "used",
         "watched",
     )
 
@@ -127,6 +128,8 @@ class _Entry:
         self.payload: bytes | None = None
         self.schema_index: int | None = None
         self.decode_errors = 0
+        #: a campaign reads, captures or snapshots it (see CampaignEngine._wire)
+        self.used = False
 
 
 @dataclass(slots=True)
@@ -310,6 +313,11 @@ class CampaignEngine:
                     entry.campaigns.append(campaign)
         for index, (seconds, frames, size) in keep.items():
             self._entries[index].ring = FrameRing(seconds, frames, size)
+        for campaign in self.campaigns:
+            for entry, _ in campaign.columns:
+                entry.used = True
+        for entry in self._entries:
+            entry.used = entry.used or bool(entry.campaigns)
 
     def _entry(self, bus: str, message: str) -> _Entry:
         return next(e for e in self._by_name[message] if e.bus == bus)
@@ -338,6 +346,8 @@ class CampaignEngine:
                 if entry is None:
                     continue
                 entry.last = msg
+                if not entry.used:
+                    continue  # only the frames of messages campaigns use move their time
                 t = msg.timestamp
                 ring = entry.ring
                 if ring is not None:
