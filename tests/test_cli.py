@@ -117,6 +117,7 @@ def test_run_replay_then_decode_to_jsonl_and_csv(tmp_path: Path) -> None:
         "vss_path",
         "ecu",
         "first_seen",
+        "campaign",
     }
     assert all(r["bus"] == "can0" for r in rows)
     as_csv = cli("decode", str(outbox), "--format", "csv")
