@@ -381,10 +381,9 @@ def test_simulate_with_ecus_answers_diagnostic_requests(
     diagnostics = Diagnostics(config, lambda records: None)
     diagnostics.start()  # asks for the VIN until the simulated engine ECU answers
     try:
-        status, err = run_main(
-            capsys, "simulate", "--interface", "virtual", "--channel", channel,
-            "--duration", "8", "--ecus",
-        )  # fmt: skip  (a VIN asked before the ECUs answered is asked again after 5 s)
+        # 8 s: a VIN asked before the ECUs answered is asked again after 5 s.
+        args = ["--interface", "virtual", "--channel", channel, "--duration", "8", "--ecus"]
+        status, err = run_main(capsys, "simulate", *args)
         assert status == 0, err
         assert diagnostics.buses[0].vin == DEMO_VIN
     finally:
