@@ -207,7 +207,8 @@ def _rows_batch(rows: list[list[Any]], take: pa.Array, outcomes: pa.RecordBatch)
     enqueued = outcomes.column("enqueued").take(take)
     # Event time places a row, unless its payload's clock was relative: then arrival does.
     event = pc.cast(
-        pc.cast(pc.multiply(arrays["time"], 1e6), pa.int64()), pa.timestamp("us", tz="UTC")
+        pc.cast(pc.floor(pc.multiply(arrays["time"], 1e6)), pa.int64()),
+        pa.timestamp("us", tz="UTC"),
     )
     relative = pc.equal(arrays["time_base"], "relative")
     arrays["date"] = pc.cast(pc.if_else(relative, enqueued, event), pa.date32())
