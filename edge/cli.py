@@ -269,7 +269,11 @@ def _metrics_server(pipeline: Any, port: int | None) -> Any:
 
     watch = ProgressWatch(30.0, time.monotonic)
     server = MetricsServer(
-        TelemetryCollector(pipeline.stats, pipeline.queue_level),
+        TelemetryCollector(
+            pipeline.stats,
+            pipeline.queue_level,
+            lambda: pipeline.diagnostics.stats() if pipeline.diagnostics is not None else None,
+        ),
         lambda: Health(tuple(pipeline.problems(watch))),
         port=port,
     )

@@ -147,11 +147,14 @@ class TelemetryCollector(Collector):
         self,
         stats: Callable[[], PipelineStats | None],
         queue: Callable[[], QueueLevel | None] | None = None,
+        diagnostics: Callable[[], dict[str, dict[str, Any]] | None] | None = None,
     ) -> None:
         """``stats()`` returns the counters, None while nothing runs; ``queue()`` the frame
-        queue's level."""
+        queue's level; ``diagnostics()`` the diagnostics' counters by bus (edge/diagnostics/),
+        None when every bus is listen-only."""
         self._stats = stats
         self._queue = queue
+        self._diagnostics = diagnostics
 
     def describe(self) -> Iterable[Metric]:
         """Nothing: the registry must not call :meth:`collect` at registration."""
@@ -168,6 +171,9 @@ class TelemetryCollector(Collector):
         if level is not None:
             f.gauge("queue_chunks", "frame chunks waiting for the processing stage", level.chunks)
             f.gauge("queue_capacity_chunks", "size of the frame queue", level.capacity)
+        diagnostics = self._diagnostics() if self._diagnostics is not None else None
+        if diagnostics:
+            _diagnostics_metrics(f, diagnostics)
         yield from f.items.values()
 
 
@@ -263,6 +269,32 @@ def _pipeline_metrics(f: _Families, stats: PipelineStats) -> None:
             "wall-clock time of the last confirmed send (0 before the first)",
             forwarder.last_success_time or 0.0,
         )
+
+
+def _diagnostics_metrics(f: _Families, buses: dict[str, dict[str, Any]]) -> None:
+    """docs/diagnostics.md, Counters: requests and their outcomes, ISO-TP errors, J1939."""
+    for bus, counters in sorted(buses.items()):
+        for event, value in sorted(counters.items()):
+            if isinstance(value, int):
+                f.counter(
+                    "diagnostics_events",
+                    "diagnostic requests, their outcomes and the schedule's events, by bus",
+                    value,
+                    bus=bus,
+                    event=event,
+                )
+        for error, value in sorted(counters.get("isotp_errors", {}).items()):
+            f.counter(
+                "diagnostics_isotp_errors", "ISO-TP errors, by bus", value, bus=bus, error=error
+            )
+        for event, value in sorted(counters.get("j1939", {}).items()):
+            f.counter(
+                "diagnostics_j1939_events",
+                "J1939 transport events, by bus",
+                value,
+                bus=bus,
+                event=event,
+            )
 
 
 def _campaign_metrics(f: _Families, campaigns: dict[str, dict[str, int]]) -> None:

@@ -666,7 +666,11 @@ class EdgeModule:
             self._metrics.stop()
             self._metrics = None
         server = MetricsServer(
-            TelemetryCollector(self.stats, self.queue_level),
+            TelemetryCollector(
+                self.stats,
+                self.queue_level,
+                lambda: d.stats() if (d := self.diagnostics()) is not None else None,
+            ),
             self.health,
             host=self.options.metrics_host,
             port=port,

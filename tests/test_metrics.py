@@ -307,3 +307,31 @@ def test_campaign_counters_are_metrics(tmp_path: Path, channel: str) -> None:
         assert ("can_telemetry_campaign_history_frames", ()) in metrics
     finally:
         module.stop(drain_timeout=0)
+
+
+def test_diagnostics_counters_are_metrics(tmp_path: Path, channel: str) -> None:
+    """The module's diagnostics (edge/diagnostics/) against the simulated ECUs: their counters
+    on /metrics, by bus and event."""
+    from edge.simulate_ecus import SimulatedEcus
+
+    diagnostics = {"buses": [{"bus": "vehicle", "obd": {"pids": [{"pid": 0x0C, "period": 0.2}]}}]}
+    data = settings(tmp_path, channel, diagnostics=diagnostics)
+    pipeline = Pipeline(parse_config(data, base_dir=str(tmp_path)))
+    assert pipeline.diagnostics is not None
+    server = MetricsServer(
+        TelemetryCollector(pipeline.stats, None, pipeline.diagnostics.stats),
+        lambda: Health(),
+        host="127.0.0.1",
+        port=0,
+    )
+    with can.Bus(interface="virtual", channel=channel) as bus, SimulatedEcus(bus):
+        pipeline.start()
+        server.start()
+        try:
+            wait_for(lambda: pipeline.diagnostics.stats()["vehicle"].get("responses", 0) >= 3)
+            metrics = scrape(server.port)
+        finally:
+            server.stop()
+            pipeline.stop()
+    key = ("can_telemetry_diagnostics_events_total", (("bus", "vehicle"), ("event", "responses")))
+    assert metrics[key] >= 3
