@@ -38,7 +38,7 @@ import can
 from cantools.database.can import Database
 from cantools.database.can import Message as DbMessage
 
-from edge.batch import Batch
+from edge.batch import Batch, Batcher
 from edge.campaigns.capture import Capture, FrameRing
 from edge.campaigns.config import ALWAYS, CampaignConfig, describe, field_name
 from edge.campaigns.expression import (
@@ -51,6 +51,7 @@ from edge.campaigns.expression import (
 from edge.clock import Clock, SystemClock
 from edge.codec import KIND_DATA, KIND_SCHEMA, Codec
 from edge.config import Config
+from edge.decode import dict_decoder, plain_decoder
 from edge.errors import ConfigError, SpoolError, TelemetryError
 from edge.payload import Payload
 from edge.schema import Schema, build_schema
@@ -110,7 +111,9 @@ class _Entry:
         "inputs",
         "last",
         "payload",
+        "raw",
         "ring",
+        "scaled",
         "schema_index",
         "used",
         "watched",
@@ -126,6 +129,11 @@ class _Entry:
         self.watched = False  # a stale() reads its arrival times
         self.campaigns: list[_Campaign] = []  # conditions to evaluate when it changes
         self.payload: bytes | None = None
+        #: raw values of a payload, as ``db.decode(data, False, False)`` (edge.decode's fast
+        #: path where it agrees with cantools); set for the messages campaigns use
+        self.raw: Callable[[bytes], dict[str, Any]] = plain_decoder(db)
+        #: the inputs with their scaling: (signal, state key, scale, offset)
+        self.scaled: list[tuple[str, tuple[str, str, str], float, float]] = []
         self.schema_index: int | None = None
         self.decode_errors = 0
         #: a campaign reads, captures or snapshots it (see CampaignEngine._wire)
@@ -318,6 +326,11 @@ class CampaignEngine:
                 entry.used = True
         for entry in self._entries:
             entry.used = entry.used or bool(entry.campaigns)
+            if entry.used:
+                entry.raw = dict_decoder(entry.db)
+            for signal, key in entry.inputs:
+                info = entry.db.get_signal_by_name(signal)
+                entry.scaled.append((signal, key, info.scale, info.offset))
 
     def _entry(self, bus: str, message: str) -> _Entry:
         return next(e for e in self._by_name[message] if e.bus == bus)
@@ -349,11 +362,12 @@ class CampaignEngine:
                 if not entry.used:
                     continue  # only the frames of messages campaigns use move their time
                 t = msg.timestamp
+                data = bytes(msg.data)
                 ring = entry.ring
                 if ring is not None:
-                    ring.push(t, bytes(msg.data))
+                    ring.push(t, data)
                 if entry.campaigns:
-                    self._inputs(entry, msg, t)
+                    self._inputs(entry, data, t)
                 if t > self._due:  # a capture ended or a snapshot is due (exact per frame)
                     self._run_due(t)
             self.frames += len(frames)
@@ -361,27 +375,27 @@ class CampaignEngine:
                 self.now = t
             self._after(self.now)
 
-    def _inputs(self, entry: _Entry, msg: can.Message, t: float) -> None:
+    def _inputs(self, entry: _Entry, data: bytes, t: float) -> None:
         """A frame of a message conditions read: update their state and evaluate them."""
         state = self.state
         state.now = t
         if entry.watched:
             state.seen[(entry.bus, entry.db.name)] = t
-        data = bytes(msg.data)
         if data == entry.payload and not entry.watched:
             return  # nothing a condition reads can have changed
         entry.payload = data
         changed = entry.watched
         if entry.inputs:
             try:
-                values = _decode(entry.db, data, scaling=True)
-            except Exception:  # cantools raises several types for a bad frame: counted
+                values = entry.raw(data)
+            except Exception:  # a frame of another length, an undefined multiplexer value
                 entry.decode_errors += 1
                 return
             state.changed.clear()
-            for signal, key in entry.inputs:
-                value = values.get(signal)
-                if isinstance(value, int | float) and state.update(key, t, float(value)):
+            update = state.update
+            for signal, key, scale, offset in entry.scaled:
+                raw = values.get(signal)
+                if raw is not None and update(key, t, raw * scale + offset):
                     changed = True
         if changed:
             for campaign in entry.campaigns:
@@ -464,14 +478,13 @@ class CampaignEngine:
             return
         while campaign.next_snapshot <= now:
             campaign.next_snapshot += period
-        batch = Batch(0.0)
+        frames = []
         for entry, columns in campaign.columns:
             msg = entry.last
             if msg is not None:
-                self._add_row(batch, entry, columns, msg.timestamp, bytes(msg.data))
-        if batch.groups:
-            ext = {"campaign": campaign.config.name, "snapshot": now}
-            self._spool_batch(campaign, batch, ext, campaign.config.priority)
+                frames.append((entry, columns, msg.timestamp, bytes(msg.data)))
+        ext = {"campaign": campaign.config.name, "snapshot": now}
+        self._emit(campaign, ext, campaign.config.priority, frames, raw_wanted=False)
 
     # -- captures into payloads ----------------------------------------------------------------
 
@@ -481,64 +494,101 @@ class CampaignEngine:
         capture: Capture,
         columns: Sequence[tuple[_Entry, list[tuple[str, int]]]],
     ) -> None:
-        batch = Batch(0.0)
-        raw: dict[tuple[int, int], list[bytes]] = {}
-        raw_wanted = campaign is not None and campaign.config.raw_frames
-        for entry, cols in columns:
-            ring = entry.ring
-            if ring is None:
-                continue
-            oldest = ring.oldest()
-            if ring.overflow and oldest is not None and oldest > capture.start:
-                capture.truncated = True
-            for t, data in ring.window(capture.start, capture.end):
-                self._add_row(batch, entry, cols, t, data)
-                if raw_wanted and entry.schema_index is not None:
-                    key = (entry.schema_index, round(t * self._ticks))
-                    raw.setdefault(key, []).append(data)
         counters = campaign.stats if campaign is not None else self.adhoc
+        for entry, _ in columns:
+            ring = entry.ring
+            oldest = ring.oldest() if ring is not None else None
+            if ring is not None and ring.overflow and oldest is not None and oldest > capture.start:
+                capture.truncated = True
         if capture.truncated:
             counters.truncated += 1
-        if not batch.groups:
-            return
+        frames = (
+            (entry, cols, t, data)
+            for entry, cols in columns
+            if entry.ring is not None
+            for t, data in entry.ring.window(capture.start, capture.end)
+        )
         ext: dict[str, Any] = {
             "campaign": capture.campaign,
             "trigger": capture.trigger,
             "condition": capture.condition,
         }
         priority = campaign.config.priority if campaign is not None else SCHEMA_PRIORITY
-        self._spool_batch(campaign, batch, ext, priority, raw)
+        raw_wanted = campaign is not None and campaign.config.raw_frames
+        self._emit(campaign, ext, priority, frames, raw_wanted=raw_wanted)
 
-    def _add_row(
-        self, batch: Batch, entry: _Entry, columns: list[tuple[str, int]], t: float, data: bytes
-    ) -> None:
-        """One row: every value cantools gives for this frame, as raw integers (floats as is)."""
-        try:
-            values = _decode(entry.db, data, scaling=False)
-        except Exception:  # a frame cantools cannot decode is counted, not fatal
-            entry.decode_errors += 1
-            return
-        items = [(column, values[name]) for name, column in columns if name in values]
-        if items and entry.schema_index is not None:
-            batch.add(entry.schema_index, None, round(t * self._ticks), items)
-
-    def _spool_batch(
+    def _emit(
         self,
         campaign: _Campaign | None,
-        batch: Batch,
         ext: dict[str, Any],
         priority: int,
-        raw: Mapping[tuple[int, int], list[bytes]] | None = None,
+        frames: Iterable[tuple[_Entry, list[tuple[str, int]], float, bytes]],
+        *,
+        raw_wanted: bool,
     ) -> None:
+        """Decode ``frames`` into rows (every value cantools gives, as raw integers, floats as
+        they are) and spool them as payloads of at most ``max_bytes``, part by part: a long
+        capture never holds more than one payload's rows in memory."""
         stats = campaign.stats if campaign is not None else self.adhoc
-        parts = self._parts(batch, ext, raw or {})
+        raw: dict[tuple[int, int], list[bytes]] = {}
+        batcher = Batcher(
+            budget=self.config.batch.max_bytes,
+            max_age=float("inf"),
+            ticks_per_second=self._ticks,
+            measure=lambda batch: sum(
+                self.codec.size(KIND_DATA, e, b) for e, b in self._parts(batch, ext, raw)
+            ),
+            clock=self._clock,
+        )
+        ticks = self._ticks
+        state = {"rows": 0, "cut": False}
+        for entry, columns, t, data in frames:
+            if state["cut"]:
+                break
+            try:
+                values = entry.raw(data)
+            except Exception:  # a frame of another length, an undefined multiplexer value
+                entry.decode_errors += 1
+                continue
+            items = [(column, values[name]) for name, column in columns if name in values]
+            if not items or entry.schema_index is None:
+                continue
+            tick = round(t * ticks)
+            if raw_wanted:
+                raw.setdefault((entry.schema_index, tick), []).append(data)
+            state["rows"] += 1
+            if batcher.add(entry.schema_index, None, tick, items):
+                self._write(campaign, batcher.take(), ext, priority, raw, state)
+        self._write(campaign, batcher.take(), ext, priority, raw, state)
+        if state["rows"]:
+            if state["cut"]:
+                stats.budget_dropped += 1
+            else:
+                stats.captures += 1
+            stats.rows += state["rows"]
+
+    def _write(
+        self,
+        campaign: _Campaign | None,
+        batch: Batch | None,
+        ext: dict[str, Any],
+        priority: int,
+        raw: Mapping[tuple[int, int], list[bytes]],
+        state: dict[str, Any],
+    ) -> None:
+        """Spool one part of a capture (or a snapshot) within the daily budget; a part over it
+        cuts the capture there (``state["cut"]``)."""
+        if batch is None or state["cut"]:
+            return
+        stats = campaign.stats if campaign is not None else self.adhoc
+        parts = self._parts(batch, ext, raw)
         size = sum(self.codec.size(KIND_DATA, envelope, body) for envelope, body in parts)
         if campaign is not None and campaign.config.daily_bytes is not None:
             day = int(self._clock.time() // 86_400)
             if day != campaign.day:
                 campaign.day, campaign.day_bytes = day, 0
             if campaign.day_bytes + size > campaign.config.daily_bytes:
-                stats.budget_dropped += 1
+                state["cut"] = True
                 return
             campaign.day_bytes += size
         if self._clock.monotonic() - self._schema_sent_at >= self.config.batch.schema_interval:
@@ -550,8 +600,6 @@ class CampaignEngine:
                 continue
             stats.payloads += 1
             stats.bytes += written
-        stats.captures += 1
-        stats.rows += batch.rows
 
     def _parts(
         self, batch: Batch, ext: Mapping[str, Any], raw: Mapping[tuple[int, int], list[bytes]]

@@ -1,0 +1,235 @@
+"""Benchmark of campaigns (issue 11): what conditions and pre-trigger history cost. Prints markdown.
+
+    .venv/bin/python benchmarks/campaigns.py [--quick]
+
+Needs the shared corpus beside the checkout (``../shared/corpus``); without it, it says so and
+exits 0.
+
+1. Throughput: every corpus log, frames in memory, through the ``Processor`` (payloads built
+   and kept in memory), with and without 10 condition campaigns. The campaigns are made from the
+   log itself: the 10 busiest messages its DBC knows, each with a condition on one of its
+   numeric signals (``Message.Signal > its median``, so they do fire), ``before = 5``,
+   ``after = 2``, ``min_interval = 10`` and the message's signals captured. Best of N,
+   alternating; the figure is the ratio of frame rates (target >= 0.8).
+2. Peak memory: a fresh child process (VmHWM) runs 90 s of synthetic traffic on every message of
+   ``vw_mqb.dbc`` (benchmarks/run.py's ``vw_traffic``) with one campaign capturing every signal
+   with a 60 s pre-trigger window (``before = 60``), against the same run without it (target:
+   within the 64 MB budget).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import run as base  # benchmarks/run.py: corpus frames, traffic, peak RSS
+
+TARGET_RATIO = 0.8
+TARGET_RSS_MB = 64.0
+CAMPAIGNS = 10
+VW_DBC = "vw_mqb.dbc"
+VW_SECONDS = 90.0
+
+
+def collector() -> Any:
+    """The spool's ``append`` contract in memory (payloads built, sizes kept)."""
+    sizes: list[int] = []
+
+    def append(build: Any, priority: int = 5) -> int:
+        sizes.append(len(build("ab" * 16, len(sizes)).body))
+        return len(sizes)
+
+    return append
+
+
+def log_campaigns(log: Any, frames: list[Any]) -> list[dict[str, Any]]:
+    """10 condition campaigns on the log's busiest known messages (see the module docstring)."""
+    import cantools
+
+    counts: Counter[tuple[str, int, bool]] = Counter(
+        (m.channel, m.arbitration_id, m.is_extended_id) for m in frames if not m.is_error_frame
+    )
+    dbs = {
+        b.name: cantools.database.load_file(str(base.CORPUS / b.dbc), strict=b.strict)
+        for b in log.buses
+    }
+    taken: list[dict[str, Any]] = []
+    names: set[str] = set()
+    for (bus, frame_id, extended), _ in counts.most_common():
+        db = dbs.get(bus)
+        if db is None or len(taken) == CAMPAIGNS:
+            continue
+        try:
+            message = db.get_message_by_frame_id(frame_id)
+        except KeyError:
+            continue
+        if bool(message.is_extended_frame) != extended or message.name in names:
+            continue
+        if sum(1 for b in dbs.values() if message.name in {m.name for m in b.messages}) > 1:
+            continue  # on several buses: not a unique name for a condition
+        values: dict[str, list[float]] = {}
+        sample = [m for m in frames if m.channel == bus and m.arbitration_id == frame_id][:2000]
+        for m in sample:
+            try:
+                decoded = message.decode(bytes(m.data), decode_choices=False)
+            except Exception:
+                continue
+            for name, value in decoded.items():
+                if isinstance(value, int | float):
+                    values.setdefault(name, []).append(float(value))
+        moving = [n for n, v in values.items() if len(set(v)) > 2]
+        if not moving:
+            continue
+        signal = moving[0]
+        median = statistics.median(values[signal])
+        names.add(message.name)
+        taken.append(
+            {
+                "name": f"c{len(taken)}",
+                "condition": f"{message.name}.{signal} > {median!r}",
+                "signals": [f"{message.name}.*"],
+                "before": 5.0,
+                "after": 2.0,
+                "min_interval": 10.0,
+            }
+        )
+    return taken
+
+
+def throughput(log: Any, frames: list[Any], campaigns: list[dict[str, Any]]) -> float:
+    """Seconds to process ``frames`` (chunks of benchmarks/run.py's CHUNK)."""
+    from edge.config import parse_config
+    from edge.process import Processor
+
+    processor = Processor(parse_config(log.config(campaigns=campaigns)), collector())
+    gc.collect()
+    started = time.perf_counter()
+    for i in range(0, len(frames), base.CHUNK):
+        processor.process(frames[i : i + base.CHUNK])
+    processor.flush()
+    if processor.campaigns is not None:
+        processor.campaigns.flush()
+    return time.perf_counter() - started
+
+
+def child_memory(with_campaign: str) -> dict[str, Any]:
+    """``vw_mqb.dbc``, every signal, VW_SECONDS of traffic; with a 60 s pre-trigger campaign on
+    every signal when ``with_campaign`` is ``yes``."""
+    from edge.config import parse_config
+    from edge.process import Processor
+    from edge.spool import Spool
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = base.vw_config(base.CORPUS / "dbc_corpus" / "opendbc" / VW_DBC, Path(tmp) / "s")
+        if with_campaign == "yes":
+            data["campaigns"] = [
+                {
+                    "name": "everything",
+                    # fires once a minute or so (a byte that is random in the traffic)
+                    "condition": "changed(ESP_21.ESP_v_Signal)",
+                    "trigger": "while_true",
+                    "min_interval": 60.0,
+                    "signals": ["*"],
+                    "before": 60.0,
+                    "after": 1.0,
+                }
+            ]
+        config = parse_config(data)
+        spool = Spool(config.spool.path, max_bytes=200_000_000)
+        processor = Processor(config, lambda b, priority=5: spool.append(b, priority=priority))
+        db = processor.bus_decoders[0]._db
+        base.feed(processor, base.vw_traffic(db, VW_SECONDS))
+        engine = processor.campaigns
+        history = engine.ring_stats() if engine is not None else {}
+        captures = engine.counters()["everything"]["captures"] if engine is not None else 0
+        if engine is not None:
+            engine.flush()
+        spool.close()
+    return {
+        "rss_mb": base.peak_rss_mb(),
+        "history": history,
+        "captures": captures,
+        "frames": processor.stats().frames,
+    }
+
+
+def memory_child(with_campaign: str) -> dict[str, Any]:
+    """:func:`child_memory` in a fresh process (its VmHWM is its own)."""
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--child", "memory", with_campaign],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"memory child failed:\n{out.stderr}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one repetition, fewer frames")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child_memory(args.child[1])))
+        return 0
+    if not base.CORPUS.is_dir():
+        print(f"corpus not found at {base.CORPUS}: nothing to measure")
+        return 0
+    from tests.support.corpus import LOGS
+
+    repeats = 1 if args.quick else 3
+    print("## Campaigns: throughput with 10 condition campaigns\n")
+    print("| log | frames | without | with 10 | ratio | triggers |")
+    print("|---|---:|---:|---:|---:|---:|")
+    ratios = []
+    for log in LOGS:
+        frames = base.corpus_frames(log)
+        if args.quick:
+            frames = frames[:100_000]
+        campaigns = log_campaigns(log, frames)
+        without, with_ = [], []
+        for _ in range(repeats):
+            without.append(throughput(log, frames, []))
+            with_.append(throughput(log, frames, campaigns))
+        ratio = min(without) / min(with_)
+        ratios.append(ratio)
+        print(
+            f"| {log.id} | {len(frames):,} | {base.rate(len(frames) / min(without))} "
+            f"| {base.rate(len(frames) / min(with_))} | {ratio:.2f} | {len(campaigns)} campaigns |"
+        )
+    overall = base.geomean(ratios)
+    verdict = "meets" if overall >= TARGET_RATIO else "misses"
+    print(f"\nGeometric mean ratio {overall:.2f} ({verdict} the target of {TARGET_RATIO}).\n")
+
+    print(f"## Campaigns: peak memory, 60 s pre-trigger history on every signal of {VW_DBC}\n")
+    plain = memory_child("no")
+    loaded = memory_child("yes")
+    history = loaded["history"]
+    print("| run | peak RSS | frames | history kept | overflow |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| without campaigns | {plain['rss_mb']:.1f} MB | {plain['frames']:,} | - | - |")
+    print(
+        f"| 60 s before, every signal | {loaded['rss_mb']:.1f} MB | {loaded['frames']:,} "
+        f"| {history['frames']:,} frames, {history['bytes'] / 1e6:.1f} MB | {history['overflow']} |"
+    )
+    verdict = "within" if loaded["rss_mb"] <= TARGET_RSS_MB else "over"
+    print(f"\n{verdict} the {TARGET_RSS_MB:.0f} MB budget ({loaded['captures']} captures made).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
