@@ -20,8 +20,15 @@ appends/s with FULL against 11,700 with NORMAL; on eMMC or an SD card an fsync t
 which still leaves hundreds of appends per second for a pipeline that closes a few batches per
 second at most.
 
+Flash wear. A new file uses 1 KiB pages (SQLite's default is 4 KiB): a payload costs two small
+commits (append, ack) that each rewrite a few b-tree, meta and pointer-map pages in the WAL, and
+at 4 KiB those pages, not the payload, were most of what reached the device. Measured with
+``benchmarks/wear.py`` (demo car, 3.7 KB payloads, ext4): bytes written per payload byte fell
+from 13.7x to 7.7x with the link up and from 18.1x to 8.5x through an outage, with the same
+durability (every commit still fsynced). An existing file keeps its page size.
+
 Disk bound. ``max_bytes`` caps the database plus its ``-wal`` file. The WAL is kept small by
-checkpointing every ``max_bytes / 64`` bytes (between 8 and 1000 pages, i.e. at most 4 MB) and
+checkpointing every ``max_bytes / 64`` bytes (between 8 pages and 4 MiB) and
 truncating it to that size (``journal_size_limit``); the rest is the budget of the database,
 measured in real pages (``page_count - freelist_count``). An append that would not fit first
 deletes the oldest rows (dead letters first, then pending payloads, never the newest) and counts
@@ -102,6 +109,13 @@ _SCHEMA_VERSION = 1
 
 #: See the module docstring: a returned append must survive a power cut.
 _SYNCHRONOUS = "FULL"
+
+#: Page size of a new spool file: small pages, because what wears flash is the pages each of
+#: the two commits per payload rewrites (see "Flash wear" in the module docstring).
+_PAGE_SIZE = 1024
+
+#: Largest WAL kept between checkpoints.
+_WAL_MAX_BYTES = 4 * 1024 * 1024
 
 #: Estimated bytes a row costs on top of its payload (cell header, pointers, page slack).
 ROW_OVERHEAD = 64
@@ -646,14 +660,15 @@ class Spool:
         return conn
 
     def _configure(self, conn: sqlite3.Connection, created: bool) -> None:
-        # auto_vacuum only takes effect before the first table is created.
+        # Both only take effect before the first table is created (a new file).
+        conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
         if mode != "wal":
             raise SpoolError(f"spool {self._path}: cannot enable WAL (journal_mode={mode})")
         conn.execute(f"PRAGMA synchronous = {_SYNCHRONOUS}")
         (self._page_size,) = conn.execute("PRAGMA page_size").fetchone()
-        wal_pages = max(8, min(1000, self._max_bytes // self._page_size // 64))
+        wal_pages = max(8, min(_WAL_MAX_BYTES, self._max_bytes // 64) // self._page_size)
         self._wal_bytes = wal_pages * self._page_size
         self._budget = self._max_bytes - self._wal_bytes
         conn.execute(f"PRAGMA wal_autocheckpoint = {wal_pages}")

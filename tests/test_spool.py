@@ -162,7 +162,8 @@ def test_cap_drops_oldest_keeps_newest_and_bounds_the_file(tmp_path: Path) -> No
         spool.append(lambda s, q: checked_payload(s, q, 20_000))
         sizes.append(disk_bytes(path))
     assert max(sizes) <= CAP + CAP_TOLERANCE
-    assert sizes[-1] <= max(sizes[:200])  # it stopped growing once full
+    # It stopped growing once full (give or take an interior page of the b-tree).
+    assert sizes[-1] <= max(sizes[:200]) + 2 * 1024
     stats = spool.stats()
     assert stats.dropped_full > 0
     assert stats.depth + stats.dropped_full == 400
