@@ -54,6 +54,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
     "MAX_ARRAY",
+    "WIDE_VERSION",
     "Codec",
     "DecodedPayload",
     "PayloadDecoder",
@@ -66,8 +67,11 @@ _T = TypeVar("_T")
 
 MAGIC = b"CT"
 FORMAT_VERSION = 2
-#: Versions :func:`unpack` reads.
-_READABLE = (1, 2)
+#: Versions :func:`unpack` reads. Version 3 is version 2 plus wide-integer columns (below): a
+#: writer marks 3 only the payloads that have one, so readers of version 2 refuse those rather
+#: than misread them, and read everything else as before.
+_READABLE = (1, 2, 3)
+WIDE_VERSION = 3
 KIND_DATA, KIND_SCHEMA = 0, 1
 _KIND_NAMES = {KIND_DATA: "data", KIND_SCHEMA: "schema"}
 _COMPRESSION_CODES = {"none": 0, "zlib": 1, "zstd": 2}
@@ -94,7 +98,11 @@ _DENSE_NUM, _DENSE_DEN = 3, 10
 _DATA_ENVELOPE, _SCHEMA_ENVELOPE = 6, 5
 #: Raw integers whose deltas do not fit msgpack's integer range are sent as they are.
 _INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1
+_DELTA: Any = object()  # a column without a flag: delta-encoded (no flag value stands for it)
 _PLAIN = 1  # column encoding flag: values not delta-encoded
+#: Column encoding flag: raw integers beyond 64 bits (a signal longer than 64 bits: CAN FD
+#: allows up to 512), each as big-endian two's-complement bytes (bin), nil where dense has none.
+_WIDE = 2
 #: Integer values spanning at most this have every delta within msgpack's range.
 _SAFE_SPAN = 2**63
 
@@ -142,6 +150,7 @@ class Codec:
             if compression == "zstd"
             else None
         )
+        self.body_version = FORMAT_VERSION  # of the last data body (see data_body)
         self.resolution_ns = round(resolution * 1e9)
         self.ticks_per_second = 1e9 / self.resolution_ns
         self.vehicle = vehicle
@@ -155,7 +164,10 @@ class Codec:
         return raw
 
     def data_body(self, batch: Batch, schema: Schema) -> bytes:
-        """The compressed body of a data payload."""
+        """The compressed body of a data payload. Sets :attr:`body_version`: the format version
+        the payload must carry (:data:`WIDE_VERSION` when a column holds integers beyond 64
+        bits; :meth:`envelope` passes it on)."""
+        self.body_version = FORMAT_VERSION
         groups = []
         messages = schema.messages
         base = int(batch.min_tick)
@@ -169,9 +181,13 @@ class Codec:
                 # (only 64-bit signals between extremes can; within a span of 2**63 none does).
                 delta = not signals[index].is_float
                 plain = False
+                wide = False
                 if delta and max(values) - min(values) > _SAFE_SPAN:
                     deltas = _deltas(values, 0)
-                    if min(deltas) < _INT_MIN or max(deltas) > _UINT_MAX:
+                    if min(values) < _INT_MIN or max(values) > _UINT_MAX:
+                        wide = True
+                        values = [_wide(v) for v in values]
+                    elif min(deltas) < _INT_MIN or max(deltas) > _UINT_MAX:
                         plain = True
                     else:
                         values = deltas
@@ -196,7 +212,10 @@ class Codec:
                     row_field = _deltas(rows, 0)
                     if delta:
                         values = _deltas(values, 0)
-                if plain:
+                if wide:
+                    self.body_version = WIDE_VERSION
+                    columns.append([index, row_field, values, _WIDE])
+                elif plain:
                     columns.append([index, row_field, values, _PLAIN])
                 else:
                     columns.append([index, row_field, values])
@@ -258,7 +277,8 @@ class Codec:
         ext = envelope.get("ext")
         if ext:
             fields.append(dict(ext))
-        header = bytes((MAGIC[0], MAGIC[1], FORMAT_VERSION, kind, self._code))
+        version = envelope.get("version", FORMAT_VERSION)
+        header = bytes((MAGIC[0], MAGIC[1], version, kind, self._code))
         packed: bytes = msgpack.packb(fields, use_bin_type=True)
         return header + packed + body
 
@@ -278,7 +298,7 @@ class Codec:
             "schema": str(envelope["schema"]),
             "vehicle": self.vehicle,
             "compression": self.compression,
-            "format": str(FORMAT_VERSION),
+            "format": str(envelope.get("version", FORMAT_VERSION)),
         }
         return Payload(self.pack(kind, envelope, body, stream, seq), properties)
 
@@ -310,7 +330,7 @@ def _open(data: bytes, *, decompress: bool = True) -> DecodedPayload:
         raise PayloadError("not a can-telemetry payload (bad magic)")
     version, kind, code = data[2], data[3], data[4]
     if version not in _READABLE:
-        raise PayloadError(f"unsupported format version {version} (this reader knows 1 and 2)")
+        raise PayloadError(f"unsupported format version {version} (this reader knows 1, 2 and 3)")
     if kind not in _KIND_NAMES:
         raise PayloadError(f"unknown payload kind {kind}")
     if code not in _COMPRESSION_NAMES:
@@ -522,6 +542,7 @@ class PayloadDecoder:
         if schema is None:
             raise SchemaMissingError(str(schema_id))
         nils = payload.version >= 2  # version 1 has no nil in a column
+        flags = (_DELTA, _PLAIN, _WIDE) if payload.version >= WIDE_VERSION else (_DELTA, _PLAIN)
         campaign = env.get("ext", {}).get("campaign")
         if not isinstance(campaign, str):
             campaign = None
@@ -542,7 +563,8 @@ class PayloadDecoder:
                 times = _undelta(_ints(time_deltas), t0)
                 seconds = [t * res / 1_000_000_000 for t in times]
                 for column in columns:
-                    if not 3 <= len(column) <= 4 or (len(column) == 4 and column[3] != _PLAIN):
+                    flag = column[3] if len(column) == 4 else _DELTA
+                    if not 3 <= len(column) <= 4 or flag not in flags:
                         raise PayloadError("malformed column")
                     signal_index, row_deltas, values = column[:3]
                     signal = _item(message.signals, signal_index, "signal")
@@ -560,8 +582,10 @@ class PayloadDecoder:
                             raise PayloadError("row number outside its group")
                     if signal.is_float:
                         values = _numbers(values)
-                    elif len(column) > 3 and column[3] == _PLAIN:
+                    elif flag == _PLAIN:
                         values = _ints(values)
+                    elif flag == _WIDE:
+                        values = _wide_ints(values)
                     else:
                         values = _undelta(_ints(values), 0)
                     if len(values) != len(rows):
@@ -685,6 +709,17 @@ def _item(items: Sequence[_T], index: object, what: str) -> _T:
     if type(index) is not int or not 0 <= index < len(items):
         raise PayloadError(f"{what} index {index!r} out of range")
     return items[index]
+
+
+def _wide(value: int) -> bytes:
+    """An integer as the fewest big-endian two's-complement bytes that hold it."""
+    return value.to_bytes((value.bit_length() + 8) // 8, "big", signed=True)
+
+
+def _wide_ints(values: object) -> list[int]:
+    if not isinstance(values, list) or not all(type(v) is bytes and v for v in values):
+        raise PayloadError("expected a list of wide integers (non-empty bin)")
+    return [int.from_bytes(v, "big", signed=True) for v in values]
 
 
 def _ints(values: object) -> list[int]:

@@ -19,7 +19,7 @@ import can
 from edge.batch import COLUMN_BOUND, TIME_BOUND, Batch, Batcher, value_bound
 from edge.campaigns.engine import CampaignEngine
 from edge.clock import Clock, SystemClock, WallClockWatch
-from edge.codec import KIND_DATA, KIND_SCHEMA, Codec
+from edge.codec import FORMAT_VERSION, KIND_DATA, KIND_SCHEMA, Codec
 from edge.config import Config
 from edge.database import load_databases
 from edge.decode import UNKNOWN_ID, BusDecoder, Decoder, DecodeStats, Track
@@ -532,6 +532,8 @@ class Processor:
             if clock is not None:  # the wall clock may be wrong: say how to place the payload
                 envelope.setdefault("ext", {})["clock"] = clock
             body = codec.data_body(batch, schema)
+            if codec.body_version != FORMAT_VERSION:  # integers beyond 64 bits
+                envelope["version"] = codec.body_version
             size = codec.size(KIND_DATA, envelope, body)
         except Exception as exc:  # a fault of ours: isolate the rows that cause it
             self._unencodable(batch, exc)

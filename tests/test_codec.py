@@ -796,7 +796,7 @@ MALFORMED: dict[str, bytes] = {
     "bad magic": b"XT\x01\x00\x00" + msgpack.packb({}) + msgpack.packb([]),
     "lower-case magic": b"ct\x01\x00\x00" + msgpack.packb({}) + msgpack.packb([]),
     "version 0": raw_payload(data_envelope(), _body([]), version=0),
-    "version 3": raw_payload(data_envelope(), _body([]), version=3),
+    "version 4": raw_payload(data_envelope(), _body([]), version=4),
     "version 255": raw_payload(data_envelope(), _body([]), version=255),
     "kind 2": raw_payload(data_envelope(), _body([]), kind=2),
     "kind 255": raw_payload(data_envelope(), _body([]), kind=255),
@@ -1434,3 +1434,32 @@ def test_peek_reads_the_envelope_only() -> None:
     peeked = peek(data_payload.body)
     assert peeked.envelope == unpack(data_payload.body).envelope
     assert isinstance(peeked.body, bytes)  # still compressed
+
+
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "sparse"])
+def test_integers_beyond_64_bits_travel_in_version_3_payloads_only(dense: bool) -> None:
+    # A 128-bit signal (CAN FD allows up to 512): its raw integers leave msgpack's range, so
+    # they go as big-endian two's-complement bytes, in a payload marked version 3; a payload
+    # without such a column stays version 2, and a version 2 reader refuses a version 3 one.
+    wide = Schema(("fd",), (MessageInfo(0, "Big", 0x10, False, False, (SignalInfo("x"),)),))
+    values = [0, 2**128 - 1, -(2**100), 5, 2**64, -(2**63) - 1]
+    rows: list[RowSpec] = [(0, None, 1000 + i, [(0, v)]) for i, v in enumerate(values)]
+    if not dense:  # a column with values in few rows of its group
+        rows += [(0, None, 2000 + i, []) for i in range(40)]
+    codec = make_codec("zstd")
+    schema_payload, _ = encode(codec, wide, batch_of(rows))
+    batch = batch_of(rows)
+    envelope, body = codec.envelope(batch, wide), codec.data_body(batch, wide)
+    assert codec.body_version == 3
+    data = codec.pack(KIND_DATA, {**envelope, "version": codec.body_version}, body, STREAM, 1)
+    assert data[2] == 3
+    decoder = PayloadDecoder()
+    decoder.decode(schema_payload.body)
+    assert [r.value for r in decoder.rows(data)] == values
+    # Ordinary integers keep version 2.
+    small = batch_of([(0, None, 1, [(0, 2**64 - 1)]), (0, None, 2, [(0, -(2**63))])])
+    codec.data_body(small, wide)
+    assert codec.body_version == 2
+    # A flag-2 column in a version 2 payload is refused, not misread.
+    with pytest.raises(PayloadError, match="malformed column"):
+        decoder.rows(data[:2] + b"\x02" + data[3:])
