@@ -23,9 +23,9 @@ second at most.
 Flash wear. A new file uses 1 KiB pages (SQLite's default is 4 KiB): a payload costs two small
 commits (append, ack) that each rewrite a few b-tree, meta and pointer-map pages in the WAL, and
 at 4 KiB those pages, not the payload, were most of what reached the device. Measured with
-``benchmarks/wear.py`` (demo car, 3.7 KB payloads, ext4): bytes written per payload byte fell
-from 13.7x to 7.7x with the link up and from 18.1x to 8.5x through an outage, with the same
-durability (every commit still fsynced). An existing file keeps its page size.
+``benchmarks/wear.py`` (30 minutes of the demo car, 3.6 KB payloads, ext4): bytes written per
+payload byte fell from 13.5x to 8.5x with the link up and from 18.8x to 9.2x through an outage,
+with the same durability (every commit still fsynced). An existing file keeps its page size.
 
 Disk bound. ``max_bytes`` caps the database plus its ``-wal`` file. The WAL is kept small by
 checkpointing every ``max_bytes / 64`` bytes (between 8 pages and 4 MiB) and
