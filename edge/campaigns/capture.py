@@ -13,57 +13,67 @@ A :class:`Capture` is one window ``[trigger - before, trigger + after]`` of one 
 
 from __future__ import annotations
 
+import struct
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 __all__ = ["Capture", "FrameRing"]
 
-#: What a frame costs in a ring beyond its data: a float, a bytes object header, two slots.
-FRAME_OVERHEAD = 33 + 24 + 16
+#: A frame in a ring is one bytes object: its time (a float64) then its data. One object per
+#: frame rather than a float and a bytes: about 25 bytes less per frame, 5 MB on 60 s of a
+#: whole bus.
+_TIME = struct.Struct("<d")
+#: What a frame costs in a ring beyond its data: the bytes object's header, its time, the
+#: deque's slot.
+FRAME_OVERHEAD = 33 + _TIME.size + 8
 
 
 class FrameRing:
-    """Recent frames of one message: times and data, oldest first, bounded three ways."""
+    """Recent frames of one message, oldest first, bounded three ways: ``keep`` seconds,
+    ``max_frames`` frames and ``max_bytes`` bytes (see :data:`FRAME_OVERHEAD`)."""
 
-    __slots__ = ("bytes", "data", "keep", "max_bytes", "max_frames", "overflow", "times")
+    __slots__ = ("bytes", "frames", "keep", "max_bytes", "max_frames", "overflow")
 
     def __init__(self, keep: float, max_frames: int, max_bytes: int) -> None:
         self.keep = keep  # seconds of history that must stay
         self.max_frames = max_frames
         self.max_bytes = max_bytes
-        self.times: deque[float] = deque()
-        self.data: deque[bytes] = deque()
+        self.frames: deque[bytes] = deque()
         self.bytes = 0
         self.overflow = 0
 
+    def __len__(self) -> int:
+        return len(self.frames)
+
     def push(self, t: float, data: bytes) -> None:
         """Keep a frame; forget frames older than ``keep`` and those over the caps (counted)."""
-        times, datas = self.times, self.data
-        times.append(t)
-        datas.append(data)
+        frames = self.frames
+        frames.append(_TIME.pack(t) + data)
         self.bytes += len(data) + FRAME_OVERHEAD
         horizon = t - self.keep
-        while times[0] < horizon:
-            times.popleft()
-            self.bytes -= len(datas.popleft()) + FRAME_OVERHEAD
-        while len(times) > self.max_frames or self.bytes > self.max_bytes:
-            times.popleft()
-            self.bytes -= len(datas.popleft()) + FRAME_OVERHEAD
+        time_of = _TIME.unpack_from
+        while time_of(frames[0])[0] < horizon:
+            self.bytes -= len(frames.popleft()) - _TIME.size + FRAME_OVERHEAD
+        while len(frames) > self.max_frames or self.bytes > self.max_bytes:
+            self.bytes -= len(frames.popleft()) - _TIME.size + FRAME_OVERHEAD
             self.overflow += 1
 
-    def window(self, start: float, end: float) -> list[tuple[float, bytes]]:
-        """The frames with ``start <= t <= end``, oldest first."""
-        out = []
-        for t, data in zip(self.times, self.data, strict=True):
+    def window(self, start: float, end: float) -> Iterator[tuple[float, bytes]]:
+        """The frames with ``start <= t <= end``, oldest first (read the ring, do not change it
+        while iterating)."""
+        time_of = _TIME.unpack_from
+        offset = _TIME.size
+        for frame in self.frames:
+            t = time_of(frame)[0]
             if t > end:
-                break
+                return
             if t >= start:
-                out.append((t, data))
-        return out
+                yield t, frame[offset:]
 
     def oldest(self) -> float | None:
         """Time of the oldest frame kept."""
-        return self.times[0] if self.times else None
+        return _TIME.unpack_from(self.frames[0])[0] if self.frames else None
 
 
 @dataclass(slots=True)

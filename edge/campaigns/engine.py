@@ -66,6 +66,9 @@ SCHEMA_PRIORITY = 0
 #: chunk that passed its end, so the ring must still hold its first frame then.
 _RING_SLACK = 5.0
 
+#: Most values one capture payload holds (see CampaignEngine._emit).
+_PART_VALUES = 100_000
+
 #: ``append(build, priority=p)``: the spool's append with a delivery priority.
 Append = Callable[..., int]
 
@@ -557,7 +560,13 @@ class CampaignEngine:
             if raw_wanted:
                 raw.setdefault((entry.schema_index, tick), []).append(data)
             state["rows"] += 1
-            if batcher.add(entry.schema_index, None, tick, items):
+            # A part closes when full, or at _PART_VALUES values: what a capture holds in memory
+            # at once stays a few MB whatever its length (60 s of a whole bus compresses so well
+            # that a full payload would hold millions of values).
+            if (
+                batcher.add(entry.schema_index, None, tick, items)
+                or batcher.batch.values >= _PART_VALUES
+            ):
                 self._write(campaign, batcher.take(), ext, priority, raw, state)
         self._write(campaign, batcher.take(), ext, priority, raw, state)
         if state["rows"]:
@@ -778,7 +787,7 @@ class CampaignEngine:
         with self._lock:
             rings = [e.ring for e in self._entries if e.ring is not None]
             return {
-                "frames": sum(len(r.times) for r in rings),
+                "frames": sum(len(r) for r in rings),
                 "bytes": sum(r.bytes for r in rings),
                 "overflow": sum(r.overflow for r in rings),
                 "decodeErrors": sum(e.decode_errors for e in self._entries),
