@@ -229,12 +229,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if server is not None:
         server.stop()
     stats = pipeline.stats()
+    decode = stats.decode
     log.warning(
         "stopped: %d frames, %d samples, %d batches, %d payload bytes",
         stats.frames,
         stats.samples,
         stats.batches,
         stats.payload_bytes,
+    )
+    log.log(  # the accounting identity (docs/counters.md): read = decoded + repeated + ...
+        logging.ERROR if decode.lost or stats.lost_rows else logging.WARNING,
+        "frames: %d read = %d decoded + %d repeated + %d skipped (%s) + %d lost%s",
+        decode.frames,
+        decode.decoded,
+        decode.repeated,
+        sum(decode.skipped.values()),
+        ", ".join(f"{k} {v}" for k, v in sorted(decode.skipped.items())) or "none",
+        decode.lost,
+        f" ({', '.join(f'{k} {v}' for k, v in sorted(decode.lost_reasons.items()))};"
+        f" {stats.lost_rows} rows not encodable)"
+        if decode.lost or stats.lost_rows
+        else "",
     )
     sources = stats.sources.values()
     log.warning(  # frames skipped before processing, and clock steps, over every source

@@ -52,6 +52,7 @@ from edge.process import PipelineStats
 __all__ = [
     "DEFAULT_METRICS_PORT",
     "Health",
+    "LossWatch",
     "MetricsServer",
     "ProgressWatch",
     "QueueLevel",
@@ -84,6 +85,30 @@ class QueueLevel:
 
     chunks: int
     capacity: int
+
+
+class LossWatch:
+    """Fails liveness while frames are being lost: for ``window`` seconds after the count of
+    frames lost to processing faults last grew (a fault that keeps recurring keeps it failing;
+    one that stopped clears after the window, the counter stays)."""
+
+    def __init__(self, window: float, monotonic: Callable[[], float]) -> None:
+        self._window = window
+        self._monotonic = monotonic
+        self._lost = 0
+        self._grew_at: float | None = None
+        self._lock = threading.Lock()
+
+    def check(self, lost: int) -> str | None:
+        """A problem description while losses are recent, or None."""
+        now = self._monotonic()
+        with self._lock:
+            if lost > self._lost:
+                self._lost, self._grew_at = lost, now
+            if self._grew_at is None or now - self._grew_at >= self._window:
+                return None
+            ago = now - self._grew_at
+        return f"frames lost to processing faults: {lost} so far, the last {ago:.0f} s ago"
 
 
 class ProgressWatch:
@@ -222,6 +247,13 @@ def _pipeline_metrics(f: _Families, stats: PipelineStats) -> None:
     f.counter("repeated_frames", "frames equal to their predecessor", decode.repeated)
     for reason, count in sorted(decode.skipped.items()):
         f.counter("decode_skipped", "frames skipped, by reason", count, reason=reason)
+    # Always present (0 too), so an alert on it works from the first scrape.
+    f.counter(
+        "lost_frames", "frames lost to a processing fault of ours (any > 0 is a bug)", decode.lost
+    )
+    for reason, count in sorted(decode.lost_reasons.items()):
+        f.counter("lost_frames_by_reason", "lost frames, by exception type", count, reason=reason)
+    f.counter("lost_rows", "decoded rows that could not be encoded (a bug)", stats.lost_rows)
     f.counter("samples", "signal values kept by sampling", stats.samples)
     f.counter("batches", "data payloads closed", stats.batches)
     f.counter("schema_payloads", "schema payloads written", stats.schemas)

@@ -24,7 +24,7 @@ from edge.clock import Clock, SystemClock
 from edge.config import Config
 from edge.decode import Track
 from edge.forwarder import Forwarder
-from edge.metrics import ProgressWatch, QueueLevel
+from edge.metrics import LossWatch, ProgressWatch, QueueLevel
 from edge.process import PipelineStats, Processor
 from edge.source import (
     CHUNK,
@@ -41,6 +41,9 @@ from edge.uplinks.base import Uplink
 __all__ = ["Pipeline", "new_forwarder", "open_spool", "restart_after_step_back", "source_name"]
 
 log = logging.getLogger(__name__)
+
+#: /healthz fails for this long after a frame was last lost to a processing fault.
+LOSS_WINDOW = 60.0
 
 
 def open_spool(config: Config, clock: Clock) -> Spool:
@@ -105,6 +108,7 @@ class Pipeline:
             raise ValueError("a forwarder is handed in together with its spool and uplink")
         self.config = config
         self._clock = clock or SystemClock()
+        self._loss = LossWatch(LOSS_WINDOW, self._clock.monotonic)
         self._owns_backend = forwarder is None
         self.spool = spool if spool is not None else open_spool(config, self._clock)
         self._priority = next(
@@ -262,6 +266,9 @@ class Pipeline:
         stalled = watch.check(self.processor.decoder.frames, self.queue.qsize())
         if stalled:
             found.append(stalled)
+        losing = self._loss.check(self.processor.decoder.lost + self.processor.lost_rows)
+        if losing:
+            found.append(losing)
         return found
 
     def queue_level(self) -> QueueLevel:

@@ -158,7 +158,10 @@ class Processor:
         """Decode, sample and batch ``frames`` (closing batches as they fill or age)."""
         with self._lock:
             if self._clock.monotonic() - self._schema_sent_at >= self.config.batch.schema_interval:
-                self._send_schema()
+                try:
+                    self._send_schema()
+                except Exception:  # a fault of ours: the frames are still processed
+                    log.exception("the schema payload could not be made; retried next chunk")
             self._run(frames)
             if frames:
                 self.last_time = frames[-1].timestamp

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge.config import parse_config
-from edge.metrics import Health, MetricsServer, ProgressWatch, TelemetryCollector
+from edge.metrics import Health, LossWatch, MetricsServer, ProgressWatch, TelemetryCollector
 from edge.module import EdgeModule, ModuleOptions
 from edge.pipeline import Pipeline
 from edge.process import PipelineStats
@@ -149,6 +149,8 @@ def test_metrics_are_read_from_the_pipeline_at_scrape_time(
         ("can_telemetry_spool_dropped_total", (("reason", "full"),)): 0,
         ("can_telemetry_spool_dropped_total", (("reason", "ttl"),)): 0,
         ("can_telemetry_spool_errors_total", ()): 0,
+        ("can_telemetry_lost_frames_total", ()): 0,
+        ("can_telemetry_lost_rows_total", ()): 0,
         ("can_telemetry_spool_recovered_corrupt_total", ()): 0,
         ("can_telemetry_spool_corrupt_files", ()): 0,
         ("can_telemetry_spool_corrupt_deleted_total", ()): 0,
@@ -335,3 +337,49 @@ def test_diagnostics_counters_are_metrics(tmp_path: Path, channel: str) -> None:
             pipeline.stop()
     key = ("can_telemetry_diagnostics_events_total", (("bus", "vehicle"), ("event", "responses")))
     assert metrics[key] >= 3
+
+
+def test_healthz_fails_while_frames_are_lost_to_a_fault(module: EdgeModule, channel: str) -> None:
+    port = module.metrics_port
+    assert port
+    drive(module, channel, 0.5)
+    assert get(port, "/healthz")[0] == 200
+    processor = module._front.processor  # type: ignore[union-attr]
+    tracks = [t for t in processor.bus_decoders[0].standard.values() if getattr(t, "direct", None)]
+    assert tracks
+
+    def bug(data: object) -> object:
+        raise ZeroDivisionError("a bug in the fast path")
+
+    for track in tracks:
+        track.direct = bug
+    simulator = VehicleSimulator(seed=11, start_time=1_700_000_200.0, channel=channel)
+    before = counters(module).frames
+    frames = list(simulator.frames(1.0))
+    send(channel, frames)
+    wait_for(lambda: counters(module).frames == before + len(frames))
+    _, _, body = wait_for(lambda: (r := get(port, "/healthz"))[0] == 503 and r)
+    assert body.startswith("frames lost to processing faults: ")
+    metrics = scrape(port)
+    lost = metrics[("can_telemetry_lost_frames_total", ())]
+    assert 0 < lost <= len(tracks)  # one frame per message, which then falls back to cantools
+    assert (
+        metrics[("can_telemetry_lost_frames_by_reason_total", (("reason", "ZeroDivisionError"),))]
+        == lost
+    )
+    assert module.reported_state()["state"] == "degraded"
+    stats = module.summary()
+    assert stats["lostFrames"] == lost and stats["lostReasons"] == {"ZeroDivisionError": lost}
+
+
+def test_loss_watch_fails_for_a_window_after_the_last_loss() -> None:
+    now = [0.0]
+    watch = LossWatch(60.0, lambda: now[0])
+    assert watch.check(0) is None
+    now[0] = 10.0
+    assert watch.check(3) == "frames lost to processing faults: 3 so far, the last 0 s ago"
+    now[0] = 69.0
+    assert watch.check(3) is not None
+    now[0] = 70.0
+    assert watch.check(3) is None  # the losses stopped: healthy again, the counter stays
+    assert watch.check(4) is not None

@@ -278,3 +278,135 @@ def test_payloads_made_before_the_date_was_set_say_how_to_place_them() -> None:
     assert data[-1] is None  # then nothing: the clock is right
     # What the cloud does: shift the early payload's times by the difference of the offsets.
     assert offset - data[0]["offset"] == pytest.approx(1_796_000_000.0 - 3610.0)
+
+
+# --- faults of our own (issue 10): a frame, never a chunk --------------------------------------
+
+
+def accounted(stats: Any) -> int:
+    decode = stats.decode
+    return decode.decoded + decode.repeated + sum(decode.skipped.values()) + decode.lost
+
+
+@pytest.mark.parametrize("log", LOGS, ids=[log.id for log in LOGS])
+def test_every_frame_of_every_corpus_log_is_accounted_for(log: CorpusLog) -> None:
+    """read = decoded + repeated + skipped by reason + lost, with nothing lost."""
+    require_corpus()
+    frames = frames_of(log, None, 20_000)
+    processor = Processor(parse_config(log.config()), Collector())
+    for start in range(0, len(frames), 256):
+        processor.process(frames[start : start + 256])
+    processor.flush()
+    stats = processor.stats()
+    assert stats.frames == len(frames) == accounted(stats)
+    assert stats.decode.lost == 0 and stats.lost_rows == 0
+
+
+def busiest_fast_message(processor: Processor, frames: list[can.Message]) -> int:
+    """The arbitration ID of the commonest message that takes the fast path."""
+    counts: dict[int, int] = defaultdict(int)
+    for msg in frames:
+        counts[msg.arbitration_id] += 1
+    bus = processor.bus_decoders[0]
+    for frame_id, _ in sorted(counts.items(), key=lambda item: -item[1]):
+        track = bus.track(frame_id, False)
+        if track is not None and track.deferred:
+            return frame_id
+    raise AssertionError("no message on the fast path")
+
+
+def test_a_failing_fast_path_costs_one_frame_and_falls_back_to_cantools(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    require_corpus()
+    log = next(log for log in LOGS if log.id == "kona")
+    frames = frames_of(log, None, 6_000)
+    clean = Collector()
+    reference = Processor(parse_config(log.config()), clean)
+    reference.process(frames)
+    reference.flush()
+
+    collector = Collector()
+    processor = Processor(parse_config(log.config()), collector)
+    frame_id = busiest_fast_message(processor, frames)
+    track = processor.bus_decoders[0].track(frame_id, False)
+    assert track is not None and track.direct is not None
+    real, calls = track.direct, []
+
+    def flaky(data: Any) -> Any:  # a bug in the fast path, on its 5th frame only
+        calls.append(data)
+        if len(calls) == 5:
+            raise RuntimeError("fast path bug")
+        return real(data)
+
+    track.direct = flaky
+    for start in range(0, len(frames), 256):
+        processor.process(frames[start : start + 256])
+    processor.flush()
+    stats = processor.stats()
+    assert stats.decode.lost == 1 and stats.decode.lost_reasons == {"RuntimeError": 1}
+    assert stats.frames == len(frames) == accounted(stats)
+    assert track.direct is None and not track.deferred  # cantools decodes it from now on
+    assert "processing a frame failed" in caplog.text
+    # Every other message's rows are exactly the clean run's; the faulty one misses at most
+    # the row of the lost frame.
+    name = processor.bus_decoders[0].message_name(track)
+    got, want = collector.rows(), clean.rows()
+    assert {k: v for k, v in got.items() if k[1] != name} == {
+        k: v for k, v in want.items() if k[1] != name
+    }
+    for key, rows in want.items():
+        if key[1] == name:
+            assert len(want[key]) - len(got[key]) in (0, 1)
+            assert set(got[key]) <= set(rows)
+
+
+def test_a_message_that_cannot_be_set_up_loses_only_its_own_frames(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    require_corpus()
+    log = next(log for log in LOGS if log.id == "kona")
+    frames = frames_of(log, None, 6_000)
+    processor = Processor(parse_config(log.config()), Collector())
+    bus = processor.bus_decoders[0]
+    victim = busiest_fast_message(processor, frames)
+    bus.standard.pop(victim)  # set up again on its next frame, which fails
+    real = bus._new_track
+
+    def broken(message: Any, source_address: Any) -> Any:
+        if message.frame_id == victim:
+            raise KeyError("a bug in setting up")
+        return real(message, source_address)
+
+    monkeypatch.setattr(bus, "_new_track", broken)
+    processor.process(frames)
+    stats = processor.stats()
+    victims = sum(
+        1
+        for m in frames
+        if m.arbitration_id == victim and not m.is_extended_id and m.channel == bus.name
+    )
+    assert stats.decode.lost == victims and stats.decode.lost_reasons == {"setup:KeyError": victims}
+    assert stats.frames == len(frames) == accounted(stats)
+    assert stats.decode.decoded > 0
+
+
+def test_unknown_ids_are_remembered_up_to_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bus flooded with random 29-bit IDs does not grow memory without bound (issue 12,
+    item 13): past MAX_CACHED_UNKNOWN they are looked up each time, and still counted."""
+    import edge.decode
+
+    require_corpus()
+    monkeypatch.setattr(edge.decode, "MAX_CACHED_UNKNOWN", 100)
+    log = next(log for log in LOGS if log.id == "kona")
+    processor = Processor(parse_config(log.config()), Collector())
+    frames = [
+        can.Message(
+            timestamp=i * 0.001, arbitration_id=0x1000000 + i, is_extended_id=True, channel="can0"
+        )
+        for i in range(1000)
+    ]
+    processor.process(frames)
+    processor.process(frames)
+    assert len(processor.bus_decoders[0].extended) == 100
+    assert processor.stats().decode.skipped == {"unknown_id": 2000}
