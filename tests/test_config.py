@@ -931,6 +931,16 @@ def test_example_campaigns_loads_and_compiles() -> None:
     assert processor.campaigns is not None
 
 
+def test_example_vss_tesla_loads_and_its_mapping_holds() -> None:
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is absent: the VSS example uses the shared corpus")
+    from edge.vss.mapping import load_vss_mapping
+
+    config = load_config(EXAMPLES / "vss_tesla.toml")
+    assert config.vss_tree is not None and Path(config.vss_tree).is_file()
+    assert len(load_vss_mapping(config).paths()) == 35  # Kuksa's file, unchanged
+
+
 def test_every_example_is_covered() -> None:
     assert sorted(p.name for p in EXAMPLES.glob("*.toml")) == [
         "campaigns.toml",
@@ -938,6 +948,7 @@ def test_every_example_is_covered() -> None:
         "diagnostics.toml",
         "mqtt.toml",
         "replay.toml",
+        "vss_tesla.toml",
     ]
 
 
