@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BINARY_FILES",
     "decode_frame",
+    "main",
     "payloads_of_files",
     "process_batch",
     "run_batch",
@@ -72,15 +73,15 @@ def _spark_type(schema: pa.Schema) -> Any:
     return from_arrow_schema(schema)
 
 
-def session(master: str = "local[2]", app: str = "can-telemetry-lake") -> SparkSession:
+def session(master: str | None = "local[2]", app: str = "can-telemetry-lake") -> SparkSession:
     """A SparkSession for the lake: UTC, few shuffle partitions, no UI; Python workers run this
-    interpreter (the one with edge installed)."""
+    interpreter (the one with edge installed). ``master`` None: the one spark-submit gives."""
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder if master is None else SparkSession.builder.master(master)
     return (
-        SparkSession.builder.master(master)
-        .appName(app)
+        builder.appName(app)
         .config("spark.ui.enabled", "false")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", "2")
@@ -342,3 +343,41 @@ def start_stream(
     if available_now:
         writer = writer.trigger(availableNow=True)
     return writer.start()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``spark-submit .../edge/lake/spark.py stream|batch ...``: the jobs on the master
+    spark-submit gives (see docs/lake.md)."""
+    import argparse
+    import datetime as dt
+
+    parser = argparse.ArgumentParser(prog="edge/lake/spark.py")
+    sub = parser.add_subparsers(dest="job", required=True)
+    stream = sub.add_parser("stream")
+    stream.add_argument("source")
+    stream.add_argument("--lake", required=True)
+    stream.add_argument("--checkpoint", required=True)
+    stream.add_argument("--watermark", default="8 days")
+    stream.add_argument("--available-now", action="store_true")
+    batch = sub.add_parser("batch")
+    batch.add_argument("sources", nargs="+")
+    batch.add_argument("--lake", required=True)
+    args = parser.parse_args(argv)
+    spark = session(None)
+    if args.job == "stream":
+        start_stream(
+            spark,
+            args.source,
+            args.lake,
+            args.checkpoint,
+            watermark=args.watermark,
+            available_now=args.available_now,
+        ).awaitTermination()
+    else:
+        label = "b" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+        print(run_batch(spark, args.sources, args.lake, label))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
