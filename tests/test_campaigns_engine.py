@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -456,3 +457,111 @@ def test_a_capture_goes_first_behind_an_hour_of_routine_backlog(
     assert [p["kind"] for p in properties[: properties.index(first_data)]] == ["schema"]
     routine = [int(p["seq"]) for p in properties if "priority" not in p]  # the always campaign
     assert routine == sorted(routine) and len(routine) == depth - 2  # order kept within one
+
+
+def write_log(path: Path, frames: Sequence[can.Message]) -> None:
+    with can.Logger(str(path)) as logger:
+        for msg in frames:
+            logger.on_message_received(msg)
+
+
+def test_kill_9_while_a_capture_is_open(tmp_path: Path) -> None:
+    """A real ``can-telemetry run`` replaying in real time is killed (SIGKILL) while a capture
+    is open: what reached the outbox stays, the open capture is simply not sent, and the next
+    run numbers on without a gap and sends nothing twice for it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    fast = steady_hour(20.0)  # 10-15 km/h for 20 s, then 30 km/h for 1 s: repeat that second
+    last = [m for m in fast if m.timestamp >= 1020.0]
+    frames = fast + [
+        can.Message(
+            timestamp=m.timestamp + k,
+            arbitration_id=m.arbitration_id,
+            data=m.data,
+            is_extended_id=False,
+            channel="can0",
+        )
+        for k in range(1, 20)
+        for m in last
+    ]
+    event = 1020.0
+    first = [m for m in frames if m.timestamp < event + 8]
+    second = [m for m in frames if m.timestamp >= event + 8]
+    write_log(tmp_path / "first.log", first)
+    write_log(tmp_path / "second.log", second)
+    cfg = tmp_path / "car.toml"
+    cfg.write_text(
+        f"""
+vehicle_id = "car1"
+[[buses]]
+name = "can0"
+dbc = "{DEMO_DBC}"
+[batch]
+max_age = 1.0
+[spool]
+path = "spool.db"
+[uplink]
+type = "file"
+path = "outbox"
+[[campaigns]]
+name = "fast"
+condition = "ESC_VehicleSpeed > 20"
+signals = ["ESC_Status.*"]
+before = 2.0
+after = 30.0
+priority = 0
+"""
+    )
+    outbox = tmp_path / "outbox"
+
+    def run(log: str, speed: str) -> subprocess.Popen[str]:
+        command = ["run", "--config", str(cfg), "--replay", str(tmp_path / log)]
+        return subprocess.Popen(
+            [sys.executable, "-m", "edge", *command, "--speed", speed],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    # 28 s at 4x: the capture opens at 20 s (5 s of wall time) and waits 30 s of frame time.
+    process = run("first.log", "4")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(list(outbox.glob("*.data.ctl"))) < 18:
+        time.sleep(0.05)
+    time.sleep(1.0)  # past the event (frame time 1020), before the log's end (1028)
+    assert process.poll() is None
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=10)  # reaps it and closes its pipe
+    before = {f.name: f.read_bytes() for f in outbox.glob("*.ctl")}
+    assert len(before) >= 15
+    assert campaign_triggers(before) == set()
+
+    process = run("second.log", "max")
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    after = {f.name: f.read_bytes() for f in outbox.glob("*.ctl")}
+    assert all(after[name] == body for name, body in before.items())  # nothing lost
+    seqs = sorted(int(PAYLOAD_SEQ.search(name)[1]) for name in after)  # type: ignore[index]
+    assert seqs == list(range(len(seqs)))  # one stream, gap-free, each once
+    triggers = campaign_triggers(after)
+    # the killed capture (trigger at the event) is not there; the new run's first frame is
+    # above 20 km/h already: a new rising edge, a new capture (flushed at the end of the replay)
+    assert triggers == {second[0].timestamp}
+
+
+PAYLOAD_SEQ = re.compile(r"-(\d{12})\.")
+
+
+def campaign_triggers(files: dict[str, bytes]) -> set[float]:
+    """Trigger times of the captures among outbox files (name -> bytes)."""
+    decoder = PayloadDecoder()
+    triggers = set()
+    for _, body in sorted(files.items(), key=lambda item: ".schema." not in item[0]):
+        decoded, _ = decoder.decode(body)
+        ext = decoded.envelope.get("ext", {})
+        if ext.get("campaign") == "fast":
+            triggers.add(ext["trigger"])
+    return triggers
