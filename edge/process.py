@@ -97,7 +97,9 @@ class Processor:
         # ``append`` then takes ``priority=``. None without such campaigns.
         self.campaigns: CampaignEngine | None = None
         if any(c.collect != "always" for c in config.campaigns):
-            self.campaigns = CampaignEngine(config, databases, append, clock=self._clock)
+            self.campaigns = CampaignEngine(
+                config, databases, append, clock=self._clock, vss=self.vss
+            )
         # Values typed Any: the hot loop tells a Track from a skip reason by class, which
         # mypy does not narrow on (type() or isinstance() would cost a call per frame).
         self._tracks_by_bus: dict[str, tuple[dict[int, Any], dict[int, Any], BusDecoder]] = {

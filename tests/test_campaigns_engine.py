@@ -9,6 +9,7 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import can
 import cantools
 import pytest
 
+from edge.campaigns.config import CampaignConfig
 from edge.campaigns.engine import raw_frames
 from edge.clock import FakeClock
 from edge.codec import PayloadDecoder, Row, unpack
@@ -565,3 +567,37 @@ def campaign_triggers(files: dict[str, bytes]) -> set[float]:
         if ext.get("campaign") == "fast":
             triggers.add(ext["trigger"])
     return triggers
+
+
+def test_conditions_name_vss_paths_the_configuration_maps() -> None:
+    require_corpus()
+    from edge.config import load_config
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "vss_tesla.toml"
+    base = load_config(example)
+    probe = Processor(base, Collector())
+    (link,) = probe.vss.resolve("Vehicle.Speed")
+    assert dict(link.transform.spec) == {}  # km/h both: the same threshold on both names
+    log = next(log for log in LOGS if log.id == "tesla")
+    frames = frames_of(log, None, None)
+    dbc_name = f"{link.message}.{link.signal}"
+    campaigns = tuple(
+        CampaignConfig(
+            name=name,
+            collect="condition",
+            condition=f"{subject} >= 0 and changed({subject})",
+            trigger="while_true",
+            min_interval=5.0,
+            signals=(f"{link.message}.*",),
+            before=1.0,
+            after=1.0,
+        )
+        for name, subject in (("vss", "Vehicle.Speed"), ("dbc", dbc_name))
+    )
+    cfg = replace(base, campaigns=campaigns, replay=None)
+    _, collector = run(cfg, frames)
+    by_vss = [ext["trigger"] for ext, _ in collector.captures("vss")]
+    assert by_vss and by_vss == [ext["trigger"] for ext, _ in collector.captures("dbc")]
+    with pytest.raises(ConfigError, match=r"no signal 'Vehicle\.Nope'"):
+        bad = replace(campaigns[0], condition="Vehicle.Nope > 1")
+        Processor(replace(base, campaigns=(bad,)), Collector())

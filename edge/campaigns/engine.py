@@ -180,8 +180,10 @@ class CampaignEngine:
         append: Append,
         *,
         clock: Clock | None = None,
+        vss: Any = None,
     ) -> None:
         self.config = config
+        self._vss = vss  # edge.vss.mapping.VssMapping: VSS paths in conditions
         self._append = append
         self._clock = clock or SystemClock()
         self._lock = threading.RLock()
@@ -257,6 +259,8 @@ class CampaignEngine:
             for entry in self._entries:
                 if any(s.name == name for s in entry.db.signals):
                     found.append((entry, name))
+        if not found and self._vss is not None and self._vss.resolve(name):
+            return self._resolve_vss(name)
         if not found:
             raise LookupError(f"no signal {name!r} in the databases")
         if len(found) > 1:
@@ -268,6 +272,20 @@ class CampaignEngine:
         for raw, choice in (db_signal.choices or {}).items():
             choices[str(choice)] = float(int(raw) * db_signal.scale + db_signal.offset)
         return SignalRef(entry.bus, entry.db.name, signal_name, choices)
+
+    def _resolve_vss(self, path: str) -> SignalRef:
+        """A VSS path the configuration maps: its DBC signal, read through its transform."""
+        links = self._vss.resolve(path)
+        if len(links) > 1:
+            where = ", ".join(f"{link.bus}:{link.message}.{link.signal}" for link in links)
+            raise LookupError(f"VSS path {path!r} is fed by several signals ({where})")
+        link = links[0]
+        apply = link.transform.apply
+
+        def convert(value: float) -> Any:
+            return apply(value, None)
+
+        return SignalRef(link.bus, link.message, link.signal, {}, convert)
 
     def _resolve_message(self, name: str) -> tuple[str, str]:
         entries = self._by_name.get(name, [])

@@ -10,6 +10,7 @@ Vocabulary (FleetWise's and Kuksa's, which fleet engineers know)::
     ESC_VehicleSpeed > 20 and (ESC_BrakePressure - prev(ESC_BrakePressure, 0.5)) > 40
     TCM_GearLever == 'R'                    # a choice name, by string
     ESC_1.ESC_VehicleSpeed                  # Message.Signal, or a bare signal name
+    Vehicle.Speed                           # a VSS path the configuration maps (edge/vss/)
     min(x, 2) / max(x, 2) / avg(x, 2)       # over the last 2 s of values (frame time)
     prev(x, 0.5)                            # the value x had 0.5 s ago
     changed(x)                              # x changed with the frame being evaluated
@@ -63,6 +64,8 @@ class SignalRef:
     message: str
     signal: str
     choices: Mapping[str, float] = field(default_factory=dict)
+    #: a VSS path's transform of the signal's physical value (None: the value itself)
+    convert: Callable[[float], Any] | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -289,12 +292,13 @@ class _Compiler:
                 raise ExpressionError(f"constant {value!r} is not a number", _column(node))
             return lambda _state: value
         if isinstance(node, ast.Name | ast.Attribute):
-            key = self.ref(node).key
+            ref = self.ref(node)
+            key = ref.key
 
             def signal(state: ConditionState) -> Any:
                 return state.values.get(key)
 
-            return signal
+            return _converted(signal, ref.convert)
         if isinstance(node, ast.BoolOp):
             parts = [self.node(v) for v in node.values]
             if isinstance(node.op, ast.And):
@@ -391,13 +395,14 @@ class _Compiler:
             return lambda state: _abs(inner(state))
         if name == "stale":
             return self.stale(args)
-        key = self.ref(args[0]).key
+        ref = self.ref(args[0])
+        key = ref.key
         if name == "changed":
             return lambda state: key in state.changed
         seconds = self.seconds(args[1])
         self.windows[key] = max(self.windows.get(key, 0.0), seconds)
         if name == "prev":
-            return lambda state: state.previous(key, seconds)
+            return _converted(lambda state: state.previous(key, seconds), ref.convert)
         reducers: dict[str, Callable[[list[float]], float]] = {
             "min": _least,
             "max": _most,
@@ -409,7 +414,9 @@ class _Compiler:
             values = state.window(key, seconds)
             return reduce(values) if values else None
 
-        return window
+        # A VSS path's transform applies to the result (exact for the unit conversions it
+        # carries, which are increasing linear functions).
+        return _converted(window, ref.convert)
 
     def stale(self, args: list[ast.expr]) -> Node:
         name = _dotted(args[0])
@@ -441,6 +448,18 @@ class _Compiler:
                 f"seconds must be in (0, {MAX_WINDOW:g}], got {seconds:g}", _column(node)
             )
         return seconds
+
+
+def _converted(node: Node, convert: Callable[[float], Any] | None) -> Node:
+    """``node`` with a VSS transform applied to its (known) value."""
+    if convert is None:
+        return node
+
+    def converted(state: ConditionState) -> Any:
+        value = node(state)
+        return None if value is None else convert(value)
+
+    return converted
 
 
 def _least(values: list[float]) -> float:
