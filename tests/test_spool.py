@@ -558,3 +558,46 @@ def test_no_leftover_files_beside_the_spool(tmp_path: Path) -> None:
     spool.close()
     # The WAL is checkpointed and removed on close; the mark of what was sent stays.
     assert sorted(os.listdir(tmp_path)) == ["spool.db", "spool.db.sent"]
+
+
+# -- priorities (issue 11: campaigns) ------------------------------------------------------------
+
+
+def test_delivery_order_is_priority_then_seq(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db")
+    for priority in (5, 5, 9, 0, 5, 0):
+        spool.append(checked_payload, priority=priority)
+    first = spool.oldest()
+    assert first is not None and first.seq == 3
+    walked = [first.seq]
+    while (item := spool.oldest(after=walked[-1])) is not None:
+        walked.append(item.seq)
+    assert walked == [3, 5, 0, 1, 4, 2]
+    assert consume(spool) == [3, 5, 0, 1, 4, 2]
+    spool.close()
+
+
+def test_the_cap_drops_the_least_urgent_first(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", max_bytes=262_144)
+    spool.append(lambda s, q: checked_payload(s, q, 150), priority=0)
+    for _ in range(3000):
+        spool.append(lambda s, q: checked_payload(s, q, 150), priority=5)
+    assert spool.stats().dropped_full > 0
+    first = spool.oldest()
+    assert first is not None and first.seq == 0  # the urgent one is still there
+    spool.close()
+
+
+def test_a_spool_from_before_priorities_gets_the_column_and_keeps_its_order(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "spool.db"
+    filled(path, count=5, size=100)
+    with sqlite3.connect(path) as conn:  # as version 1 files were made before issue 11
+        conn.execute("DROP INDEX spool_order")
+        conn.execute("ALTER TABLE spool DROP COLUMN priority")
+    conn.close()
+    spool = Spool(path)
+    spool.append(checked_payload, priority=0)
+    assert consume(spool) == [5, 0, 1, 2, 3, 4]
+    spool.close()
