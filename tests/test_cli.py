@@ -93,6 +93,23 @@ def test_dbc_refuses_a_broken_database_with_its_name(tmp_path: Path) -> None:
     assert "broken.dbc" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_dbc_no_strict_lists_the_repairs_a_database_needed(tmp_path: Path) -> None:
+    quirky = tmp_path / "quirky.dbc"
+    quirky.write_text(
+        'VERSION ""\n\nNS_ :\n\nBS_:\n\nBU_: ECU\n\n'
+        "BO_ 316495015 VZE_04: 8 ECU\n"
+        ' SG_ Limit : 0|8@1+ (.5,0) [0|127.5] "km/h" ECU\n'
+    )
+    strict = cli("dbc", str(quirky))
+    assert strict.returncode == 2 and "loads with strict = false" in strict.stderr
+    result = cli("dbc", "--no-strict", str(quirky))
+    assert result.returncode == 0, result.stderr
+    assert "repaired to load (2;" in result.stdout
+    assert f"{quirky}:9: frame id 0x12dd54a7 has more than 11 bits" in result.stdout
+    assert f"{quirky}:10: number written without its leading zero" in result.stdout
+    assert "0x12dd54a7  x" in result.stdout  # listed as an extended message
+
+
 def test_run_replay_then_decode_to_jsonl_and_csv(tmp_path: Path) -> None:
     log = tmp_path / "drive.log"
     with can.Logger(str(log)) as writer:
