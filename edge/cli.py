@@ -200,6 +200,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         speed = parse_speed(args.speed) if args.speed else base.speed
         config = config.with_replay(replace(base, path=args.replay or base.path, speed=speed))
     pipeline = Pipeline(config)
+    try:  # before anything runs: a port that cannot be served is a configuration error
+        server = _metrics_server(pipeline, config.metrics_port)
+    except OSError as exc:
+        pipeline.uplink.close()
+        pipeline.spool.close()
+        raise ConfigError(
+            "metrics_port", f"cannot serve on port {config.metrics_port}: {exc.strerror or exc}"
+        ) from exc
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -208,14 +216,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    try:
-        server = _metrics_server(pipeline, config.metrics_port)
-    except OSError as exc:
-        pipeline.uplink.close()
-        pipeline.spool.close()
-        raise ConfigError(
-            "metrics_port", f"cannot serve on port {config.metrics_port}: {exc.strerror or exc}"
-        ) from exc
     pipeline.start()
     log.warning(
         "running: %d bus(es), %d signals selected, uplink %s, spool %s",
@@ -505,9 +505,6 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     speed = parse_speed(args.speed)
     database = load_database(args.dbc) if args.dbc else None
     simulator = VehicleSimulator(database, seed=args.seed, start_time=time.time())
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     kwargs: dict[str, Any] = {"fd": True} if args.fd else {}
     try:
         bus = can.Bus(interface=args.interface, channel=args.channel, **kwargs)
@@ -515,6 +512,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--interface", f"cannot open {args.interface}:{args.channel}: {exc}"
         ) from exc
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     with contextlib.ExitStack() as stack:
         stack.enter_context(bus)
         if args.ecus:  # on a connection of their own: they filter what they read

@@ -214,10 +214,13 @@ def _get(port: int, path: str) -> str | None:
 
 
 def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     try:
         status = main(list(args))
     except SystemExit as exc:  # argparse refusing an argument
         status = int(exc.code or 0)
+    # A command refused at start-up must not have taken over this process's signals.
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return status, err
