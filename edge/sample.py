@@ -137,6 +137,7 @@ class TrackSampler:
 
     __slots__ = (
         "_deadbands",
+        "_floats",
         "_heartbeats",
         "_index",
         "_intervals",
@@ -156,6 +157,7 @@ class TrackSampler:
 
     def __init__(self, info: MessageInfo, policies: Sequence[Policy]) -> None:
         self._names = [s.name for s in info.signals]
+        self._floats = [s.is_float for s in info.signals]  # only these can be NaN
         self.width = len(self._names)
         self._index = {name: i for i, name in enumerate(self._names)}
         self._modes = [_MODE_CODES[p.mode] for p in policies]
@@ -267,7 +269,7 @@ class TrackSampler:
         first_row = len(group.times)
         group.times.extend(ticks)
         columns = group.columns
-        last, sent_at = self._last, self._sent_at
+        last, sent_at, floats = self._last, self._sent_at, self._floats
         sent: list[int] = []
         # Column by column (zip transposes in C): a tight loop with everything in locals beats
         # C-level passes (map, itertools.compress) here, measured on Python 3.11.
@@ -276,13 +278,21 @@ class TrackSampler:
             row_numbers: list[int] = []
             values: list[Any] = []
             row = first_row
-            for value in cells:
-                # NaN != NaN: only a change to or from NaN is one
-                if value != previous and (value == value or previous == previous):
-                    row_numbers.append(row)
-                    values.append(value)
-                    previous = value
-                row += 1
+            if floats[i]:
+                for value in cells:
+                    # NaN != NaN: only a change to or from NaN is one
+                    if value != previous and (value == value or previous == previous):
+                        row_numbers.append(row)
+                        values.append(value)
+                        previous = value
+                    row += 1
+            else:  # integers: the plain comparison (most columns; this loop is the hot one)
+                for value in cells:
+                    if value != previous:
+                        row_numbers.append(row)
+                        values.append(value)
+                        previous = value
+                    row += 1
             sent.append(len(values))
             if not values:
                 continue

@@ -187,8 +187,18 @@ def test_a_change_to_or_from_nan_is_a_change_nan_to_nan_is_not(policy: Policy) -
     assert [[str(v) for _, v in o if _ == 0] for o in out] == [["nan"], [], ["7.0"]]
 
 
+FLOAT_INFO = MessageInfo(  # NaN and infinities only come from float signals
+    bus=0,
+    name="Imu",
+    frame_id=257,
+    is_extended=False,
+    j1939=False,
+    signals=(SignalInfo("Accel", is_float=True), SignalInfo("Counter")),
+)
+
+
 def test_deferred_settle_treats_nan_like_the_full_evaluation() -> None:
-    deferred = sampler(Policy("on_change"), Policy("on_change"))
+    deferred = TrackSampler(FLOAT_INFO, (Policy("on_change"), Policy("on_change")))
     assert deferred.fast
     deferred.sample_raw(0.0, (1.0, 0), False)
     values = [NAN, NAN, 2.0, NAN, math.inf, math.inf]
