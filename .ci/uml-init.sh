@@ -9,6 +9,7 @@ set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 job=${vcan_job:?vcan_job is not set}
 rc=1
+: >"$job/booted" # for the host: the guest ran userspace (see .ci/vcan)
 
 power_off() {
   echo "$rc" >"$job/rc"
