@@ -513,9 +513,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             "--interface", f"cannot open {args.interface}:{args.channel}: {exc}"
         ) from exc
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_stopping_on_signals(stop))
         stack.enter_context(bus)
         if args.ecus:  # on a connection of their own: they filter what they read
             ecu_bus = stack.enter_context(can.Bus(interface=args.interface, channel=args.channel))
@@ -523,6 +522,25 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         sent = run_simulation(bus, simulator, args.duration, speed=speed, stop=stop)
     print(f"sent {sent} frames on {args.interface}:{args.channel}", file=sys.stderr)
     return 0
+
+
+@contextlib.contextmanager
+def _stopping_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set ``stop`` while inside; the caller's handlers come back after (a
+    command run from Python, as the tests do, leaves the process as it found it)."""
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
 
 
 # --- dbc -----------------------------------------------------------------------------------------
