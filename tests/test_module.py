@@ -159,7 +159,10 @@ def test_the_twin_configures_the_module_which_sends_through_its_one_connection(
         wait_for(everything_arrived, what="the payloads to arrive")
         stats = counters(module)
         assert decode_rows(bodies) == stats.samples > 0
-        reported = responder.wait_reported(lambda r: r["stats"]["frames"] == car.sent)
+        # Reported stats are snapshots: wait for one taken after the last send.
+        reported = responder.wait_reported(
+            lambda r: r["stats"]["frames"] == car.sent and r["stats"]["sent"] == len(bodies)
+        )
         assert reported["stats"]["buses"] == [
             {"bus": "vehicle", "frames": car.sent, "connected": True, "errors": 0}
         ]
