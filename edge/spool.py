@@ -266,6 +266,7 @@ class Spool:
         self._budget = 0
         self._stream_id = ""
         self._sent_path = _sibling(self._path, ".sent")
+        self._wal_path = _sibling(self._path, "-wal")  # made once: appends look at its size
         #: Numbers from this one on were never handed to the forwarder (see the docstring).
         self._sent_mark = 0
         self._tick_base = 0.0  # the spool clock when this file was opened (meta.clock)
@@ -449,7 +450,7 @@ class Spool:
             dropped_ttl=dropped_ttl,
             recovered_corrupt=recovered,
             dead_letters=dead,
-            file_bytes=_file_size(self._path) + _file_size(_sibling(self._path, "-wal")),
+            file_bytes=_file_size(self._path) + _file_size(self._wal_path),
             corrupt_files=len(self._corrupt_sets()),
             corrupt_deleted=self._corrupt_deleted,
         )
@@ -510,7 +511,7 @@ class Spool:
             fs = os.statvfs(self._path.parent)
         except OSError:
             return self._budget
-        held = _file_size(self._path) + _file_size(_sibling(self._path, "-wal"))
+        held = _file_size(self._path) + _file_size(self._wal_path)
         room = held + fs.f_bavail * fs.f_frsize - self._wal_bytes - DISK_RESERVE
         return min(self._budget, max(room, self._used_bytes(conn)))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import tracemalloc
@@ -240,7 +241,10 @@ def test_payloads_the_spool_dropped_during_an_outage_are_not_sent(tmp_path: Path
     spool.close()
 
 
-def test_memory_stays_flat_while_offline(spool: Spool) -> None:
+def test_memory_stays_flat_while_offline(spool: Spool, caplog: pytest.LogCaptureFixture) -> None:
+    # The component's memory, not pytest's: an earlier test may have left the root logger at
+    # DEBUG, and pytest keeps every captured record (a debug line per retry here).
+    caplog.set_level(logging.WARNING, logger="edge")
     online = threading.Event()
     uplink = MemoryUplink(lambda n, p: None if online.is_set() else TransientUplinkError("x"))
     forwarder = fast(spool, uplink)
