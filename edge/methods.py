@@ -268,7 +268,6 @@ class DirectMethods:
         diagnostics = self._diagnostics()
         return self._diagnose(lambda: diagnostics.get_vin(refresh=refresh))
 
-
     def _campaigns(self) -> Any:
         engine = self._api.campaigns()
         if engine is None:
