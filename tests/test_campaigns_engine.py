@@ -598,6 +598,16 @@ def test_conditions_name_vss_paths_the_configuration_maps() -> None:
     _, collector = run(cfg, frames)
     by_vss = [ext["trigger"] for ext, _ in collector.captures("vss")]
     assert by_vss and by_vss == [ext["trigger"] for ext, _ in collector.captures("dbc")]
+    # getSignals answers VSS paths too: the latest frame of the signal, through the mapping.
+    processor, _ = run(cfg, frames)
+    assert processor.campaigns is not None
+    answer = processor.campaigns.signals(["Vehicle.Speed", dbc_name])
+    message = next(e.db for e in processor.campaigns._entries if e.db.name == link.message)
+    last = [m for m in frames if m.arbitration_id == message.frame_id][-1]
+    expected = message.decode(bytes(last.data), decode_choices=False)[link.signal]
+    assert answer["Vehicle.Speed"]["value"] == expected == answer[dbc_name]["value"]
+    assert answer["Vehicle.Speed"]["time"] == last.timestamp
+    assert answer["Vehicle.Speed"]["signal"] == dbc_name
     with pytest.raises(ConfigError, match=r"no signal 'Vehicle\.Nope'"):
         bad = replace(campaigns[0], condition="Vehicle.Nope > 1")
         Processor(replace(base, campaigns=(bad,)), Collector())

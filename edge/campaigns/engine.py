@@ -763,6 +763,48 @@ class CampaignEngine:
                         "time": msg.timestamp,
                         "bus": entry.bus,
                     }
+            if self._vss is not None:
+                out.update(self._vss_signals(match))
+        return out
+
+    def _vss_signals(self, match: re.Pattern[str]) -> dict[str, dict[str, Any]]:
+        """The latest value of every mapped VSS path matching ``match``: its signal's latest
+        frame through the mapping's transform (the newest, when several buses feed a path)."""
+        entries = {(entry.bus, entry.db.name): entry for entry in self._entries}
+        out: dict[str, dict[str, Any]] = {}
+        for path in self._vss.paths():
+            if not match.match(path):
+                continue
+            for link in self._vss.resolve(path):
+                entry = entries.get((link.bus, link.message))
+                msg = entry.last if entry is not None else None
+                if (
+                    entry is None
+                    or msg is None
+                    or msg.timestamp < out.get(path, {}).get("time", -1e300)
+                ):
+                    continue
+                try:
+                    physical = _decode(entry.db, bytes(msg.data), scaling=True)[link.signal]
+                except Exception:  # a frame cantools refuses, a multiplexed signal absent
+                    continue
+                signal = entry.db.get_signal_by_name(link.signal)
+                choice = None
+                if signal.choices:
+                    choice = signal.choices.get(
+                        round((float(physical) - signal.offset) / signal.scale)
+                    )
+                value = link.transform.apply(physical, None if choice is None else str(choice))
+                if value is None:
+                    continue
+                out[path] = {
+                    "value": value,
+                    "unit": link.unit,
+                    "choice": value if isinstance(value, str) else None,
+                    "time": msg.timestamp,
+                    "bus": entry.bus,
+                    "signal": f"{link.message}.{link.signal}",
+                }
         return out
 
     def describe(self) -> dict[str, dict[str, Any]]:
