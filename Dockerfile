@@ -43,4 +43,4 @@ EXPOSE 9600
 # unhealthy module (restartPolicy "always").
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('CAN_TELEMETRY_METRICS_PORT', '9600'), timeout=4)"]
-ENTRYPOINT ["python", "-m", "edge.module"]
+ENTRYPOINT ["python", "-m", "edge.iotedge.module"]

@@ -42,7 +42,7 @@ for module in drivers/net/can/dev/can-dev net/can/can net/can/can-raw net/can/ca
     exit
   fi
 done
-# Optional: the kernel's J1939 stack (tests/test_diagnostics_vcan.py compares with it, or skips).
+# Optional: the kernel's J1939 stack (tests/diagnostics/test_vcan.py compares with it, or skips).
 # This kernel has no CAN_ISOTP module; diagnostics use python-can-isotp over raw sockets.
 insmod "$modules/net/can/j1939/can-j1939.ko" 2>/dev/null || true
 

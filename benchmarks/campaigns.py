@@ -117,8 +117,8 @@ def log_campaigns(log: Any, frames: list[Any]) -> list[dict[str, Any]]:
 def throughput(log: Any, frames: list[Any], campaigns: list[dict[str, Any]]) -> tuple[float, int]:
     """Seconds to process ``frames`` (chunks of benchmarks/run.py's CHUNK), and the rows the
     captures held."""
-    from edge.config import parse_config
-    from edge.process import Processor
+    from edge.config.model import parse_config
+    from edge.processing.processor import Processor
 
     processor = Processor(parse_config(log.config(campaigns=campaigns)), collector())
     gc.collect()
@@ -136,9 +136,9 @@ def throughput(log: Any, frames: list[Any], campaigns: list[dict[str, Any]]) -> 
 def child_memory(with_campaign: str) -> dict[str, Any]:
     """``vw_mqb.dbc``, every signal, VW_SECONDS of traffic; with a 60 s pre-trigger campaign on
     every signal when ``with_campaign`` is ``yes``."""
-    from edge.config import parse_config
-    from edge.process import Processor
-    from edge.spool import Spool
+    from edge.config.model import parse_config
+    from edge.delivery.spool import Spool
+    from edge.processing.processor import Processor
 
     with tempfile.TemporaryDirectory() as tmp:
         data = base.vw_config(base.CORPUS / "dbc_corpus" / "opendbc" / VW_DBC, Path(tmp) / "s")

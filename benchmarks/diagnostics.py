@@ -4,7 +4,7 @@ cost next to the pipeline's. Prints markdown.
     .venv/bin/python benchmarks/diagnostics.py [--seconds 20]
 
 The module's own :class:`~edge.diagnostics.service.Diagnostics` polls the simulated ECUs of
-edge/simulate_ecus.py on python-can's virtual bus, in real time, with this polling set:
+edge/simulator/ecus.py on python-can's virtual bus, in real time, with this polling set:
 
 * OBD-II: engine speed and vehicle speed every second, coolant, throttle and fuel level every
   5 s (PIDs 0C, 0D; 05, 11, 2F), supported-PID discovery and the VIN once;
@@ -36,10 +36,10 @@ from pathlib import Path
 
 import can
 
-from edge.config import parse_config
+from edge.config.model import parse_config
 from edge.diagnostics.service import Diagnostics
-from edge.simulate import DEMO_DBC
-from edge.simulate_ecus import SimulatedEcus
+from edge.simulator.ecus import SimulatedEcus
+from edge.simulator.vehicle import DEMO_DBC
 
 BUS_BITRATE = 500_000
 _TICKS = os.sysconf("SC_CLK_TCK")

@@ -37,12 +37,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.support: the brokers the tests use
 
-from edge.config import Config, parse_config  # noqa: E402
-from edge.forwarder import Forwarder  # noqa: E402
-from edge.process import Processor  # noqa: E402
-from edge.simulate import DEMO_DBC, VehicleSimulator  # noqa: E402
-from edge.spool import Spool  # noqa: E402
-from edge.uplinks.base import Uplink  # noqa: E402
+from edge.config.model import Config, parse_config  # noqa: E402
+from edge.delivery.forwarder import Forwarder  # noqa: E402
+from edge.delivery.spool import Spool  # noqa: E402
+from edge.delivery.uplinks.base import Uplink  # noqa: E402
+from edge.processing.processor import Processor  # noqa: E402
+from edge.simulator.vehicle import DEMO_DBC, VehicleSimulator  # noqa: E402
 
 SPOOL_BYTES = 2_000_000_000
 CHUNK_SECONDS = 10.0
@@ -133,7 +133,7 @@ def broker(folder: Path, host: str, port: int) -> Iterator[tuple[Any, Any]]:
 
 
 def run_mqtt(backlog: Backlog, folder: Path) -> Drained:
-    from edge.uplinks.mqtt import MqttOptions, MqttUplink
+    from edge.delivery.uplinks.mqtt import MqttOptions, MqttUplink
     from tests.support.mosquitto import Subscriber, free_port
 
     with broker(folder, "127.0.0.1", free_port()) as (server, tls):
@@ -147,7 +147,7 @@ def run_mqtt(backlog: Backlog, folder: Path) -> Drained:
 
 
 def run_azure_edge(backlog: Backlog, folder: Path) -> Drained:
-    from edge.uplinks.azure import AzureEdgeOptions, AzureEdgeUplink
+    from edge.delivery.uplinks.azure import AzureEdgeOptions, AzureEdgeUplink
     from tests.support.mosquitto import AZURE_PORT, Subscriber, free_loopback_address
 
     host = free_loopback_address()
@@ -169,7 +169,7 @@ def run_azure_edge(backlog: Backlog, folder: Path) -> Drained:
 
 
 def run_file(backlog: Backlog, folder: Path) -> Drained:
-    from edge.uplinks.file import FileUplink
+    from edge.delivery.uplinks.file import FileUplink
 
     outbox = folder / "outbox"
     uplink = FileUplink(outbox)

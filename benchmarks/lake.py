@@ -6,7 +6,7 @@ For every corpus log, the real Processor makes payloads with default settings (e
 they go into IoT Hub routing Avro files (edge.lake.avro.write_routing). Then, timed with
 ``time.perf_counter``:
 
-1. plain loop: ``PayloadDecoder().rows(body)`` over every payload (the edge's own reader);
+1. plain loop: ``PayloadReader().rows(body)`` over every payload (the edge's own reader);
 2. decode(): the lake's one decode function on one Arrow batch of all payloads (rows as Arrow);
 3. local ingest: ``edge.lake.local.ingest`` of the Avro files into a fresh lake, end to end
    (Avro read, decode, dedup, sort, Parquet zstd write, journal, streams);
@@ -38,9 +38,9 @@ HOUR = 3600.0
 
 def payloads_of(log: Any) -> tuple[list[Any], float]:
     """The log's payloads (default settings) and the log's duration in seconds."""
-    from edge.config import parse_config
-    from edge.process import Processor
-    from edge.source import ReplaySource
+    from edge.config.model import parse_config
+    from edge.ingest.source import ReplaySource
+    from edge.processing.processor import Processor
 
     config = parse_config(log.config())
     assert config.replay is not None
@@ -135,7 +135,7 @@ def main() -> int:
         avro = sum(p.stat().st_size for p in (work / "hub").rglob("*.avro"))
         assert read_table(work / "lake", "signals", ["seq"]).num_rows == rows_total
         engines = [
-            ("plain PayloadDecoder loop (1 core)", rows_total / plain_s),
+            ("plain PayloadReader loop (1 core)", rows_total / plain_s),
             ("decode(): payloads -> Arrow rows (1 core)", rows_total / decode_s),
             ("local ingest, Avro -> Parquet tables (1 core)", rows_total / t_local),
         ]
@@ -192,9 +192,9 @@ def main() -> int:
 
 
 def _plain(bodies: list[bytes]) -> int:
-    from edge.codec import PayloadDecoder
+    from edge.wire.codec import PayloadReader
 
-    decoder = PayloadDecoder()
+    decoder = PayloadReader()
     return sum(len(decoder.rows(b)) for b in bodies)
 
 

@@ -62,8 +62,8 @@ NOISE = ["*COUNTER*", "*Counter*", "*CHECKSUM*", "*Checksum*", "*CRC*", "*Crc*",
 
 def corpus_frames(log: Any) -> list[Any]:
     """The log's frames, channels mapped to bus names as the replay source maps them."""
-    from edge.config import parse_config
-    from edge.source import ReplaySource
+    from edge.config.model import parse_config
+    from edge.ingest.source import ReplaySource
 
     config = parse_config(log.config())
     assert config.replay is not None
@@ -87,7 +87,9 @@ def known_frames(log: Any, frames: list[Any]) -> Known:
     PGN (source address and priority ignored; then decoded under the DBC's frame id)."""
     import cantools
 
-    from edge.decode import pgn_from_frame_id  # tests/test_decode.py: equal to cantools'
+    from edge.processing.decode import (
+        pgn_from_frame_id,  # tests/processing/test_decode.py: equal to cantools'
+    )
 
     dbs = {}
     for bus in log.buses:
@@ -164,9 +166,9 @@ class Ours:
 
 def ours(log: Any, frames: list[Any], folder: str, **overrides: Any) -> Ours:
     """Our path: frames in memory -> Processor -> payloads committed in a real SQLite spool."""
-    from edge.config import parse_config
-    from edge.process import Processor
-    from edge.spool import Spool
+    from edge.config.model import parse_config
+    from edge.delivery.spool import Spool
+    from edge.processing.processor import Processor
 
     config = parse_config(log.config(**overrides))
     sizes = {"data": [0, 0], "schema": [0, 0]}
@@ -249,10 +251,10 @@ def peak_rss_mb() -> float:
 def child_replay(config_json: str) -> dict[str, Any]:
     """The real data path, streaming: the log read from disk in chunks, as the replay source
     does, through the Processor into a spool."""
-    from edge.config import parse_config
-    from edge.process import Processor
-    from edge.source import ReplaySource
-    from edge.spool import Spool
+    from edge.config.model import parse_config
+    from edge.delivery.spool import Spool
+    from edge.ingest.source import ReplaySource
+    from edge.processing.processor import Processor
 
     config = parse_config(json.loads(config_json))
     assert config.replay is not None
@@ -314,9 +316,9 @@ def vw_traffic(db: Any, seconds: float, seed: int = 6) -> Iterator[Any]:
 def child_vw(dbc: str) -> dict[str, Any]:
     """The module's data path with a Volkswagen DBC and every signal selected, fed VW_SECONDS of
     synthetic traffic (generated on the fly, not held in memory)."""
-    from edge.config import parse_config
-    from edge.process import Processor
-    from edge.spool import Spool
+    from edge.config.model import parse_config
+    from edge.delivery.spool import Spool
+    from edge.processing.processor import Processor
 
     with tempfile.TemporaryDirectory() as tmp:
         config = parse_config(vw_config(CORPUS / "dbc_corpus" / "opendbc" / dbc, Path(tmp) / "s"))
@@ -338,10 +340,10 @@ def child_startup(dbc: str) -> dict[str, Any]:
     """From interpreter start to the first read on the bus: imports, configuration, the DBC,
     the schema (every signal selected), the spool, the processor, the bus with its kernel
     filters. The parent measures from just before it launches this process."""
-    from edge.config import parse_config
-    from edge.process import Processor
-    from edge.source import open_bus
-    from edge.spool import Spool
+    from edge.config.model import parse_config
+    from edge.delivery.spool import Spool
+    from edge.ingest.source import open_bus
+    from edge.processing.processor import Processor
 
     with tempfile.TemporaryDirectory() as tmp:
         config = parse_config(vw_config(CORPUS / "dbc_corpus" / "opendbc" / dbc, Path(tmp) / "s"))

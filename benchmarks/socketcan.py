@@ -3,7 +3,7 @@
     bash .ci/vcan --bench                        # on a kernel with vcan: the host's, or UML
     .venv/bin/python benchmarks/socketcan.py     # where vcan0 is up already
 
-The reader is the module's own :class:`~edge.source.BusSource` (``DropCountingReceiver``, the
+The reader is the module's own :class:`~edge.ingest.source.BusSource` (``DropCountingReceiver``, the
 default receive buffer, the kernel filters ``Processor.filters()`` makes for the bundled demo
 DBC) in a thread, handing its chunks to a consumer thread that only counts them. A separate
 sender process writes to vcan0: ``cangen`` (can-utils) for the flood when it is installed, else,
@@ -179,7 +179,7 @@ class Reader:
     def __init__(
         self, filters: list[dict[str, Any]] | None, wanted: frozenset[int] = frozenset()
     ) -> None:
-        from edge.source import BusSource, FrameQueue, open_bus
+        from edge.ingest.source import BusSource, FrameQueue, open_bus
 
         self.receive_buffer = 0
 
@@ -270,8 +270,8 @@ def bus_config() -> Any:
 
 
 def module_config() -> Any:
-    from edge.config import parse_config
-    from edge.simulate import DEMO_DBC
+    from edge.config.model import parse_config
+    from edge.simulator.vehicle import DEMO_DBC
 
     return parse_config(
         {
@@ -291,7 +291,7 @@ def module_config() -> Any:
 
 def module_filters() -> list[dict[str, Any]]:
     """The kernel filters the module installs for the demo DBC, every signal selected."""
-    from edge.process import Processor
+    from edge.processing.processor import Processor
 
     return Processor(module_config(), lambda build: 0).filters("can0")
 
@@ -434,7 +434,7 @@ def drain(
     """Frames/s reading a full receive queue, no sender running, best of ``repeat``: with plain
     ``recv`` calls, and with ``DropCountingReceiver.recv(0)`` (recvmsg with ancillary data,
     parsing, a ``can.Message``). One sender fills both sockets at once."""
-    from edge.socketcan import DropCountingReceiver, set_receive_buffer
+    from edge.ingest.socketcan import DropCountingReceiver, set_receive_buffer
 
     best = {"recv": 0.0, "receiver": 0.0}
     for i in range(repeat):
@@ -553,10 +553,10 @@ def napping(nap: float) -> Iterator[None]:
     """Make BusSource sleep ``nap`` seconds before it waits for frames again after it has read
     its socket empty (not after a full chunk), so that frames gather into larger chunks: an
     experiment on what a short pause would save, without changing edge/."""
-    import edge.source
-    from edge.socketcan import DropCountingReceiver, ReceivedFrame
+    import edge.ingest.source
+    from edge.ingest.socketcan import DropCountingReceiver, ReceivedFrame
 
-    module: Any = edge.source  # where BusSource looks the class up
+    module: Any = edge.ingest.source  # where BusSource looks the class up
 
     class Napping(DropCountingReceiver):
         empty = False  # the last read without waiting found the socket empty
@@ -578,7 +578,7 @@ def napping(nap: float) -> Iterator[None]:
 
 
 def _report(say: Callable[[str], None]) -> str:
-    from edge.source import DEFAULT_RECEIVE_BUFFER
+    from edge.ingest.source import DEFAULT_RECEIVE_BUFFER
 
     started = time.monotonic()
     description, uml = kernel()

@@ -5,7 +5,7 @@ series feed VSS paths.
 
 Prints markdown. Start-up: ``load_vss_mapping`` of each bundled mapping (tree, file, checks), cold
 (first in the process) and warm (cached tree and file, what a twin update costs). Decode: the demo
-car's simulated traffic (60 s, every signal, ``PayloadDecoder``) with the demo mapping, rows per
+car's simulated traffic (60 s, every signal, ``PayloadReader``) with the demo mapping, rows per
 second with VSS rows and with ``vss=False``; best of 5.
 """
 
@@ -18,12 +18,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge.codec import PayloadDecoder
-from edge.config import parse_config
-from edge.database import load_databases
-from edge.process import Processor
-from edge.simulate import DEMO_DBC, VehicleSimulator
+from edge.config.model import parse_config
+from edge.processing.database import load_databases
+from edge.processing.processor import Processor
+from edge.simulator.vehicle import DEMO_DBC, VehicleSimulator
 from edge.vss.mapping import load_vss_mapping
+from edge.wire.codec import PayloadReader
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "dbc_corpus" / "opendbc"
 
@@ -72,7 +72,7 @@ def decode_rate() -> None:
     for label, vss in (("with VSS rows", True), ("vss=False", False)):
         best, rows = float("inf"), 0
         for _ in range(5):
-            decoder = PayloadDecoder(vss=vss)
+            decoder = PayloadReader(vss=vss)
             t0 = time.perf_counter()
             rows = sum(len(decoder.rows(b)) for b in bodies)
             best = min(best, time.perf_counter() - t0)

@@ -32,12 +32,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import edge.spool  # noqa: E402
-from edge.config import parse_config  # noqa: E402
-from edge.payload import Payload  # noqa: E402
-from edge.process import Processor  # noqa: E402
-from edge.simulate import DEMO_DBC, VehicleSimulator  # noqa: E402
-from edge.spool import Spool  # noqa: E402
+import edge.delivery.spool  # noqa: E402
+from edge.config.model import parse_config  # noqa: E402
+from edge.delivery.spool import Spool  # noqa: E402
+from edge.processing.processor import Processor  # noqa: E402
+from edge.simulator.vehicle import DEMO_DBC, VehicleSimulator  # noqa: E402
+from edge.wire.payload import Payload  # noqa: E402
 
 START_TIME = 1_700_000_000.0  # a fixed drive: the same payloads on every run
 CHUNK_SECONDS = 10.0
@@ -78,13 +78,13 @@ def feed(folder: Path, builds: list[Build], mode: str, page_size: int | None) ->
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    default = edge.spool._PAGE_SIZE
+    default = edge.delivery.spool._PAGE_SIZE
     if page_size:  # a comparison row only: the spool's own settings otherwise
-        edge.spool._PAGE_SIZE = page_size
+        edge.delivery.spool._PAGE_SIZE = page_size
     try:
         spool = Spool(folder / "spool.db")
     finally:
-        edge.spool._PAGE_SIZE = default
+        edge.delivery.spool._PAGE_SIZE = default
     payload_bytes = 0
     os.sync()
     before = written()

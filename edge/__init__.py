@@ -11,8 +11,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError as _NotInstalled
 from importlib.metadata import version as _version
 
-from edge.codec import PayloadDecoder, Row
-from edge.config import Config, load_config, parse_config
+from edge.config.model import Config, load_config, parse_config
 from edge.errors import (
     ConfigError,
     DatabaseLoadError,
@@ -25,7 +24,8 @@ from edge.errors import (
     TransientUplinkError,
     UplinkError,
 )
-from edge.payload import Payload
+from edge.wire.codec import PayloadDecoder, PayloadReader, Row
+from edge.wire.payload import Payload
 
 try:
     __version__ = _version("can-telemetry")
@@ -39,6 +39,7 @@ __all__ = [
     "Payload",
     "PayloadDecoder",
     "PayloadError",
+    "PayloadReader",
     "PermanentUplinkError",
     "RejectedPayloadError",
     "Row",

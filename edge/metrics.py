@@ -47,7 +47,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from edge import __version__
-from edge.process import PipelineStats
+from edge.processing.processor import PipelineStats
 
 __all__ = [
     "DEFAULT_METRICS_PORT",
@@ -207,7 +207,7 @@ def _pipeline_metrics(f: _Families, stats: PipelineStats) -> None:
         f.counter("frames", "CAN frames read, by bus (or replay)", source.get("frames", 0), bus=bus)
     for bus, source in sorted(stats.sources.items()):
         for reason, key in (("bad_timestamp", "bad_timestamp"), ("bad_line", "bad_lines")):
-            if key in source:  # edge/source.py: dropped before the processing stage
+            if key in source:  # edge/ingest/source.py: dropped before the processing stage
                 f.counter(
                     "source_skipped",
                     "frames skipped by a source, by reason",

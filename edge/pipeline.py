@@ -1,5 +1,5 @@
 """The composition root: wires source -> decode -> sample -> batch -> spool -> forwarder -> uplink
-from a :class:`~edge.config.Config`, and runs the processing loop.
+from a :class:`~edge.config.model.Config`, and runs the processing loop.
 
 Threads: one per source (reading), one processing thread (decode, sample, batch, encode, spool
 append), one forwarder (spool -> uplink). They meet at two points only: the bounded frame queue,
@@ -21,12 +21,12 @@ from dataclasses import replace
 from typing import Any
 
 from edge.clock import Clock, SystemClock
-from edge.config import Config
-from edge.decode import Track
-from edge.forwarder import Forwarder
-from edge.metrics import LossWatch, ProgressWatch, QueueLevel
-from edge.process import PipelineStats, Processor
-from edge.source import (
+from edge.config.model import Config
+from edge.delivery.forwarder import Forwarder
+from edge.delivery.spool import DEFAULT_PRIORITY, Spool
+from edge.delivery.uplinks import uplink_class
+from edge.delivery.uplinks.base import Uplink
+from edge.ingest.source import (
     CHUNK,
     TIME_STEP_BACK,
     BusSource,
@@ -34,9 +34,9 @@ from edge.source import (
     FrameSource,
     ReplaySource,
 )
-from edge.spool import DEFAULT_PRIORITY, Spool
-from edge.uplinks import uplink_class
-from edge.uplinks.base import Uplink
+from edge.metrics import LossWatch, ProgressWatch, QueueLevel
+from edge.processing.decode import Track
+from edge.processing.processor import PipelineStats, Processor
 
 __all__ = ["Pipeline", "new_forwarder", "open_spool", "restart_after_step_back", "source_name"]
 
@@ -67,7 +67,8 @@ def new_forwarder(config: Config, spool: Spool, uplink: Uplink, clock: Clock) ->
 
 
 def restart_after_step_back(processor: Processor) -> None:
-    """Frame time stepped back (sources cut chunks there: see :class:`~edge.source.TimeGuard`):
+    """Frame time stepped back (sources cut chunks there: see
+    :class:`~edge.ingest.source.TimeGuard`):
     close the open batch, whose age would otherwise wait for the clock to catch up, and restart
     every sampler's rate limits and heartbeats from the step (issue 12, item 5)."""
     processor.flush()

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from edge.iotedge.module import DEFAULT_DATA_DIR
 from edge.metrics import DEFAULT_METRICS_PORT
-from edge.module import DEFAULT_DATA_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -116,7 +116,7 @@ def test_the_entry_point_runs_the_module() -> None:
     runtime = stages()[-1]
     (entrypoint,) = [arguments for keyword, arguments in runtime if keyword == "ENTRYPOINT"]
     command = json.loads(entrypoint)  # exec form: SIGTERM reaches Python, not a shell
-    assert command == ["python", "-m", "edge.module"]
+    assert command == ["python", "-m", "edge.iotedge.module"]
     result = subprocess.run(
         [sys.executable, *command[1:], "--help"],
         capture_output=True,
@@ -197,7 +197,7 @@ def context_files() -> list[Path]:
 def test_the_build_context_holds_only_what_the_wheel_needs() -> None:
     names = {p.relative_to(ROOT).as_posix() for p in context_files()}
     assert "pyproject.toml" in names
-    assert "edge/module.py" in names and "dbc/demo_vehicle.dbc" in names
+    assert "edge/iotedge/module.py" in names and "dbc/demo_vehicle.dbc" in names
     for excluded in (".venv/", ".git/", "tests/", "benchmarks/", "spool/", "outbox/"):
         assert not any(n.startswith(excluded) for n in names), excluded
     assert not any("__pycache__" in n for n in names)
@@ -239,7 +239,12 @@ def test_the_builders_wheel_installs_the_module_and_its_databases(tmp_path: Path
         names = set(archive.namelist())
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         assert "can-telemetry = edge.cli:main" in archive.read(entry_points).decode()
-    assert {"edge/module.py", "edge/twin.py", "edge/dbc/demo_vehicle.dbc", "edge/py.typed"} <= names
+    assert {
+        "edge/iotedge/module.py",
+        "edge/iotedge/twin.py",
+        "edge/dbc/demo_vehicle.dbc",
+        "edge/py.typed",
+    } <= names
 
     site = tmp_path / "site"
     install = subprocess.run(
@@ -260,9 +265,9 @@ def test_the_builders_wheel_installs_the_module_and_its_databases(tmp_path: Path
     )
     assert install.returncode == 0, install.stdout + install.stderr
     probe = (
-        "import edge.module, edge.twin;"
-        "print(edge.module.__file__);"
-        "print(edge.twin.bundled_databases_dir() / 'demo_vehicle.dbc')"
+        "import edge.iotedge.module, edge.iotedge.twin;"
+        "print(edge.iotedge.module.__file__);"
+        "print(edge.iotedge.twin.bundled_databases_dir() / 'demo_vehicle.dbc')"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe],

@@ -18,14 +18,14 @@ import can
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge.config import parse_config
+from edge.config.model import parse_config
+from edge.ingest.source import FrameQueue, FrameSource
+from edge.iotedge.module import EdgeModule, ModuleOptions
+from edge.iotedge.twin import ConfigOrigin
 from edge.metrics import Health, LossWatch, MetricsServer, ProgressWatch, TelemetryCollector
-from edge.module import EdgeModule, ModuleOptions
 from edge.pipeline import Pipeline
-from edge.process import PipelineStats
-from edge.simulate import DEMO_DBC, VehicleSimulator
-from edge.source import FrameQueue, FrameSource
-from edge.twin import ConfigOrigin
+from edge.processing.processor import PipelineStats
+from edge.simulator.vehicle import DEMO_DBC, VehicleSimulator
 from tests.support.mosquitto import free_port
 from tests.support.waiting import wait_for
 
@@ -314,7 +314,7 @@ def test_campaign_counters_are_metrics(tmp_path: Path, channel: str) -> None:
 def test_diagnostics_counters_are_metrics(tmp_path: Path, channel: str) -> None:
     """The module's diagnostics (edge/diagnostics/) against the simulated ECUs: their counters
     on /metrics, by bus and event."""
-    from edge.simulate_ecus import SimulatedEcus
+    from edge.simulator.ecus import SimulatedEcus
 
     diagnostics = {"buses": [{"bus": "vehicle", "obd": {"pids": [{"pid": 0x0C, "period": 0.2}]}}]}
     data = settings(tmp_path, channel, diagnostics=diagnostics)

@@ -10,10 +10,10 @@ from typing import Any
 import can
 import pytest
 
-from edge.codec import PayloadDecoder, unpack
-from edge.config import parse_config
+from edge.config.model import parse_config
 from edge.pipeline import Pipeline
-from edge.simulate import DEMO_DBC, VehicleSimulator
+from edge.simulator.vehicle import DEMO_DBC, VehicleSimulator
+from edge.wire.codec import PayloadReader, unpack
 
 
 def write_log(path: Path, seconds: float, seed: int = 3) -> int:
@@ -38,7 +38,7 @@ def config(tmp_path: Path, **extra: Any) -> dict[str, Any]:
 
 
 def decode_outbox(outbox: Path) -> tuple[list[Any], list[Any]]:
-    decoder = PayloadDecoder()
+    decoder = PayloadReader()
     payloads = [(unpack(f.read_bytes()), f.read_bytes()) for f in outbox.glob("*.ctl")]
     payloads.sort(key=lambda p: (p[0].envelope["stream"], p[0].envelope["seq"]))
     rows: list[Any] = []

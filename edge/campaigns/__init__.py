@@ -5,8 +5,9 @@
 * :mod:`edge.campaigns.capture`: rings of raw frames and capture windows;
 * :mod:`edge.campaigns.engine`: the engine the Processor hands every chunk of frames to.
 
-Nothing is imported here: :mod:`edge.config` imports the settings module, which must not pull in
-the engine (which imports :mod:`edge.config`).
+Nothing is imported here: :mod:`edge.config.model` imports the settings module, which must not pull
+in
+the engine (which imports :mod:`edge.config.model`).
 """
 
 __all__: list[str] = []

@@ -17,9 +17,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from edge.config.table import Table
+from edge.delivery.spool import DEFAULT_PRIORITY
 from edge.errors import ConfigError
-from edge.settings import Table
-from edge.spool import DEFAULT_PRIORITY
 
 __all__ = [
     "ALWAYS",

@@ -1,6 +1,7 @@
 """The campaign engine: conditions, captures and periodic snapshots next to the always-on pipeline.
 
-The :class:`~edge.process.Processor` hands every chunk of frames to :meth:`CampaignEngine.process`
+The :class:`~edge.processing.processor.Processor` hands every chunk of frames to
+:meth:`CampaignEngine.process`
 as well. The engine keeps its own per-ID table of the messages of the configured databases: a
 frame of a message no campaign uses costs one dict lookup and one attribute store (its last frame,
 for ``getSignals`` and snapshots). For the rest:
@@ -38,7 +39,6 @@ import can
 from cantools.database.can import Database
 from cantools.database.can import Message as DbMessage
 
-from edge.batch import Batch, Batcher
 from edge.campaigns.capture import Capture, FrameRing
 from edge.campaigns.config import ALWAYS, CampaignConfig, describe, field_name
 from edge.campaigns.expression import (
@@ -49,12 +49,13 @@ from edge.campaigns.expression import (
     compile_expression,
 )
 from edge.clock import Clock, SystemClock
-from edge.codec import KIND_DATA, KIND_SCHEMA, Codec
-from edge.config import Config
-from edge.decode import dict_decoder, plain_decoder
+from edge.config.model import Config
 from edge.errors import ConfigError, SpoolError, TelemetryError
-from edge.payload import Payload
-from edge.schema import Schema, build_schema
+from edge.processing.batch import Batch, Batcher
+from edge.processing.decode import dict_decoder, plain_decoder
+from edge.wire.codec import KIND_DATA, KIND_SCHEMA, Codec
+from edge.wire.payload import Payload
+from edge.wire.schema import Schema, build_schema
 
 __all__ = ["SCHEMA_PRIORITY", "CampaignEngine", "CampaignStats", "raw_frames"]
 
@@ -132,7 +133,8 @@ class _Entry:
         self.watched = False  # a stale() reads its arrival times
         self.campaigns: list[_Campaign] = []  # conditions to evaluate when it changes
         self.payload: bytes | None = None
-        #: raw values of a payload, as ``db.decode(data, False, False)`` (edge.decode's fast
+        # : raw values of a payload, as ``db.decode(data, False, False)`` (edge.processing.decode's
+        # fast
         #: path where it agrees with cantools); set for the messages campaigns use
         self.raw: Callable[[bytes], dict[str, Any]] = plain_decoder(db)
         #: the inputs with their scaling: (signal, state key, scale, offset)

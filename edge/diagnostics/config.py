@@ -2,7 +2,7 @@
 
 Nothing is transmitted on a bus unless a ``[[diagnostics.buses]]`` entry names it: that is
 what "listen-only by default" means. The same parser serves the TOML file and the module
-twin (``edge.config.parse_config`` calls :func:`parse_diagnostics`). Options are documented in
+twin (``edge.config.model.parse_config`` calls :func:`parse_diagnostics`). Options are documented in
 docs/diagnostics.md.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from edge.settings import Table
+from edge.config.table import Table
 
 __all__ = [
     "DID_KINDS",

@@ -39,7 +39,7 @@ from edge.campaigns.expression import (
     compile_expression,
 )
 from edge.clock import Clock, SystemClock
-from edge.config import BusConfig
+from edge.config.model import BusConfig
 from edge.diagnostics.config import DiagBusConfig
 from edge.diagnostics.dtc import j1939_dtc_text, uds_dtc_text
 from edge.diagnostics.j1939 import (
@@ -247,7 +247,7 @@ class BusDiagnostics:
             self._step()
 
     def _connect(self) -> None:
-        from edge.source import open_bus
+        from edge.ingest.source import open_bus
 
         if self._given_bus is not None:
             self.bus = self._given_bus

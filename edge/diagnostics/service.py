@@ -16,13 +16,13 @@ from typing import Any
 import msgpack
 
 from edge.clock import Clock, SystemClock
-from edge.codec import KIND_DATA, Codec
-from edge.config import Config
+from edge.config.model import Config
 from edge.diagnostics.records import EXT_KEY, DiagRecord, records_to_wire
 from edge.diagnostics.scheduler import BusDiagnostics
 from edge.diagnostics.uds import did_text
 from edge.errors import ConfigError, SpoolError
-from edge.payload import Payload
+from edge.wire.codec import KIND_DATA, Codec
+from edge.wire.payload import Payload
 
 __all__ = ["DTC_PRIORITY", "Diagnostics", "DiagnosticsWriter"]
 
@@ -95,7 +95,7 @@ class Diagnostics:
         clock: Clock | None = None,
         buses: dict[str, Any] | None = None,
     ) -> None:
-        from edge.database import load_databases
+        from edge.processing.database import load_databases
 
         clock = clock or SystemClock()
         self.buses: list[BusDiagnostics] = []

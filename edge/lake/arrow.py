@@ -1,8 +1,9 @@
 """The one decode function of the lake: an Arrow batch of payloads in, Arrow batches of rows out.
 
 :func:`decode` serves Spark's ``mapInArrow`` (edge.lake.spark), the single-machine ingest
-(edge.lake.local) and ``can-telemetry plot``. It decodes with edge.codec's
-:class:`~edge.codec.PayloadDecoder` (the edge's own reader, so the lake's rows are the edge's rows)
+(edge.lake.local) and ``can-telemetry plot``. It decodes with edge.wire.codec's
+:class:`~edge.wire.codec.PayloadReader` (the edge's own reader, so the lake's rows are the edge's
+rows)
 and never raises for a bad payload: each input payload gets an outcome (ok, parked, foreign,
 corrupt) in :attr:`Decoded.outcomes`.
 """
@@ -20,10 +21,10 @@ import msgpack
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from edge.codec import KIND_SCHEMA, MAGIC, DecodedPayload, PayloadDecoder, Row, unpack
 from edge.errors import PayloadError, SchemaMissingError
 from edge.lake.tables import KEYED_INPUT, OUTCOMES, PAYLOAD_INPUT, ROW_FIELDS, SIGNALS
-from edge.schema import Schema, SignalInfo
+from edge.wire.codec import KIND_SCHEMA, MAGIC, DecodedPayload, PayloadReader, Row, unpack
+from edge.wire.schema import Schema, SignalInfo
 
 __all__ = ["Decoded", "SchemaBook", "decode", "empty", "payload_batch", "payload_keys"]
 
@@ -35,7 +36,7 @@ class SchemaBook:
     """What decoding needs besides the payloads: the schemas known so far (by id) and the vehicle
     of each stream (from its schema payloads). Grows as schema payloads are decoded."""
 
-    decoder: PayloadDecoder = field(default_factory=PayloadDecoder)
+    decoder: PayloadReader = field(default_factory=PayloadReader)
     vehicles: dict[str, str] = field(default_factory=dict)
     _signals: dict[str, dict[tuple[str, str, str], SignalInfo]] = field(default_factory=dict)
 

@@ -45,7 +45,7 @@ from edge.lake.tables import (
     SIGNALS,
     STREAMS,
 )
-from edge.schema import Schema
+from edge.wire.schema import Schema
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

@@ -5,7 +5,7 @@ Every table is a folder of Parquet files under the lake's root, hive-partitioned
 time inside each file: a folder per vehicle would not survive millions of cars (too many small
 files), a sort order lets Parquet's row-group statistics skip what a query does not want.
 
-The ``signals`` columns after the keys are :class:`edge.codec.Row`'s fields, whatever they are
+The ``signals`` columns after the keys are :class:`edge.wire.codec.Row`'s fields, whatever they are
 (a field added to Row at the end becomes a column here with no change in this package).
 """
 
@@ -15,7 +15,7 @@ import typing
 
 import pyarrow as pa
 
-from edge.codec import Row
+from edge.wire.codec import Row
 
 __all__ = [
     "KEYED_INPUT",

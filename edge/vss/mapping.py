@@ -33,15 +33,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge.errors import ConfigError
-from edge.schema import Schema, VssInfo
 from edge.vss.transform import Transform, TransformError, compile_spec, linear
 from edge.vss.tree import NUMERIC_TYPES, VssNode, VssTree, VssTreeError, load_tree, walk
+from edge.wire.schema import Schema, VssInfo
 
 if TYPE_CHECKING:
     from cantools.database.can import Database
     from cantools.database.can.signal import Signal
 
-    from edge.config import Config
+    from edge.config.model import Config
 
 __all__ = [
     "MappingEntry",
@@ -258,7 +258,7 @@ def _read(file: Path, mtime: float, field: str) -> tuple[MappingEntry, ...]:
 def bundled_mappings_dir() -> Path:
     """The mappings shipped with the package: ``vss/`` beside the bundled databases (the
     repository's ``dbc/vss/``, installed as part of ``edge.dbc``)."""
-    from edge.simulate import DEMO_DBC
+    from edge.simulator.vehicle import DEMO_DBC
 
     return DEMO_DBC.parent / "vss"
 
@@ -525,7 +525,7 @@ def load_vss_mapping(config: Config, databases: Sequence[Database] | None = None
     except VssTreeError as exc:
         raise ConfigError("vss_tree", str(exc)) from exc
     if databases is None:
-        from edge.database import load_databases
+        from edge.processing.database import load_databases
 
         databases = [load_databases(b.databases, strict=b.strict) for b in buses]
     links: list[VssLink] = []

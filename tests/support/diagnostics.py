@@ -1,5 +1,5 @@
 """Fixtures for diagnostics tests: a python-can virtual bus with the simulated ECUs of
-edge/simulate_ecus.py answering on it, and configurations that enable diagnostics there."""
+edge/simulator/ecus.py answering on it, and configurations that enable diagnostics there."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 import can
 import pytest
 
-from edge.simulate import DEMO_DBC
-from edge.simulate_ecus import OBD_ECM, UDS_BMS, UDS_TCM, EcuFaults, SimulatedEcus
+from edge.simulator.ecus import OBD_ECM, UDS_BMS, UDS_TCM, EcuFaults, SimulatedEcus
+from edge.simulator.vehicle import DEMO_DBC
 
 __all__ = ["diag_config", "ecus", "vehicle_channel"]
 

@@ -40,7 +40,7 @@ KEY = base64.b64encode(b"a shared access key of 32 bytes!").decode()
 
 
 def hub_merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """IoT Hub's merge of a twin patch (written here independently of edge.twin)."""
+    """IoT Hub's merge of a twin patch (written here independently of edge.iotedge.twin)."""
     result = dict(target)
     for key, value in patch.items():
         if value is None:

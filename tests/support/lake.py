@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from edge.codec import Row
-from edge.payload import Payload
+from edge.wire.codec import Row
+from edge.wire.payload import Payload
 from tests.support.corpus import LOGS, require_corpus
 
 __all__ = [
@@ -37,9 +37,9 @@ def corpus_payloads(log_id: str, stream: str, limit: int | None) -> list[Payload
     in ``stream`` as the spool would."""
     import can
 
-    from edge.config import parse_config
-    from edge.process import Processor
-    from edge.source import ReplaySource
+    from edge.config.model import parse_config
+    from edge.ingest.source import ReplaySource
+    from edge.processing.processor import Processor
 
     require_corpus()
     log = next(entry for entry in LOGS if entry.id == log_id)
@@ -121,11 +121,11 @@ class Fleet:
 
     def edge_rows(self) -> list[tuple[Any, ...]]:
         """What the edge's own decoder makes of every payload: (stream, seq, *row)."""
-        from edge.codec import PayloadDecoder
+        from edge.wire.codec import PayloadReader
 
         out = []
         for payloads in self.payloads.values():
-            decoder = PayloadDecoder()
+            decoder = PayloadReader()
             for p in payloads:
                 for row in decoder.rows(p.body):
                     out.append((p.properties["stream"], int(p.properties["seq"]), *row))

@@ -1,0 +1,3 @@
+"""Delivery: the durable spool, the forwarder and the uplinks it sends through."""
+
+__all__: list[str] = []

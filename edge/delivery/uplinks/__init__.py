@@ -1,0 +1,91 @@
+"""The uplink registry: a name in the configuration (``uplink.type``) -> an :class:`Uplink` class.
+
+Like python-can's ``BACKENDS``, the built-in table holds import *strings*, so an uplink's
+dependencies (paho-mqtt, azure-iot-device) are imported only when that uplink is used. Third
+parties add uplinks through the entry-point group ``can_telemetry.uplinks``::
+
+    [project.entry-points."can_telemetry.uplinks"]
+    kafka = "my_package.kafka:KafkaUplink"
+
+Built-in names win over entry points of the same name.
+
+Every uplink class follows one convention, so configuration is validated once, at load time, into
+a typed immutable object, and the uplink is built from that object later:
+
+* ``kind``: the registry name (class attribute of :class:`~edge.delivery.uplinks.base.Uplink`).
+* ``Options``: the frozen dataclass of its settings, as a class attribute (nested, or an alias
+  of a module-level class such as ``MqttOptions``).
+* ``parse_options(table: Mapping[str, object], field: str) -> Options`` (classmethod): reads the
+  raw ``[uplink]`` table without ``type``; raises ``ConfigError(f"{field}.{key}", reason)`` for
+  unknown keys, wrong types and bad values (:class:`edge.config.table.Table` does this).
+* ``from_options(options: Options) -> Uplink`` (classmethod): builds the uplink; cheap, no
+  network I/O (connecting happens in ``send``, which may raise TransientUplinkError).
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import EntryPoint, entry_points
+
+from edge.delivery.uplinks.base import Uplink
+from edge.errors import ConfigError
+
+__all__ = ["BACKENDS", "ENTRY_POINT_GROUP", "available_uplinks", "uplink_class"]
+
+#: Built-in uplinks: name -> (module, class name), imported on first use.
+BACKENDS: dict[str, tuple[str, str]] = {
+    "file": ("edge.delivery.uplinks.file", "FileUplink"),
+    "mqtt": ("edge.delivery.uplinks.mqtt", "MqttUplink"),
+    "azure-edge": ("edge.delivery.uplinks.azure", "AzureEdgeUplink"),
+    "azure-device": ("edge.delivery.uplinks.azure", "AzureDeviceUplink"),
+}
+
+#: Entry-point group through which other packages register uplinks.
+ENTRY_POINT_GROUP = "can_telemetry.uplinks"
+
+_FIELD = "uplink.type"
+
+
+def _plugins() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in BACKENDS}
+
+
+def _load(kind: str) -> object:
+    if kind in BACKENDS:
+        module_name, class_name = BACKENDS[kind]
+        return getattr(importlib.import_module(module_name), class_name)
+    plugin = _plugins().get(kind)
+    if plugin is None:
+        known = ", ".join(available_uplinks())
+        raise ConfigError(_FIELD, f"unknown uplink {kind!r}; known: {known}")
+    return plugin.load()
+
+
+def available_uplinks() -> list[str]:
+    """Names of every uplink that can be configured: built-ins and entry points, sorted."""
+    return sorted({*BACKENDS, *_plugins()})
+
+
+def uplink_class(kind: str) -> type[Uplink]:
+    """The Uplink class registered as ``kind``, imported now.
+
+    Raises ConfigError on ``uplink.type`` when the name is unknown (listing the known ones), when
+    its module cannot be imported (e.g. a missing optional dependency), or when what is
+    registered is not an Uplink following the convention of this module.
+    """
+    try:
+        loaded = _load(kind)
+    except ConfigError:
+        raise
+    except Exception as exc:  # an uplink module failing to import must not start the module
+        raise ConfigError(_FIELD, f"uplink {kind!r} cannot be loaded: {exc}") from exc
+    if not (isinstance(loaded, type) and issubclass(loaded, Uplink)):
+        raise ConfigError(_FIELD, f"uplink {kind!r} is {loaded!r}, not an Uplink subclass")
+    missing = [
+        name
+        for name in ("parse_options", "from_options")
+        if getattr(loaded, name).__func__ is getattr(Uplink, name).__func__
+    ]
+    if missing:
+        raise ConfigError(_FIELD, f"uplink {kind!r} lacks {' and '.join(missing)}")
+    return loaded

@@ -1,0 +1,409 @@
+"""Uplinks to Azure IoT Hub with azure-iot-device 2.x (MQTT over TLS, port 8883).
+
+* ``azure-edge`` (:class:`AzureEdgeUplink`): as an IoT Edge module, to the local edgeHub, which
+  stores and forwards to IoT Hub; ``IoTHubModuleClient.create_from_edge_environment()`` and
+  ``send_message_to_output(message, output)``.
+* ``azure-device`` (:class:`AzureDeviceUplink`): as a device, straight to IoT Hub, or to a
+  gateway when the connection string has ``GatewayHostName`` (then ``ca_file`` names the CA that
+  signed the gateway's certificate); ``IoTHubDeviceClient.create_from_connection_string()`` and
+  ``send_message(message)``.
+
+Each payload becomes one message: the body bytes unchanged, ``message_id`` = the payload's
+``{stream}:{seq}`` (lets the cloud drop duplicates of at-least-once delivery), ``content_type`` =
+the payload's MIME type, ``content_encoding`` unset (the body is binary msgpack, not text), and
+the payload's properties as application properties for IoT Hub routing.
+
+The deadline. The SDK's ``send_message*`` waits for PUBACK with no timeout: when the link goes
+silent it blocks until paho's keep-alive notices (up to twice ``keep_alive``), and a connection
+attempt into a silent link blocks the SDK's single, process-wide pipeline thread for the TLS
+handshake (paho uses ``keep_alive`` as that timeout) and its 60 s CONNACK watchdog. So each
+attempt (creating the client included, which also waits for that thread) runs on a worker
+thread that the caller waits for until ``timeout`` and then abandons.
+
+An abandoned or failed send poisons its client: paho keeps every unacknowledged QoS 1 message
+of a client object and publishes it again after each reconnect, and a PUBACK arriving for an
+operation the SDK already failed is kept as an "unknown completion" that could confirm a later,
+different message reusing the packet id. So a client is shut down (on a background thread, which
+also cancels the abandoned operation) after any failure, and the next send creates a new one;
+nothing piles up across an outage. The SDK's own reconnection is off (``connection_retry``):
+retrying is the forwarder's job, and a dropped link then fails the send in flight at once.
+While MAX_RETIRING retired clients are still shutting down (all waiting for the blocked pipeline
+thread), ``send`` waits for one to finish, within its deadline, before creating another.
+
+SDK exceptions map to :class:`~edge.errors.PermanentUplinkError` for refused credentials
+(``CredentialError``: CONNACK 4/5), a message over IoT Hub's 256 KB limit, and a missing or
+broken IoT Edge environment; everything else (``ConnectionFailedError``,
+``ConnectionDroppedError``, ``NoConnectionError``, ``OperationCancelled``, ``OperationTimeout``,
+other ``ClientError`` such as an untrusted certificate) is a
+:class:`~edge.errors.TransientUplinkError`.
+
+Options of ``azure-edge``: ``output`` (default ``"telemetry"``), ``keep_alive`` (seconds, default
+60). Options of ``azure-device``: ``connection_string`` (required, a secret: never logged, shown
+or echoed in errors), ``ca_file`` (PEM file, optional), ``keep_alive``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import threading
+import time
+from abc import abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from azure.iot.device import IoTHubDeviceClient, IoTHubModuleClient, Message
+from azure.iot.device import exceptions as sdk
+
+from edge.config.table import Table
+from edge.delivery.uplinks.base import Uplink
+from edge.errors import (
+    PermanentUplinkError,
+    RejectedPayloadError,
+    TransientUplinkError,
+    UplinkError,
+)
+from edge.wire.payload import Payload
+
+__all__ = ["AzureDeviceOptions", "AzureDeviceUplink", "AzureEdgeOptions", "AzureEdgeUplink"]
+
+_log = logging.getLogger(__name__)
+
+#: Retired clients that may still be shutting down when ``send`` creates another.
+MAX_RETIRING = 3
+#: How long ``close()`` waits for the clients to shut down.
+CLOSE_TIMEOUT = 5.0
+
+_KEEP_ALIVE_RANGE = {"min": 5, "max": 1740}  # the SDK refuses more than 29 minutes
+
+
+@dataclass(frozen=True, slots=True)
+class AzureEdgeOptions:
+    """Validated options of the ``azure-edge`` uplink."""
+
+    output: str = "telemetry"
+    keep_alive: int = 60
+
+    @classmethod
+    def parse(cls, table: Mapping[str, object], field: str) -> AzureEdgeOptions:
+        """Validate the raw ``[uplink]`` table (without ``type``); errors name ``{field}.key``."""
+        t = Table(table, field)
+        options = cls(
+            output=t.str("output", "telemetry"),
+            keep_alive=t.int("keep_alive", 60, **_KEEP_ALIVE_RANGE),
+        )
+        t.finish()
+        return options
+
+
+@dataclass(frozen=True, slots=True)
+class AzureDeviceOptions:
+    """Validated options of the ``azure-device`` uplink. The connection string is not shown in
+    the repr."""
+
+    connection_string: str = field(repr=False)
+    ca_file: str | None = None
+    keep_alive: int = 60
+
+    @classmethod
+    def parse(cls, table: Mapping[str, object], field: str) -> AzureDeviceOptions:
+        """Validate the raw ``[uplink]`` table (without ``type``); errors name ``{field}.key``
+        and never quote the connection string."""
+        t = Table(table, field)
+        connection_string = t.raw("connection_string")
+        problem = _connection_string_problem(connection_string)
+        if problem:
+            raise t.error("connection_string", problem)
+        ca_file = t.str("ca_file", None)
+        if ca_file is not None and not Path(ca_file).is_file():
+            raise t.error("ca_file", f"no such file: {ca_file}")
+        options = cls(
+            connection_string=connection_string,
+            ca_file=ca_file,
+            keep_alive=t.int("keep_alive", 60, **_KEEP_ALIVE_RANGE),
+        )
+        t.finish()
+        return options
+
+
+def _connection_string_problem(value: object) -> str | None:
+    """Why ``value`` is not a device connection string with a shared access key, or None.
+    The reason never contains the value."""
+    if not isinstance(value, str) or not value:
+        return "expected a non-empty string (HostName=...;DeviceId=...;SharedAccessKey=...)"
+    parts: dict[str, str] = {}
+    known = ("HostName", "DeviceId", "SharedAccessKey", "GatewayHostName", "ModuleId")
+    for number, item in enumerate(value.split(";"), 1):
+        key, sep, val = item.partition("=")
+        if not sep or not val or key in parts:
+            return "not a connection string: expected Key=value pairs separated by ';'"
+        if key not in known:
+            # Never quote it: a key pasted after a stray ';' ("...==") parses as a Key=value.
+            return (
+                f"part {number} has an unsupported key (expected {', '.join(known[:4])};"
+                " a device connection string with SharedAccessKey)"
+            )
+        parts[key] = val
+    missing = [k for k in ("HostName", "DeviceId", "SharedAccessKey") if k not in parts]
+    if missing:
+        return f"missing {missing[0]}"
+    if "ModuleId" in parts:
+        return "is a module connection string; azure-device needs a device's"
+    try:
+        base64.b64decode(parts["SharedAccessKey"], validate=True)
+    except binascii.Error:
+        return "SharedAccessKey is not valid base64"
+    return None
+
+
+class _Attempt:
+    """One send running on a worker thread, which the caller may walk away from."""
+
+    def __init__(self, client: Any) -> None:
+        self.lock = threading.Lock()
+        self.finished = threading.Event()
+        self.client = client  # None until the worker created one
+        self.error: BaseException | None = None
+        self.abandoned = False
+
+
+class _AzureUplink(Uplink):
+    """What both Azure uplinks share: one SDK client at a time, every send under a deadline."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # one send at a time
+        self._client: Any = None
+        self._retiring: list[threading.Thread] = []  # one per client still shutting down
+
+    @abstractmethod
+    def _create_client(self) -> Any:
+        """A new, unconnected SDK client (the SDK connects on the first send)."""
+
+    @abstractmethod
+    def _deliver(self, client: Any, message: Message) -> None:
+        """Send ``message`` with ``client``, returning after IoT Hub / edgeHub acknowledged it."""
+
+    def send(self, payload: Payload, timeout: float) -> None:
+        """Send ``payload`` as one message and wait for its acknowledgement (see the module
+        docstring); TransientUplinkError when that takes longer than ``timeout``."""
+        deadline = time.monotonic() + timeout
+        if not self._lock.acquire(timeout=max(timeout, 0.0)):
+            raise TransientUplinkError("another send is still in progress")
+        try:
+            self._send(payload, timeout, deadline)
+        finally:
+            self._lock.release()
+
+    def _send(self, payload: Payload, timeout: float, deadline: float) -> None:
+        while self._client is None:  # a new client is needed: bound the ones still retiring
+            self._retiring = [t for t in self._retiring if t.is_alive()]
+            if len(self._retiring) < MAX_RETIRING:
+                break
+            if time.monotonic() >= deadline:
+                raise TransientUplinkError(
+                    f"{len(self._retiring)} earlier connections are still shutting down"
+                )
+            self._retiring[0].join(max(deadline - time.monotonic(), 0.0))
+        attempt = _Attempt(self._client)
+        self._client = None  # given back below only if the attempt succeeds
+        worker = threading.Thread(
+            target=self._run, args=(attempt, _message(payload)), name=f"{self.kind}-send"
+        )
+        worker.daemon = True
+        worker.start()
+        if not attempt.finished.wait(max(deadline - time.monotonic(), 0.0)):
+            with attempt.lock:
+                attempt.abandoned = True
+                client = attempt.client
+            if client is not None:
+                self._retire(client)
+            else:  # the worker shuts down the client it is creating
+                self._retiring.append(worker)
+            raise TransientUplinkError(f"not acknowledged within {timeout:g} s")
+        if attempt.error is not None:
+            if attempt.client is not None:
+                self._retire(attempt.client)
+            error = _translate(attempt.error)
+            if error is attempt.error:
+                raise error
+            raise error from attempt.error
+        self._client = attempt.client
+
+    def _run(self, attempt: _Attempt, message: Message) -> None:
+        """The worker: create the client if needed, then deliver."""
+        try:
+            client = attempt.client
+            if client is None:
+                client = self._create_client()
+                with attempt.lock:
+                    abandoned = attempt.abandoned
+                    attempt.client = client
+                if abandoned:
+                    _shutdown(client)
+                    return
+            self._deliver(client, message)
+        except BaseException as exc:  # handed to the caller's thread
+            attempt.error = exc
+        finally:
+            attempt.finished.set()
+
+    def _retire(self, client: Any) -> None:
+        """Shut ``client`` down on a background thread (it may wait for the pipeline thread)."""
+        _log.debug("%s uplink: retiring its SDK client", self.kind)
+        thread = threading.Thread(target=_shutdown, args=(client,), name=f"{self.kind}-retire")
+        thread.daemon = True
+        thread.start()
+        self._retiring.append(thread)
+
+    def _release(self, client: Any) -> None:
+        """Let go of the idle client at :meth:`close`. Default: shut it down; a subclass whose
+        clients belong to someone else (a shared connection) only lets go."""
+        self._retire(client)
+
+    def close(self) -> None:
+        """Let go of the client, waiting up to CLOSE_TIMEOUT seconds for shutdowns in all."""
+        with self._lock:
+            if self._client is not None:
+                self._release(self._client)
+                self._client = None
+            end = time.monotonic() + CLOSE_TIMEOUT
+            for thread in self._retiring:
+                thread.join(max(end - time.monotonic(), 0.0))
+
+
+def _shutdown(client: Any) -> None:
+    """Shut an SDK client down for good; never raises.
+
+    ``shutdown()`` starts with a disconnect, which raises when the transport is already half
+    down; the pipeline is then still running (with its SAS token renewal alarm, which would
+    reconnect it later), so try once more: the second disconnect finds it disconnected.
+    """
+    for _ in range(2):
+        try:
+            client.shutdown()
+            return
+        except Exception as exc:
+            _log.debug("SDK client shutdown failed (%s: %s)", type(exc).__name__, exc)
+
+
+def _message(payload: Payload) -> Message:
+    """The IoT Hub message for ``payload``."""
+    message = Message(  # type: ignore[no-untyped-call]  # the SDK's __init__ lacks hints
+        payload.body, message_id=payload.message_id, content_type=payload.content_type
+    )
+    message.custom_properties = dict(payload.properties)
+    return message
+
+
+def _describe(exc: BaseException) -> str:
+    """``Error: text (RootCause: text)`` along the ``__cause__`` chain, for error messages."""
+    text = f"{type(exc).__name__}: {exc}"
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    if root is not exc and str(root):
+        text += f" ({type(root).__name__}: {root})"
+    return text
+
+
+def _translate(exc: BaseException) -> BaseException:
+    """Our exception for one the SDK raised; anything unexpected is returned unchanged."""
+    if isinstance(exc, UplinkError):
+        return exc
+    if isinstance(exc, sdk.CredentialError):
+        return PermanentUplinkError(f"credentials refused: {_describe(exc)}")
+    if isinstance(exc, ValueError):  # the SDK's size check: over 256 KB
+        return RejectedPayloadError(f"message refused: {_describe(exc)}")
+    if isinstance(exc, sdk.ClientError | sdk.OperationCancelled | sdk.OperationTimeout):
+        return TransientUplinkError(_describe(exc))
+    return exc
+
+
+class AzureEdgeUplink(_AzureUplink):
+    """Sends to the local IoT Edge hub as this module's output ``options.output``.
+
+    The client reads its identity and the hub's CA from the IoT Edge environment (``IOTEDGE_*``
+    variables and the workload API); outside IoT Edge the SDK falls back to the variables
+    ``EdgeHubConnectionString`` and ``EdgeModuleCACertificateFile`` (simulator, tests).
+    """
+
+    kind = "azure-edge"
+    Options = AzureEdgeOptions
+
+    @classmethod
+    def parse_options(cls, table: Mapping[str, object], field: str) -> AzureEdgeOptions:
+        """Validate the raw ``[uplink]`` table (see :meth:`AzureEdgeOptions.parse`)."""
+        return AzureEdgeOptions.parse(table, field)
+
+    @classmethod
+    def from_options(cls, options: AzureEdgeOptions) -> AzureEdgeUplink:
+        """Build the uplink; it connects on the first send."""
+        return cls(options)
+
+    def __init__(self, options: AzureEdgeOptions | None = None) -> None:
+        """Send as an IoT Edge module with ``options`` (defaults if omitted)."""
+        super().__init__()
+        self.options = options or AzureEdgeOptions()
+
+    def _create_client(self) -> Any:
+        try:
+            return IoTHubModuleClient.create_from_edge_environment(
+                keep_alive=self.options.keep_alive, connection_retry=False
+            )
+        except (OSError, ValueError) as exc:
+            # Missing variables or files, malformed values: they will not fix themselves. A
+            # failing call to the IoT Edge workload API (another OSError) may.
+            text = f"IoT Edge environment: {_describe(exc)}"
+            if isinstance(exc, ValueError | FileNotFoundError) or isinstance(
+                exc.__cause__, KeyError
+            ):
+                raise PermanentUplinkError(text) from exc
+            raise TransientUplinkError(text) from exc
+
+    def _deliver(self, client: Any, message: Message) -> None:
+        client.send_message_to_output(message, self.options.output)
+
+
+class AzureDeviceUplink(_AzureUplink):
+    """Sends device-to-cloud messages straight to IoT Hub, or through a gateway."""
+
+    kind = "azure-device"
+    Options = AzureDeviceOptions
+
+    @classmethod
+    def parse_options(cls, table: Mapping[str, object], field: str) -> AzureDeviceOptions:
+        """Validate the raw ``[uplink]`` table (see :meth:`AzureDeviceOptions.parse`)."""
+        return AzureDeviceOptions.parse(table, field)
+
+    @classmethod
+    def from_options(cls, options: AzureDeviceOptions) -> AzureDeviceUplink:
+        """Build the uplink; it connects on the first send."""
+        return cls(options)
+
+    def __init__(self, options: AzureDeviceOptions) -> None:
+        """Send as the device of ``options.connection_string``."""
+        super().__init__()
+        self.options = options
+
+    def _create_client(self) -> Any:
+        extra: dict[str, Any] = {}
+        if self.options.ca_file is not None:
+            try:
+                extra["server_verification_cert"] = Path(self.options.ca_file).read_text()
+            except OSError as exc:
+                raise PermanentUplinkError(f"cannot read ca_file: {exc}") from exc
+        try:
+            return IoTHubDeviceClient.create_from_connection_string(
+                self.options.connection_string,
+                keep_alive=self.options.keep_alive,
+                connection_retry=False,
+                **extra,
+            )
+        except ValueError as exc:  # the SDK's messages do not quote the connection string
+            raise PermanentUplinkError(f"connection string refused: {exc}") from None
+
+    def _deliver(self, client: Any, message: Message) -> None:
+        client.send_message(message)

@@ -1,0 +1,433 @@
+"""The processing stage: decode -> sample -> batch -> encode, on one thread.
+
+:class:`Processor` is usable on its own (benchmarks, tests): feed it frames with ``process``,
+close the open batch with ``flush``; closed batches go to ``append`` (the spool's) as payload
+builders that receive the stream id and sequence number the spool allocates.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import can
+
+from edge.campaigns.engine import CampaignEngine
+from edge.clock import Clock, SystemClock, WallClockWatch
+from edge.config.model import Config
+from edge.errors import SpoolError
+from edge.processing import fused
+from edge.processing.batch import COLUMN_BOUND, TIME_BOUND, Batch, Batcher, value_bound
+from edge.processing.database import load_databases
+from edge.processing.decode import BusDecoder, Decoder, DecodeStats, Track
+from edge.processing.sample import Selection
+from edge.vss.mapping import load_vss_mapping, schema_with_vss
+from edge.wire.codec import FORMAT_VERSION, KIND_DATA, KIND_SCHEMA, Codec
+from edge.wire.payload import Payload
+from edge.wire.schema import Schema, build_schema
+
+__all__ = ["RAW_FRAME_BYTES", "PipelineStats", "Processor"]
+
+log = logging.getLogger(__name__)
+
+#: A SocketCAN frame as the kernel stores it (struct can_frame): the "raw" size we compare with.
+RAW_FRAME_BYTES = 16
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineStats:
+    """Counters since start (docs/counters.md says what each means)."""
+
+    frames: int
+    decode: DecodeStats
+    samples: int
+    rows: int
+    batches: int
+    schemas: int
+    splits: int
+    raw_bytes: int
+    payload_bytes: int
+    spool_errors: int = 0
+    lost_rows: int = 0
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: counters per campaign (issue 11, edge/campaigns/engine.py), and ``history`` for the rings
+    campaigns: dict[str, dict[str, int]] = field(default_factory=dict)
+    spool: Any = None
+    forwarder: Any = None
+
+
+class Processor:
+    """Decode, sample and batch frames; hand closed batches to ``emit`` as payload builders.
+
+    The single-threaded heart of the pipeline, usable on its own (benchmarks, tests): feed it
+    frames with :meth:`process`, close the open batch with :meth:`flush`.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        append: Callable[[Callable[[str, int], Any]], int],
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = config
+        self._append = append
+        self._clock = clock or SystemClock()
+        self._wall_clock = WallClockWatch(self._clock)  # ext "clock" (docs/format.md)
+        databases = [
+            (bus.name, load_databases(bus.databases, strict=bus.strict), bus.j1939)
+            for bus in config.buses
+        ]
+        #: the VSS paths mapped signals feed (edge/vss/); raises ConfigError for a bad mapping
+        self.vss = load_vss_mapping(config, [db for _, db, _ in databases])
+        selection = Selection(config.signals, self.vss)
+        schema = build_schema(databases, selection.selects)
+        self.schema: Schema = schema_with_vss(schema, self.vss)
+        if not self.schema.messages:
+            log.warning("no signal is selected: check signals.include / signals.exclude")
+        self.bus_decoders = [
+            BusDecoder(i, name, db, self.schema, selection, j1939=j1939)
+            for i, (name, db, j1939) in enumerate(databases)
+        ]
+        self.decoder = Decoder(self.bus_decoders)
+        # Campaigns (issue 11): condition/periodic campaigns see every chunk too (process());
+        # ``append`` then takes ``priority=``. None without such campaigns.
+        self.campaigns: CampaignEngine | None = None
+        if any(c.collect != "always" for c in config.campaigns):
+            self.campaigns = CampaignEngine(
+                config, databases, append, clock=self._clock, vss=self.vss
+            )
+        # Values typed Any: the hot loop tells a Track from a skip reason by class, which
+        # mypy does not narrow on (type() or isinstance() would cost a call per frame).
+        self._tracks_by_bus: dict[str, tuple[dict[int, Any], dict[int, Any], BusDecoder]] = {
+            b.name: (b.standard, b.extended, b) for b in self.bus_decoders
+        }
+        self._pending: list[Track] = []  # tracks with pending rows (see _run)
+        # Estimate bounds per message (by schema index), tighter than the batcher's general
+        # ones: each value's bound from its signal's size, each pending row reserving them all.
+        self._value_bounds: list[list[int]] = []
+        for index, info in enumerate(self.schema.messages):
+            message = self.bus_decoders[info.bus].messages_by_index[index]
+            self._value_bounds.append(
+                [
+                    value_bound(message.get_signal_by_name(s.name).length, s.is_float)
+                    for s in info.signals
+                ]
+            )
+        self._row_bounds = [TIME_BOUND + sum(b) for b in self._value_bounds]
+        self._reserved = 0  # estimate reserved by pending rows
+        batch = config.batch
+        self.codec = Codec(
+            batch.compression, batch.compression_level, batch.time_resolution, config.vehicle_id
+        )
+        self._ticks = self.codec.ticks_per_second
+        self.batcher = Batcher(
+            budget=batch.max_bytes,
+            max_age=batch.max_age,
+            ticks_per_second=self._ticks,
+            measure=self._measure,
+            clock=self._clock,
+        )
+        self.samples = 0
+        self.rows = 0
+        self.batches = 0
+        self.schemas = 0
+        self.splits = 0
+        self.payload_bytes = 0
+        self.last_time = 0.0  # timestamp of the newest frame processed
+        self._schema_sent_at = -float("inf")
+        self.spool_errors = 0
+        self.lost_rows = 0  # rows that could not be encoded (a fault of ours)
+        self._spool_error_logged = -float("inf")
+        self._stream: str | None = None
+        self._lock = threading.Lock()
+        self._slack = batch.max_bytes / 32
+        self._room = 0.0
+        self._rearm()
+
+    def filters(self, bus: str) -> list[dict[str, Any]]:
+        """python-can ``can_filters`` that let through only the selected messages of ``bus``."""
+        decoder = self.decoder.bus(bus)
+        return [
+            {"can_id": can_id, "can_mask": mask, "extended": extended}
+            for can_id, mask, extended in decoder.frame_ids()
+        ]
+
+    def process(self, frames: Sequence[can.Message]) -> None:
+        """Decode, sample and batch ``frames`` (closing batches as they fill or age)."""
+        with self._lock:
+            if self._clock.monotonic() - self._schema_sent_at >= self.config.batch.schema_interval:
+                try:
+                    self._send_schema()
+                except Exception:  # a fault of ours: the frames are still processed
+                    log.exception("the schema payload could not be made; retried next chunk")
+            self._run(frames)
+            if frames:
+                self.last_time = frames[-1].timestamp
+        if self.campaigns is not None:  # issue 11: the same chunk, to the campaign engine
+            self.campaigns.process(frames)
+
+    def _run(self, frames: Sequence[can.Message]) -> None:
+        """Decode, sample and batch ``frames`` on the fused path (:mod:`edge.processing.fused`)."""
+        fused.run(self, frames)
+
+    def _update(self, track: Track, msg: can.Message) -> None:
+        """Decode and sample a frame of ``track`` the plain way (:meth:`Decoder.update`). If
+        sampling raises, the frame is not left counted as decoded: :meth:`_lose` counts it."""
+        decoder = self.decoder
+        if not decoder.update(track, msg):
+            return
+        try:
+            self._sample(track, msg.timestamp)
+        except Exception:
+            if track.repeated:
+                decoder.repeated -= 1
+            else:
+                decoder.decoded -= 1
+            raise
+
+    def _lose(self, msg: can.Message, track: Track | None, exc: Exception) -> None:
+        """A frame whose handling raised: count it lost and, when it has a track on the fast
+        path, settle what is pending and switch the message to cantools' own path for good."""
+        decoder = self.decoder
+        decoder.lose(type(exc).__name__)
+        name = "?"
+        if isinstance(track, Track):
+            bus = self.decoder.bus(str(msg.channel))
+            name = bus.message_name(track)
+            if track.unpack is not None or track.deferred:
+                try:
+                    self._settle_all()
+                except Exception as settle_error:  # pending rows of this track are gone too
+                    track.sampler.pending_rows.clear()
+                    track.sampler.pending_times.clear()
+                    self._pending.clear()
+                    log.error("settling after a fault failed: %r", settle_error)
+                bus.fall_back(track)
+                log.error(
+                    "message %s: processing a frame failed (%r); that frame is lost and "
+                    "counted, cantools decodes this message from now on",
+                    name,
+                    exc,
+                    exc_info=exc,
+                )
+                return
+        if decoder.lost_reasons[type(exc).__name__] == 1:  # first of its kind: the traceback
+            log.error("message %s: processing a frame failed; lost and counted", name, exc_info=exc)
+        else:
+            log.debug("message %s: processing a frame failed: %r", name, exc)
+
+    def _process_one(self, msg: can.Message) -> None:
+        """Decode, sample and batch one frame, in plain steps (what :meth:`_run` inlines)."""
+        track = self.decoder.decode(msg)
+        if track is not None:
+            try:
+                self._sample(track, msg.timestamp)
+            except Exception:
+                if track.repeated:
+                    self.decoder.repeated -= 1
+                else:
+                    self.decoder.decoded -= 1
+                raise
+
+    def _sample(self, track: Track, t: float) -> None:
+        """Sample the frame ``track`` was just updated with (the decoder's way)."""
+        if track.unpack is not None:
+            self._sample_now(track, t, track.repeated)
+            return
+        items = track.sampler.sample(t, track.values, track.repeated)
+        if items:
+            self._add(track, t, items)
+
+    def _sample_now(self, track: Track, t: float, repeated: bool) -> None:
+        """Sample the frame ``track`` just decoded (as a tuple) now, after its pending rows."""
+        if track.sampler.pending_rows:
+            self._settle(track)
+        items = track.sampler.sample_raw(t, track.raw, repeated)
+        if items:
+            self._add(track, t, items)
+
+    def _add(self, track: Track, t: float, items: list[tuple[int, Any]]) -> None:
+        """Add a row of samples to the track's group in the open batch."""
+        self.samples += len(items)
+        self.rows += 1
+        tick = round(t * self._ticks)
+        batcher = self.batcher
+        if track.generation != batcher.generation:
+            track.group = batcher.group(track.message_index, track.source_address)
+            track.generation = batcher.generation
+        batch = batcher.batch
+        batch.counted(tick, track.group.add(tick, items))
+        # Batcher.check only when it may answer yes: a measurement due, or the batch may be old
+        # enough (age_due is a lower bound it keeps; -inf until the batch's first check).
+        if (batch.estimate >= batcher.next_measure or t >= batcher.age_due) and batcher.check(tick):
+            self._close()
+        else:
+            self._room = batcher.next_measure + self._slack - batch.estimate
+
+    def _join(self, track: Track) -> None:
+        """Give ``track`` its group in the open batch (the header of every column it may fill
+        goes into the estimate now)."""
+        track.group = self.batcher.group(track.message_index, track.source_address)
+        track.generation = self.batcher.generation
+        self.batcher.batch.estimate += COLUMN_BOUND * track.width
+        self._rearm()
+
+    def _settle(self, track: Track) -> None:
+        """Sample the pending rows of ``track`` into its group of the open batch."""
+        sampler = track.sampler
+        count = len(sampler.pending_rows)
+        sent, low, high = sampler.settle(track.group, self._ticks)
+        bounds = self._value_bounds[track.message_index]
+        values = sum(sent)
+        value_bytes = sum(map(operator.mul, sent, bounds))
+        self.batcher.batch.counted_rows(count, values, value_bytes, low, high)
+        self.samples += values
+        self._reserved -= count * self._row_bounds[track.message_index]
+        self._rearm()
+
+    def _settle_all(self) -> None:
+        for track in self._pending:
+            if track.sampler.pending_rows:
+                self._settle(track)
+        self._pending.clear()
+
+    def _check(self, t: float) -> None:
+        """Reservations reached ``_room``, or the batch may be old enough: settle if the estimate
+        may have reached the next measurement, then let the batcher decide (close or not)."""
+        if self._reserved >= self._room:
+            self._settle_all()
+        if self.batcher.check(round(t * self._ticks)):
+            self._close()
+        else:
+            self._rearm()
+
+    def _rearm(self) -> None:
+        """Room left for reservations before the next :meth:`_check` must settle: up to the next
+        measurement, plus a slack that lets reservations run ahead (a measurement may then come
+        at most ``slack`` estimate bytes late: well within the 5 % a batch keeps free)."""
+        batcher = self.batcher
+        self._room = batcher.next_measure + self._slack - batcher.batch.estimate
+
+    def _measure(self, batch: Batch) -> int:
+        self._settle_all()
+        try:
+            return self.codec.measure(batch, self.schema)
+        except Exception:  # closed at once; _write then isolates the rows that cause it
+            return self.config.batch.max_bytes
+
+    def tick(self) -> None:
+        """Periodic housekeeping from the processing loop: close a batch a silent bus left open,
+        resend the schema when its interval is over."""
+        with self._lock:
+            if self.batcher.expired():
+                self._close()
+            if self.campaigns is not None:  # issue 11: start/expiry without frames
+                self.campaigns.tick()
+            if self._clock.monotonic() - self._schema_sent_at >= self.config.batch.schema_interval:
+                self._send_schema()
+
+    def flush(self) -> None:
+        """Close the open batch now (shutdown, the ``flush`` direct method)."""
+        with self._lock:
+            self._close()
+
+    def _send_schema(self) -> None:
+        codec, schema = self.codec, self.schema
+        envelope = codec.envelope(None, schema)
+        envelope.setdefault("ext", {})["clock"] = self._wall_clock.schema_ext()
+        body = codec.schema_body(schema)
+        if self._spool(KIND_SCHEMA, envelope, body):
+            self.schemas += 1
+            self._schema_sent_at = self._clock.monotonic()
+
+    def _spool(self, kind: int, envelope: dict[str, Any], body: bytes) -> bool:
+        """Append one payload to the spool, which numbers it. A spool that refuses it (disk
+        full, I/O error) costs this payload only: it is counted and logged, and processing goes
+        on. A new stream (the spool file was replaced) gets the schema again at once."""
+        sizes: list[int] = []
+        new_stream = False
+
+        def build(stream: str, seq: int) -> Payload:
+            nonlocal new_stream
+            new_stream = self._stream is not None and stream != self._stream
+            self._stream = stream
+            payload = self.codec.payload(kind, envelope, body, stream, seq)
+            sizes.append(len(payload.body))
+            return payload
+
+        try:
+            self._append(build)
+        except SpoolError as exc:
+            self.spool_errors += 1
+            now = self._clock.monotonic()
+            if now - self._spool_error_logged >= 60:
+                self._spool_error_logged = now
+                log.error("spool refused a payload (%d so far): %s", self.spool_errors, exc)
+            return False
+        self.payload_bytes += sizes[-1]
+        if new_stream and kind == KIND_DATA:
+            self._send_schema()
+        return True
+
+    def _close(self) -> None:
+        self._settle_all()
+        batch = self.batcher.take()
+        self._rearm()
+        if batch is not None:
+            self._write(batch)
+
+    def _write(self, batch: Batch) -> None:
+        codec, schema = self.codec, self.schema
+        try:
+            envelope = codec.envelope(batch, schema)
+            clock = self._wall_clock.data_ext()
+            if clock is not None:  # the wall clock may be wrong: say how to place the payload
+                envelope.setdefault("ext", {})["clock"] = clock
+            body = codec.data_body(batch, schema)
+            if codec.body_version != FORMAT_VERSION:  # integers beyond 64 bits
+                envelope["version"] = codec.body_version
+            size = codec.size(KIND_DATA, envelope, body)
+        except Exception as exc:  # a fault of ours: isolate the rows that cause it
+            self._unencodable(batch, exc)
+            return
+        if size > self.config.batch.max_bytes and batch.rows > 1:
+            self.splits += 1
+            for half in batch.split():
+                self._write(half)
+            return
+        if self._spool(KIND_DATA, envelope, body):
+            self.batches += 1
+            self._wall_clock.spooled(envelope.get("ext", {}).get("clock"))
+
+    def _unencodable(self, batch: Batch, exc: Exception) -> None:
+        """Encoding ``batch`` raised: encode its halves apart, down to single rows, so that only
+        the rows that cannot be encoded are lost (counted in ``lost_rows``)."""
+        if batch.rows > 1:
+            for half in batch.split():
+                self._write(half)
+            return
+        self.lost_rows += batch.rows
+        log.error("a row could not be encoded (%d lost so far): %r", self.lost_rows, exc)
+
+    def stats(self) -> PipelineStats:
+        """A snapshot of the counters."""
+        decode = self.decoder.stats()
+        return PipelineStats(
+            frames=decode.frames,
+            decode=decode,
+            samples=self.samples,
+            rows=self.rows,
+            batches=self.batches,
+            schemas=self.schemas,
+            splits=self.splits,
+            raw_bytes=decode.frames * RAW_FRAME_BYTES,
+            payload_bytes=self.payload_bytes,
+            spool_errors=self.spool_errors,
+            lost_rows=self.lost_rows,
+            campaigns=self.campaigns.all_counters() if self.campaigns is not None else {},
+        )
