@@ -148,7 +148,12 @@ def _parser() -> argparse.ArgumentParser:
 
     dbc = sub.add_parser("dbc", help="list the messages and signals of a CAN database")
     dbc.add_argument("file")
-    dbc.add_argument("--no-strict", action="store_true", help="load with strict=False")
+    dbc.add_argument(
+        "--no-strict",
+        action="store_true",
+        help="load as a bus with strict = false does: repair the quirks real DBC files have"
+        " and list each repair",
+    )
     dbc.add_argument("--signals", action="store_true", help="also list every signal")
     dbc.set_defaults(func=_cmd_dbc)
 

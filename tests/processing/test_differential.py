@@ -41,6 +41,7 @@ from edge.processing.database import load_database_repaired
 from edge.processing.processor import Processor
 from edge.wire.codec import PayloadReader
 from edge.wire.payload import Payload
+from tests.processing.test_fused import branches, raw_value
 from tests.support.corpus import CORPUS, require_corpus
 
 FORMATS = {".dbc", ".arxml", ".kcd", ".sym"}
@@ -85,29 +86,6 @@ def load(path: Path) -> Loaded:
 # --- frames -----------------------------------------------------------------------------------
 
 
-def raw_value(signal: Any, rng: random.Random) -> int | float:
-    if signal.is_float:
-        return rng.uniform(-1e6, 1e6)
-    if signal.is_signed:
-        return rng.randrange(-(2 ** (signal.length - 1)), 2 ** (signal.length - 1))
-    return rng.randrange(2**signal.length)
-
-
-def branches(tree: Sequence[Any]) -> list[dict[str, int]]:
-    """Multiplexer assignments selecting each branch of a signal tree (capped)."""
-    out: list[dict[str, int]] = [{}]
-    for node in tree:
-        if isinstance(node, dict):
-            ((name, children),) = node.items()
-            out = [
-                {**assignment, name: value, **below}
-                for value, subtree in children.items()
-                for below in branches(subtree)
-                for assignment in out
-            ][:100]
-    return out
-
-
 def payloads(message: Message, rng: random.Random) -> Iterator[bytes]:
     length = message.length
     yield bytes(length)
@@ -116,7 +94,7 @@ def payloads(message: Message, rng: random.Random) -> Iterator[bytes]:
         yield rng.randbytes(length)
     yield rng.randbytes(length)  # and again: a repeated payload
     if message.is_multiplexed():
-        for assignment in branches(message.signal_tree):
+        for assignment in branches(message.signal_tree, cap=100):
             values = {s.name: raw_value(s, rng) for s in message.signals}
             values.update(assignment)
             try:

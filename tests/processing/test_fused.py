@@ -107,8 +107,8 @@ def raw_value(signal: Any, rng: random.Random) -> int | float:
     return rng.randrange(2**signal.length)
 
 
-def branches(tree: Sequence[Any]) -> list[dict[str, int]]:
-    """Multiplexer assignments that select each branch of a signal tree (capped)."""
+def branches(tree: Sequence[Any], cap: int = 300) -> list[dict[str, int]]:
+    """Multiplexer assignments that select each branch of a signal tree (at most ``cap``)."""
     out: list[dict[str, int]] = [{}]
     for node in tree:
         if isinstance(node, dict):
@@ -116,9 +116,9 @@ def branches(tree: Sequence[Any]) -> list[dict[str, int]]:
             out = [
                 {**assignment, name: value, **below}
                 for value, subtree in children.items()
-                for below in branches(subtree)
+                for below in branches(subtree, cap)
                 for assignment in out
-            ][:300]
+            ][:cap]
     return out
 
 
