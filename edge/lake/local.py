@@ -1,14 +1,17 @@
 """The single-machine lake ingest (``can-telemetry lake ingest SOURCE... --lake DIR``): no JVM,
 the same decode function and the same tables and layout as the Spark jobs (docs/lake.md).
 
-Exactly once, without a database: the ``payloads`` table *is* the set of (stream, seq) already
-ingested, so a payload seen before (a re-send, the same file twice) is dropped and counted. A run
-is made atomic by staging and a journal: every file is first written under ``_staging/<run>/``;
-then ``_journal/<run>.json`` (written atomically) lists the renames and deletions that publish
-the run; then they are done and the journal removed. A run killed before its journal exists left
-only staging files (removed at the next start, the run never happened); one killed after is
-rolled forward at the next start (each step is idempotent). One ingest at a time per lake (an
-exclusive ``flock`` on ``_lock``).
+Exactly once, with memory that does not grow with the lake: the (stream, seq) already ingested
+are in an on-disk index (:mod:`edge.lake.index`, SQLite beside the tables, a cache of the
+``payloads`` and ``quarantine`` tables kept in step by their files), so a payload seen before (a
+re-send, the same file twice) is dropped and counted. A run is made atomic by staging and a
+journal: every file is first written under ``_staging/<run>/``; then ``_journal/<run>.json``
+(written atomically) lists the renames and deletions that publish the run; then the index commits
+the run's keys; then the renames are done and the journal removed. A run killed before its
+journal exists left only staging files (removed at the next start, the run never happened) and an
+uncommitted index transaction (rolled back by SQLite); one killed after is rolled forward at the
+next start (each step is idempotent) and its files indexed then if the index had not committed.
+One ingest at a time per lake (an exclusive ``flock`` on ``_lock``).
 
 Data payloads whose schema has not arrived are *parked* in ``_parked`` and retried at every
 ingest; the same run retries them once more after its last file.
@@ -25,7 +28,6 @@ import json
 import os
 import secrets
 import shutil
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,7 @@ import pyarrow.parquet as pq
 
 from edge.lake.arrow import SchemaBook, decode
 from edge.lake.avro import read_source, source_files
+from edge.lake.index import KeyIndex
 from edge.lake.tables import (
     PARKED,
     PAYLOAD_INPUT,
@@ -230,32 +233,23 @@ def ingest(
 
 
 def _ingest(files: list[Path], lake: Path, on_file: Callable[[Path], None] | None) -> IngestReport:
+    index = KeyIndex(lake)
+    try:
+        index.sync()
+        index.begin()
+        return _ingest_indexed(files, lake, index, on_file)
+    finally:
+        index.close()
+
+
+def _ingest_indexed(
+    files: list[Path], lake: Path, index: KeyIndex, on_file: Callable[[Path], None] | None
+) -> IngestReport:
     report = IngestReport(run=_run_id())
     stage = _Stage(lake, report.run)
-    old_payloads = read_table(lake, "payloads")
-    seen: set[tuple[str, int]] = set(
-        zip(
-            old_payloads.column("stream").to_pylist(),
-            old_payloads.column("seq").to_pylist(),
-            strict=True,
-        )
-    )
     schemas_table = read_table(lake, "schemas")
     known_schemas = set(schemas_table.column("schema").to_pylist())
-    schema_rows = old_payloads.filter(pc.equal(old_payloads.column("kind"), "schema"))
-    book = SchemaBook.from_wire(
-        schemas_table.column("wire").to_pylist(),
-        {
-            s: v
-            for s, v in zip(
-                schema_rows.column("stream").to_pylist(),
-                schema_rows.column("vehicle").to_pylist(),
-                strict=True,
-            )
-            if v
-        },
-    )
-    quarantined = set(read_table(lake, "quarantine", ["key"]).column("key").to_pylist())
+    book = SchemaBook.from_wire(schemas_table.column("wire").to_pylist(), index.vehicles())
     old_parked_files = sorted((lake / "_parked").glob("*.parquet"))
     parked_before = read_table(lake, "_parked")
     new_payloads: list[pa.RecordBatch] = []
@@ -273,22 +267,25 @@ def _ingest(files: list[Path], lake: Path, on_file: Callable[[Path], None] | Non
         status = outcomes.column("status").to_pylist()
         streams = outcomes.column("stream").to_pylist()
         seqs = outcomes.column("seq").to_pylist()
+        kinds = outcomes.column("kind").to_pylist()
+        vehicles = outcomes.column("vehicle").to_pylist()
         if not retry:
             report.payloads += outcomes.num_rows
         for i, state in enumerate(status):
             key = (streams[i], seqs[i])
             if state == "ok":
-                if key in seen:
+                if not index.add(*key):
                     report.duplicates += 1
                     continue
-                seen.add(key)
+                if kinds[i] == "schema":
+                    index.note_vehicle(key[0], vehicles[i])
                 keep[i] = True
                 report.new += 1
                 if retry:
                     report.unparked += 1
                 parked.pop(key, None)
             elif state == "parked":
-                if key in seen or key in parked:
+                if key in parked or key in index:
                     report.duplicates += 1
                     continue
                 parked[key] = {name: batch.column(name)[i].as_py() for name in PAYLOAD_INPUT.names}
@@ -297,9 +294,8 @@ def _ingest(files: list[Path], lake: Path, on_file: Callable[[Path], None] | Non
                 setattr(report, state, getattr(report, state) + 1)
                 body = outcomes.column("body")[i].as_py() or b""
                 digest = hashlib.sha256(body).hexdigest()[:16]
-                if digest in quarantined:
+                if not index.add_quarantined(digest):
                     continue
-                quarantined.add(digest)
                 enqueued = outcomes.column("enqueued")[i].as_py()
                 new_quarantine.append(
                     {
@@ -374,23 +370,38 @@ def _ingest(files: list[Path], lake: Path, on_file: Callable[[Path], None] | Non
     stage.write_partitioned("quarantine", pa.Table.from_pylist(new_quarantine, QUARANTINE))
     stage.write("schemas", pa.Table.from_pylist(new_schemas, SCHEMAS))
     stage.write("_parked", pa.Table.from_pylist(list(parked.values()), PARKED))
-    streams = _streams(pa.concat_tables([old_payloads, payload_table]))
-    stage.write("streams", streams)
+    stage.write("streams", _streams(read_table(lake, "streams"), payload_table, index))
     old_streams = sorted((lake / "streams").glob("*.parquet"))
-    publish(lake, report.run, stage.moves, [*old_parked_files, *old_streams])
+    publish(
+        lake,
+        report.run,
+        stage.moves,
+        [*old_parked_files, *old_streams],
+        before_apply=lambda: index.commit(
+            (target, lake / staged) for staged, target in stage.moves
+        ),
+    )
     return report
 
 
 def publish(
-    lake: Path, run: str, moves: Sequence[tuple[str, str]], deletes: Sequence[Path]
+    lake: Path,
+    run: str,
+    moves: Sequence[tuple[str, str]],
+    deletes: Sequence[Path],
+    *,
+    before_apply: Callable[[], None] | None = None,
 ) -> None:
     """Make a staged run part of the lake, all or nothing: write its journal (the commit
-    point), delete ``deletes``, rename each staged file (``moves``: paths relative to the lake)
-    into place, then drop the journal and the run's staging folder."""
+    point), call ``before_apply`` (the local ingest commits its key index there), delete
+    ``deletes``, rename each staged file (``moves``: paths relative to the lake) into place, then
+    drop the journal and the run's staging folder."""
     steps = {"move": list(moves), "delete": [str(p.relative_to(lake)) for p in deletes]}
     journal = lake / "_journal" / f"{run}.json"
     journal.parent.mkdir(parents=True, exist_ok=True)
     _write_json(journal, steps)
+    if before_apply is not None:
+        before_apply()
     _apply(lake, steps)
     journal.unlink()
     shutil.rmtree(lake / "_staging" / run, ignore_errors=True)
@@ -402,35 +413,40 @@ def _input(parked: list[dict[str, Any]]) -> pa.RecordBatch:
     return pa.RecordBatch.from_pylist([{k: p[k] for k in names} for p in parked], PAYLOAD_INPUT)
 
 
-def _streams(payloads: pa.Table) -> pa.Table:
-    """The ``streams`` table from every payload row."""
-    columns = payloads.select(["stream", "seq", "vehicle", "device", "t0", "t1"]).to_pydict()
-    by_stream: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"seqs": [], "vehicle": None, "device": None, "t0": [], "t1": []}
-    )
-    for stream, seq, vehicle, device, t0, t1 in zip(*columns.values(), strict=True):
-        entry = by_stream[stream]
-        entry["seqs"].append(seq)
+def _streams(old: pa.Table, payloads: pa.Table, index: KeyIndex) -> pa.Table:
+    """The ``streams`` table: ``old``'s rows, those of the streams ``payloads`` added to brought
+    up to date (sequence numbers and gaps from the index, times and names from the rows)."""
+    rows = {row["stream"]: row for row in old.to_pylist()}
+    columns = payloads.select(["stream", "vehicle", "device", "t0", "t1"]).to_pydict()
+    touched: dict[str, dict[str, Any]] = {}
+    for stream, vehicle, device, t0, t1 in zip(*columns.values(), strict=True):
+        entry = touched.get(stream)
+        if entry is None:
+            before = rows.get(stream, {})
+            entry = touched[stream] = {
+                "vehicle": before.get("vehicle"),
+                "device": before.get("device"),
+                "t0": [x for x in [before.get("first_time")] if x is not None],
+                "t1": [x for x in [before.get("last_time")] if x is not None],
+            }
         entry["vehicle"] = entry["vehicle"] or vehicle
         entry["device"] = entry["device"] or device
         if t0 is not None:
             entry["t0"].append(t0)
             entry["t1"].append(t1)
-    rows = []
-    for stream, entry in sorted(by_stream.items()):
-        missing = gaps(entry["seqs"])
-        rows.append(
-            {
-                "stream": stream,
-                "vehicle": entry["vehicle"],
-                "device": entry["device"],
-                "first_seq": min(entry["seqs"]),
-                "last_seq": max(entry["seqs"]),
-                "payloads": len(entry["seqs"]),
-                "missing": sum(b - a + 1 for a, b in missing),
-                "gaps": missing,
-                "first_time": min(entry["t0"]) if entry["t0"] else None,
-                "last_time": max(entry["t1"]) if entry["t1"] else None,
-            }
-        )
-    return pa.Table.from_pylist(rows, STREAMS)
+    for stream, entry in touched.items():
+        keys = index.stream_keys(stream)
+        assert keys is not None, stream  # the run added its payloads' keys
+        rows[stream] = {
+            "stream": stream,
+            "vehicle": entry["vehicle"],
+            "device": entry["device"],
+            "first_seq": keys.first,
+            "last_seq": keys.last,
+            "payloads": keys.count,
+            "missing": sum(b - a + 1 for a, b in keys.gaps),
+            "gaps": keys.gaps,
+            "first_time": min(entry["t0"]) if entry["t0"] else None,
+            "last_time": max(entry["t1"]) if entry["t1"] else None,
+        }
+    return pa.Table.from_pylist([rows[s] for s in sorted(rows)], STREAMS)

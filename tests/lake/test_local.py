@@ -148,14 +148,16 @@ _KILLER = textwrap.dedent(
 
     if where == "staging":  # while writing the run's files, before its journal
         local.pq.write_table = killing(pq.write_table)
-    else:  # while publishing: journal written, some renames done
+    elif where == "index":  # journal written, the key index not committed yet
+        local.KeyIndex.commit = killing(local.KeyIndex.commit)
+    else:  # while publishing: journal written, index committed, some renames done
         local.os.replace = killing(os.replace)
     local.ingest([sys.argv[1]], sys.argv[2])
     """
 )
 
 
-@pytest.mark.parametrize(("where", "after"), [("staging", 2), ("publish", 3)])
+@pytest.mark.parametrize(("where", "after"), [("staging", 2), ("index", 0), ("publish", 3)])
 def test_an_ingest_killed_midway_ends_exactly_once(
     fleet: Fleet, tmp_path: Path, where: str, after: int
 ) -> None:
@@ -169,10 +171,12 @@ def test_an_ingest_killed_midway_ends_exactly_once(
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
     journals = list((lake / "_journal").glob("*.json"))
-    assert len(journals) == (1 if where == "publish" else 0)
+    assert len(journals) == (0 if where == "staging" else 1)
     report = ingest([hub], lake)
-    # Rolled back (staging) or forward (publish), then the rest: every row once.
+    # Rolled back (staging) or forward (index, publish; the index catching up with the files
+    # when its commit never happened), then the rest: every row once.
     assert report.new == (len(fleet.messages) if where == "staging" else 0)
+    assert report.duplicates == (0 if where == "staging" else len(fleet.messages))
     assert lake_rows(lake) == edge_rows(fleet)
     assert not list((lake / "_staging").iterdir())
 
