@@ -22,6 +22,10 @@ power_off() {
 trap power_off EXIT
 
 mount -t proc proc /proc
+if [[ -n ${vcan_probe:-} ]]; then # .ci/vcan only asks whether userspace starts
+  rc=0
+  exit
+fi
 mount -t sysfs sysfs /sys
 stty -onlcr # no \r\n line ends in the host's log
 # The kernel mounted devtmpfs on /dev. /run is a tmpfs so that nothing written there reaches
