@@ -14,8 +14,10 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-# `pip wheel .` builds exactly what CI's `pip install .` installs, into a wheelhouse.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# The project's wheel and those of the in-vehicle stack (the `edge` extra: python-can, cantools,
+# azure-iot-device, ...; pyproject.toml), exactly what the car's `pip install
+# 'can-telemetry[edge]'` installs, into a wheelhouse. The cloud's `lake` extra stays out.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[edge]'
 
 # -- runtime: Python, the wheels, nothing else ---------------------------------------------------
 FROM python:3.11-slim-bookworm AS runtime
@@ -35,7 +37,8 @@ RUN groupadd --gid 1000 moduleuser \
 # Install from the builder's wheelhouse only: no index, no source builds, no compiler needed.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     python -m venv /opt/venv \
-    && pip install --no-cache-dir --no-index --only-binary=:all: --find-links=/wheels can-telemetry
+    && pip install --no-cache-dir --no-index --only-binary=:all: --find-links=/wheels \
+        'can-telemetry[edge]'
 USER 1000:1000
 WORKDIR /var/lib/can-telemetry
 EXPOSE 9600

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -100,14 +101,23 @@ def test_the_runtime_runs_as_a_fixed_unprivileged_user() -> None:
 def test_the_runtime_installs_the_wheel_the_builder_made_from_the_project() -> None:
     builder, runtime = stages()[0], stages()[-1]
     builder_runs = [arguments for keyword, arguments in builder if keyword == "RUN"]
+    # The in-vehicle stack is the `edge` extra (the base is only the wire format): the image
+    # builds and installs the project with it, and without the cloud's `lake` extra.
     assert any(
-        r.startswith("pip wheel") and r.endswith("--wheel-dir /wheels .") for r in builder_runs
+        r.startswith("pip wheel") and r.endswith("--wheel-dir /wheels '.[edge]'")
+        for r in builder_runs
     )
     (install,) = [arguments for keyword, arguments in runtime if "pip install" in arguments]
     assert "--mount=type=bind,from=builder,source=/wheels,target=/wheels" in install
     pip = install[install.index("pip install") :].split()
     assert {"--no-index", "--only-binary=:all:", "--find-links=/wheels"} <= set(pip)
-    assert pip[-1] == project()["name"]
+    assert pip[-1] == f"'{project()['name']}[edge]'"
+    extras = project()["optional-dependencies"]
+    assert isinstance(extras, dict)
+    names = {re.split(r"[<>=;\[ ]", requirement)[0] for requirement in extras["edge"]}
+    assert {"python-can", "cantools", "azure-iot-device", "paho-mqtt"} <= names
+    base = project()["dependencies"]
+    assert isinstance(base, list) and not names & {re.split(r"[<>=;\[ ]", r)[0] for r in base}
     assert "python -m venv /opt/venv" in install
     assert env(runtime)["PATH"].startswith("/opt/venv/bin:")
 

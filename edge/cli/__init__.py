@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from edge import __version__
 from edge.cli import dbc, decode, demo, manifest, module, run, simulate
+from edge.cli.requires import command_name, missing_dependency
 from edge.cli.terminal import printable
 from edge.errors import (
     ConfigError,
@@ -62,6 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     except TelemetryError as exc:
         print(f"can-telemetry: {printable(scrub_secrets(str(exc)))}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:  # a library of an extra this install left out
+        missing = missing_dependency(exc, command_name(args))
+        if missing is None:
+            raise
+        print(missing, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
