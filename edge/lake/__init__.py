@@ -9,4 +9,10 @@ azure-iot-device: install with ``pip install can-telemetry[lake]``.
 
 from __future__ import annotations
 
-__all__: list[str] = []
+__all__ = ["WATERMARK"]
+
+#: The streaming job's event-time watermark (on the hub's arrival time): how long the stateful
+#: deduplication remembers a (stream, seq). Wider than the spool's TTL as deployed (7 days,
+#: deployment.template.json): docs/lake.md says why, and what gets past it (tests/lake/test_init.py
+#: ties the two numbers).
+WATERMARK = "8 days"

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from edge.errors import ConfigError
+from edge.lake import WATERMARK
 
 __all__ = ["register"]
 
@@ -44,7 +45,12 @@ def register(sub: Any) -> None:
     stream.add_argument("--lake", required=True)
     stream.add_argument("--checkpoint", required=True, help="Spark checkpoint folder")
     stream.add_argument("--master", default="local[2]")
-    stream.add_argument("--watermark", default="8 days", help="wider than the spool's TTL")
+    stream.add_argument(
+        "--watermark",
+        default=WATERMARK,
+        help=f"how long duplicates are remembered (default {WATERMARK}: wider than the spool's "
+        "TTL, docs/lake.md)",
+    )
     stream.add_argument(
         "--available-now", action="store_true", help="take what is there, then stop"
     )

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from edge.lake import WATERMARK
 from edge.lake.arrow import SchemaBook, decode, payload_batch, payload_keys
 from edge.lake.avro import read_content
 from edge.lake.local import publish, read_table, recover
@@ -310,7 +311,7 @@ def start_stream(
     lake: str | os.PathLike[str],
     checkpoint: str,
     *,
-    watermark: str = "8 days",
+    watermark: str = WATERMARK,
     available_now: bool = False,
     max_files_per_trigger: int | None = None,
 ) -> StreamingQuery:
@@ -357,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stream.add_argument("source")
     stream.add_argument("--lake", required=True)
     stream.add_argument("--checkpoint", required=True)
-    stream.add_argument("--watermark", default="8 days")
+    stream.add_argument("--watermark", default=WATERMARK)
     stream.add_argument("--available-now", action="store_true")
     batch = sub.add_parser("batch")
     batch.add_argument("sources", nargs="+")
