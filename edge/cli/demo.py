@@ -105,7 +105,8 @@ def _do_demo(args: argparse.Namespace) -> int:
     start_time = time.time() - duration
     simulator = VehicleSimulator(seed=args.seed, start_time=start_time, channel=channel)
     # The diagnostic ECUs answer from before the first request (OBD-II, UDS, J1939).
-    ecu_bus = can.Bus(interface="virtual", channel=channel)
+    # Their answers carry the drive's simulated time (preserved), as every other frame does.
+    ecu_bus = can.Bus(interface="virtual", channel=channel, preserve_timestamps=True)
     ecus = simulated_ecus(ecu_bus, simulator)
     ecus.start()
     pipeline = Pipeline(config)

@@ -7,6 +7,12 @@ broadcasts DM1 as TP.BAM and answers a VIN request.
 Runtime modules never import this one. Faults can be injected for the negative-path tests:
 silent ECUs, a negative response to a service, dropped flow-control frames, a missing BAM
 packet.
+
+Every frame the ECUs send is stamped with ``clock()`` when one is given: the demo drives on
+simulated time, and answers stamped with the wall clock would look to the pipeline like the
+vehicle's clock jumping ahead and back. The stamp reaches readers where the bus passes
+timestamps on (python-can's virtual bus with ``preserve_timestamps=True``); a real interface
+stamps frames itself (SocketCAN: the kernel, when they arrive).
 """
 
 from __future__ import annotations
@@ -44,12 +50,24 @@ class EcuFaults:
     skip_bam_packet: int | None = None  # TP.DT sequence number never sent
 
 
-class _LossyStack(isotp.NotifierBasedCanStack):
-    """An ECU's ISO-TP stack that can lose flow-control frames (a fault for the tests)."""
+class _EcuStack(isotp.NotifierBasedCanStack):
+    """An ECU's ISO-TP stack: it sends through ``send`` (which stamps the frame), and can
+    lose flow-control frames (a fault for the tests)."""
 
-    def __init__(self, faults: EcuFaults, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, faults: EcuFaults, send: Callable[[can.Message], None], *args: Any, **kwargs: Any
+    ) -> None:
         self._faults = faults
         super().__init__(*args, **kwargs)
+        self.txfn = lambda frame: send(
+            can.Message(
+                arbitration_id=frame.arbitration_id,
+                data=frame.data,
+                is_extended_id=frame.is_extended_id,
+                is_fd=frame.is_fd,
+                bitrate_switch=frame.bitrate_switch,
+            )
+        )
 
     def _on_message_received(self, msg: can.Message) -> None:
         if (
@@ -122,7 +140,8 @@ def _obd_answer(request: bytes, values: Mapping[str, float], vin: str) -> bytes 
 
 class SimulatedEcus:
     """The demo vehicle's diagnostic ECUs on ``bus`` (see the module docstring); ``start``,
-    then ``stop``. ``values`` gives the live values the OBD PIDs report."""
+    then ``stop``. ``values`` gives the live values the OBD PIDs report; ``clock``, when
+    given, the time every frame they send is stamped with (see the module docstring)."""
 
     def __init__(
         self,
@@ -132,8 +151,10 @@ class SimulatedEcus:
         vin: str = DEMO_VIN,
         faults: EcuFaults | None = None,
         dm1_period: float = 1.0,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.bus = bus
+        self.clock = clock
         self.vin = vin
         self.faults = faults or EcuFaults()
         self._values = values or (lambda: {})
@@ -174,8 +195,9 @@ class SimulatedEcus:
             ("BMS", UDS_BMS, self.uds["BMS"].answer),
         ]
         for name, (request_id, response_id), answer in ecus:
-            stack = _LossyStack(
+            stack = _EcuStack(
                 self.faults,
+                self.send,
                 self.bus,
                 self._notifier,
                 address=isotp.Address(
@@ -273,9 +295,15 @@ class SimulatedEcus:
 
     def _send(self, can_id: int, data: bytes) -> None:
         try:
-            self.bus.send(can.Message(arbitration_id=can_id, data=data, is_extended_id=True))
+            self.send(can.Message(arbitration_id=can_id, data=data, is_extended_id=True))
         except can.CanError as exc:
             log.debug("simulated ECU send failed: %s", exc)
+
+    def send(self, frame: can.Message) -> None:
+        """Send ``frame`` as one of the ECUs, stamped with ``clock()`` when there is a clock."""
+        if self.clock is not None:
+            frame.timestamp = self.clock()
+        self.bus.send(frame)
 
 
 def _j1939_id(priority: int, pgn: int, destination: int) -> int:

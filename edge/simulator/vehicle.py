@@ -1059,8 +1059,12 @@ def _send(bus: can.BusABC, frame: can.Message, stop: threading.Event | None) -> 
 
 def simulated_ecus(bus: can.BusABC, simulator: VehicleSimulator | None = None) -> SimulatedEcus:
     """The demo vehicle's diagnostic ECUs (:class:`edge.simulator.ecus.SimulatedEcus`: OBD-II,
-    UDS, J1939 DM1) answering on ``bus``, their OBD-II values following ``simulator``'s drive.
-    Start it (or use it as a context manager); runtime modules never import it."""
+    UDS, J1939 DM1) answering on ``bus``, their OBD-II values following ``simulator``'s drive
+    and every frame they send stamped with its clock (:attr:`VehicleSimulator.time`: on
+    python-can's virtual bus, open ``bus`` with ``preserve_timestamps=True`` for the stamps to
+    arrive). Start it (or use it as a context manager); runtime modules never import it."""
     from edge.simulator.ecus import SimulatedEcus
 
-    return SimulatedEcus(bus, values=simulator.diagnostic_values if simulator else None)
+    if simulator is None:
+        return SimulatedEcus(bus)
+    return SimulatedEcus(bus, values=simulator.diagnostic_values, clock=lambda: simulator.time)
