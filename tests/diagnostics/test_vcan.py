@@ -4,6 +4,9 @@ J1939 stack reassembling the same DM1 as edge.diagnostics.j1939 where the kernel
 
 The User-Mode Linux kernel of the Debian package (6.1) ships can-j1939 as a module (.ci/uml-init.sh
 loads it) but no CAN_ISOTP: hence python-can-isotp over raw sockets, as on gateways without it.
+Where the kernel has J1939, its stack also plays the ECU: it answers our VIN request and sends
+DM1 with its own transport protocol (TP.BAM to all, TP.CMDT to us, which our side must drive
+with CTS and acknowledge), and our diagnostics must read what it sent.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ pytestmark = [
 
 SOL_CAN_J1939 = socket.SOL_CAN_BASE + socket.CAN_J1939  # 107
 SO_J1939_PROMISC = 2
+PGN_REQUEST = 0xEA00
+OUR_ADDRESS = 0xF9  # J1939DiagConfig's default source address
 
 
 @pytest.fixture
@@ -119,3 +124,71 @@ def test_kernel_j1939_reassembles_the_same_dm1(ecus: SimulatedEcus) -> None:
         finally:
             notifier.stop()
     assert data == dm1_bytes(ecus.dm1) == ours[0]
+
+
+def kernel_j1939_socket(address: int) -> socket.socket:
+    """A kernel J1939 socket on vcan0 with source ``address`` (skips without CAN_J1939)."""
+    try:
+        sock = socket.socket(socket.AF_CAN, socket.SOCK_DGRAM, socket.CAN_J1939)
+    except OSError as exc:
+        pytest.skip(f"this kernel has no CAN_J1939 sockets ({exc.strerror})")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    sock.bind(("vcan0", socket.J1939_NO_NAME, socket.J1939_NO_PGN, address))
+    return sock
+
+
+def test_kernel_j1939_ecu_answers_our_vin_request_and_sends_dm1_by_bam_and_cmdt() -> None:
+    config = parse_config(
+        {
+            "buses": [
+                {"name": "can", "interface": "socketcan", "channel": "vcan0", "dbc": str(DEMO_DBC)}
+            ],
+            "diagnostics": {"buses": [{"bus": "can", "timeout": 1.0, "j1939": {}}]},
+        }
+    )
+    vin = "KERNELJ1939VIN001"
+    broadcast_dm1 = [(190, 2, 3), (110, 16, 1)]  # 10 bytes: a BAM
+    our_dm1 = [(520, 4, 1), (91, 3, 2), (100, 1, 7)]  # 14 bytes, to us: a CMDT
+    records: list[DiagRecord] = []
+    lock = threading.Lock()
+
+    def emit(new: list[DiagRecord]) -> None:
+        with lock:
+            records.extend(new)
+
+    def seen(ecu: str) -> set[str]:
+        with lock:
+            return {r.name for r in records if r.ecu == ecu and r.kind == "dtc"}
+
+    with kernel_j1939_socket(0x00) as engine, kernel_j1939_socket(0x17) as brakes:
+        engine.settimeout(10.0)
+        diagnostics = Diagnostics(config, emit)
+        diagnostics.start()
+        try:
+            # The VIN request (PGN 59904 for 65260) reaches the kernel's socket like any PGN.
+            while True:
+                data, (_, _, pgn, source) = engine.recvfrom(1785)
+                if pgn == PGN_REQUEST and data[:3] == (0xFEEC).to_bytes(3, "little"):
+                    break
+            assert source == OUR_ADDRESS
+            # The kernel sends a PGN longer than 8 bytes to everyone as TP.BAM...
+            engine.sendto(f"{vin}*".encode(), ("vcan0", socket.J1939_NO_NAME, 0xFEEC, 0xFF))
+            engine.sendto(dm1_bytes(broadcast_dm1), ("vcan0", socket.J1939_NO_NAME, PGN_DM1, 0xFF))
+            # ...and to one address as TP.CMDT: RTS, our CTS, the packets, our acknowledgement.
+            brakes.sendto(dm1_bytes(our_dm1), ("vcan0", socket.J1939_NO_NAME, PGN_DM1, OUR_ADDRESS))
+            wait_for(lambda: diagnostics.buses[0].vin == vin, timeout=10, what="the VIN")
+            wait_for(
+                lambda: seen("SA00") == {"SPN 190 FMI 2", "SPN 110 FMI 16"},
+                timeout=10,
+                what="DM1 by BAM",
+            )
+            wait_for(
+                lambda: seen("SA17") == {"SPN 520 FMI 4", "SPN 91 FMI 3", "SPN 100 FMI 1"},
+                timeout=10,
+                what="DM1 by CMDT",
+            )
+        finally:
+            diagnostics.stop()
+    stats = diagnostics.stats()["can"]
+    assert stats["j1939"]["transfers"] >= 3
+    assert not {"transfers_incomplete", "transfers_timed_out", "malformed"} & set(stats["j1939"])
