@@ -5,10 +5,11 @@ Threads: one per source (reading), one processing thread (decode, sample, batch,
 append), one forwarder (spool -> uplink). They meet at two points only: the bounded frame queue,
 and the spool on disk.
 
-The *front* (sources, queue, processor) and the *back* (spool, forwarder, uplink) have different
-lives: on IoT Edge a new configuration from the module twin replaces the front while the back
-keeps sending. A Pipeline builds both by default, or takes a running back end handed in, which
-it then leaves running at ``stop``.
+The *front* (sources, queue, processor) and the *back end* (spool, forwarder, uplink:
+:class:`~edge.delivery.backend.Backend`) have different lives: on IoT Edge a new configuration
+from the module twin replaces the front while the back end keeps sending. A Pipeline opens its
+own back end by default (and closes it at ``stop``), or takes a running one handed in, which it
+then leaves running at ``stop``.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from typing import Any
 
 from edge.clock import Clock, SystemClock
 from edge.config.model import Config
+from edge.delivery.backend import Backend, BackendSettings
 from edge.delivery.forwarder import Forwarder
 from edge.delivery.spool import DEFAULT_PRIORITY, Spool
-from edge.delivery.uplinks import uplink_class
 from edge.delivery.uplinks.base import Uplink
 from edge.ingest.source import (
     CHUNK,
@@ -38,32 +39,12 @@ from edge.metrics import LossWatch, ProgressWatch, QueueLevel
 from edge.processing.decode import Track
 from edge.processing.processor import PipelineStats, Processor
 
-__all__ = ["Pipeline", "new_forwarder", "open_spool", "restart_after_step_back", "source_name"]
+__all__ = ["Pipeline", "restart_after_step_back", "source_name"]
 
 log = logging.getLogger(__name__)
 
 #: /healthz fails for this long after a frame was last lost to a processing fault.
 LOSS_WINDOW = 60.0
-
-
-def open_spool(config: Config, clock: Clock) -> Spool:
-    """The spool ``config.spool`` describes (its folder created)."""
-    return Spool(
-        config.spool.path, max_bytes=config.spool.max_bytes, ttl=config.spool.ttl, clock=clock
-    )
-
-
-def new_forwarder(config: Config, spool: Spool, uplink: Uplink, clock: Clock) -> Forwarder:
-    """A forwarder from ``spool`` to ``uplink`` with ``config.forwarder``'s retry settings."""
-    fwd = config.forwarder
-    return Forwarder(
-        spool,
-        uplink,
-        send_timeout=fwd.send_timeout,
-        backoff_initial=fwd.backoff_initial,
-        backoff_max=fwd.backoff_max,
-        clock=clock,
-    )
 
 
 def restart_after_step_back(processor: Processor) -> None:
@@ -88,30 +69,27 @@ def source_name(source: FrameSource) -> str:
 
 
 class Pipeline:
-    """The whole module: sources, processor, spool, forwarder. ``start``, then ``stop``.
+    """The whole module: sources, processor, and the back end (spool, forwarder, uplink).
+    ``start``, then ``stop``.
 
-    ``spool`` and ``forwarder`` (running, sending from that spool through ``uplink``) may be
-    handed in so they outlive this pipeline: ``start`` then does not start the forwarder and
-    ``stop`` leaves spool, forwarder and uplink running for the next pipeline.
+    A running ``backend`` may be handed in so that it outlives this pipeline: ``start`` then does
+    not start its forwarder and ``stop`` leaves it running for the next pipeline. Otherwise the
+    pipeline opens one (the last thing it builds, so that nothing is left open when building
+    the front fails) and closes it at ``stop``.
     """
 
     def __init__(
         self,
         config: Config,
         *,
-        uplink: Uplink | None = None,
         sources: Sequence[FrameSource] | None = None,
         clock: Clock | None = None,
-        spool: Spool | None = None,
-        forwarder: Forwarder | None = None,
+        backend: Backend | None = None,
     ) -> None:
-        if forwarder is not None and (spool is None or uplink is None):
-            raise ValueError("a forwarder is handed in together with its spool and uplink")
         self.config = config
         self._clock = clock or SystemClock()
         self._loss = LossWatch(LOSS_WINDOW, self._clock.monotonic)
-        self._owns_backend = forwarder is None
-        self.spool = spool if spool is not None else open_spool(config, self._clock)
+        self._owns_backend = backend is None
         self._priority = next(
             (c.priority for c in config.campaigns if c.collect == "always"), DEFAULT_PRIORITY
         )
@@ -127,14 +105,14 @@ class Pipeline:
                 processor.codec, lambda: processor.schema.schema_id, self._append
             )
             self.diagnostics = Diagnostics(config, self.diagnostics_writer.write, clock=self._clock)
-        if uplink is None:
-            uplink = uplink_class(config.uplink.kind).from_options(config.uplink.options)
-        self.uplink: Uplink = uplink
-        if forwarder is None:
-            forwarder = new_forwarder(config, self.spool, self.uplink, self._clock)
-        self.forwarder = forwarder
         self.sources = list(sources) if sources is not None else self._default_sources()
         self.queue = FrameQueue(config.queue_frames)
+        if backend is None:
+            backend = Backend.open(BackendSettings.of(config), clock=self._clock)
+        self.backend = backend
+        self.spool: Spool = backend.spool
+        self.uplink: Uplink = backend.uplink
+        self.forwarder: Forwarder = backend.forwarder
         #: thread name -> the exception that ended it (for liveness checks)
         self.failures: dict[str, str] = {}
         #: chunks whose processing raised (logged; the stream went on)
@@ -162,7 +140,7 @@ class Pipeline:
     def start(self) -> None:
         """Start the forwarder (unless handed in), the processing thread and every source."""
         if self._owns_backend:
-            self.forwarder.start()
+            self.backend.start()
         self._processing = self._thread("process", self._process_loop)
         for source in self.sources:
             self._threads.append(
@@ -232,15 +210,9 @@ class Pipeline:
         self.processor.flush()
         if self.processor.campaigns is not None:  # open captures go out with what they hold
             self.processor.campaigns.flush()
-        if not self._owns_backend:
-            self._final_stats = self.stats()
-            return
-        if drain_timeout > 0:
-            self.forwarder.drain(drain_timeout)
-        self.forwarder.stop(timeout=10)
-        self.uplink.close()
+        if self._owns_backend:
+            self.backend.close(drain_timeout)
         self._final_stats = self.stats()
-        self.spool.close()
 
     def stats(self) -> PipelineStats:
         """Counters of every stage, sources by bus name (after ``stop``: as they were then)."""
@@ -249,8 +221,8 @@ class Pipeline:
         return replace(
             self.processor.stats(),
             sources={source_name(s): s.stats() for s in self.sources},
-            spool=self.spool.stats(),
-            forwarder=self.forwarder.stats(),
+            spool=self.backend.spool_stats(),
+            forwarder=self.backend.forwarder_stats(),
         )
 
     def problems(self, watch: ProgressWatch) -> list[str]:

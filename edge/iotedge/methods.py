@@ -61,8 +61,9 @@ from typing import Any, Protocol
 
 from edge.config.table import Table
 from edge.errors import ConfigError, TelemetryError
+from edge.iotedge.twin import ConfigOrigin, Refusal, iso_time
 
-__all__ = ["METHOD_NAMES", "DirectMethods", "MethodServer", "ModuleApi", "redact"]
+__all__ = ["METHOD_NAMES", "DirectMethods", "MethodServer", "ModuleApi", "config_answer", "redact"]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,28 @@ class ModuleApi(Protocol):
     def campaigns(self) -> Any:
         """The running :class:`edge.campaigns.engine.CampaignEngine`, None without campaigns."""
         ...
+
+
+def config_answer(origin: ConfigOrigin | None, refusal: Refusal | None) -> dict[str, Any]:
+    """The configuration in effect (``origin``), where it came from, and the last refused
+    desired version: what :meth:`ModuleApi.config_info` answers (the document may hold
+    secrets; ``getConfig`` redacts them)."""
+    return {
+        "source": origin.source if origin else None,
+        "desiredVersion": origin.desired_version if origin else None,
+        "sha256": origin.sha256 if origin else None,
+        "appliedAt": iso_time(origin.applied_at) if origin else None,
+        "refused": (
+            {
+                "desiredVersion": refusal.desired_version,
+                "field": refusal.field,
+                "reason": refusal.reason,
+            }
+            if refusal
+            else None
+        ),
+        "config": dict(origin.document) if origin else None,
+    }
 
 
 def redact(value: Any) -> Any:

@@ -1,13 +1,16 @@
-"""The Azure IoT Edge module: the pipeline, configured and watched from the cloud.
+"""The Azure IoT Edge module: the pipeline, configured and watched from the cloud. Its life
+cycle: start, run, stop, and live reconfiguration.
 
 ``python -m edge.iotedge.module`` (the container's entry point) runs :class:`EdgeModule`:
 
 * the **pipeline** (sources -> processing -> spool -> forwarder -> uplink), rebuilt live when the
   configuration changes;
+* the **connection** to the IoT Edge hub (:mod:`edge.iotedge.connection`): one SDK client shared
+  by the twin, the methods and the ``azure-edge`` uplink;
 * the **module twin** (:mod:`edge.iotedge.twin`): desired properties carry the configuration,
-  reported
-  properties the configuration in effect, refusals, state and counters;
-* **direct methods** (:mod:`edge.iotedge.methods`): ``getStats``, ``flush``, ``getConfig``;
+  reported properties the configuration in effect, refusals, state and counters
+  (:mod:`edge.iotedge.reporting`);
+* **direct methods** (:mod:`edge.iotedge.methods`): ``getStats``, ``flush``, ``getConfig``...;
 * **metrics and liveness** (:mod:`edge.metrics`) on ``http://0.0.0.0:9600``.
 
 Where the configuration comes from, in order: the last configuration applied from the twin (kept
@@ -15,68 +18,54 @@ in ``<data dir>/twin-config.json``, so a vehicle that starts without connectivit
 at once), else the TOML file of ``--config``; then, once connected, the twin's desired properties.
 Without any, the module waits for the twin (state ``unconfigured``).
 
-One connection. edgeHub (like IoT Hub) accepts one connection per module identity: a second one
-with the same identity takes over and the first is dropped. So the twin, the methods and the
-``azure-edge`` uplink share the one SDK client of :class:`EdgeConnection`, which connects,
-attaches the twin and method handlers, and replaces a client that lost its connection (the SDK's
-own reconnection is off, as in the uplink: a fresh client is the cure for paho's stale state).
-With another uplink (``file``, ``mqtt``) the connection serves the twin and methods only.
-
 Live reconfiguration (:meth:`EdgeModule.apply_config`) never loses data:
 
 1. everything that can fail is built first (databases loaded, schema built, uplink options
    checked); a failure leaves the running pipeline untouched;
 2. the sources and the processing stage stop, frames already read are processed, and the open
    batch is closed into the spool (:meth:`~edge.processing.processor.Processor.flush`);
-3. only if the spool, forwarder or uplink settings changed, the forwarder stops and the same
-   spool file is opened again with the new limits; otherwise the very same Spool, Forwarder and
-   uplink objects go on (a payload being sent is not interrupted);
+3. only if the spool, forwarder or uplink settings changed, the back end
+   (:class:`~edge.delivery.backend.Backend`) closes and a new one opens on the same spool file
+   with the new limits; otherwise the very same Spool, Forwarder and uplink objects go on (a
+   payload being sent is not interrupted);
 4. new sources and a new processing stage start, appending to that spool.
 
 Counters are carried over, so metrics stay monotonic across reconfigurations. Changing
 ``spool.path`` while running is refused (the pending payloads would be stranded in the old file);
 frames that arrive on a live bus during the switch (milliseconds) are not read.
 
-The rebuilt half is an :class:`edge.pipeline.Pipeline` whose spool, uplink and forwarder are
-handed in instead of created (:class:`_Front`).
+The rebuilt half is an :class:`edge.pipeline.Pipeline` in front of the running back end
+(:class:`_Front`).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields, is_dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from edge import __version__
 from edge.clock import Clock, SystemClock
 from edge.config.model import Config, load_config
-from edge.delivery.forwarder import ForwarderStats
+from edge.delivery.backend import Backend, BackendSettings, configured_uplink
 from edge.delivery.spool import Spool
 from edge.delivery.uplinks import uplink_class
-from edge.delivery.uplinks.azure import AzureEdgeOptions, AzureEdgeUplink
 from edge.delivery.uplinks.base import Uplink
-from edge.errors import (
-    ConfigError,
-    PermanentUplinkError,
-    SecretsFilter,
-    SpoolError,
-    TelemetryError,
-    TransientUplinkError,
-    scrub_secrets,
-)
+from edge.errors import ConfigError, SecretsFilter, SpoolError, TelemetryError, scrub_secrets
 from edge.ingest.source import FrameSource
-from edge.iotedge.methods import DirectMethods, MethodServer
-from edge.iotedge.twin import ConfigOrigin, TwinAgent, config_digest, iso_time, parse_desired
+from edge.iotedge.connection import EdgeConnection, SharedClientUplink, create_module_client
+from edge.iotedge.methods import DirectMethods, MethodServer, config_answer
+from edge.iotedge.reporting import ModuleCounters, module_state, summary
+from edge.iotedge.twin import ConfigOrigin, TwinAgent, config_digest, save_config, saved_config
 from edge.metrics import (
     DEFAULT_METRICS_PORT,
     Health,
@@ -85,332 +74,27 @@ from edge.metrics import (
     QueueLevel,
     TelemetryCollector,
 )
-from edge.pipeline import Pipeline, new_forwarder, open_spool
+from edge.pipeline import Pipeline
 from edge.processing.processor import PipelineStats, Processor
 
-__all__ = ["DEFAULT_DATA_DIR", "EdgeConnection", "EdgeModule", "main_module"]
+__all__ = ["DEFAULT_DATA_DIR", "EdgeModule", "ModuleOptions", "main_module"]
 
 log = logging.getLogger(__name__)
 
 #: The module's data folder in the container (bind-mounted from the host): spool, saved config.
 DEFAULT_DATA_DIR = "/var/lib/can-telemetry"
-#: The last configuration applied from the twin, in the data folder.
-SAVED_CONFIG = "twin-config.json"
-
-_SHUTDOWN_TIMEOUT = 5.0
-
-
-# -- the shared connection --------------------------------------------------------------------
-
-
-def create_module_client(keep_alive: int = 60) -> Any:
-    """A connected IoTHubModuleClient from the IoT Edge environment (outside IoT Edge:
-    ``EdgeHubConnectionString`` and ``EdgeModuleCACertificateFile``), with the SDK's own
-    reconnection and desired-properties re-fetch off (see the module docstring)."""
-    from azure.iot.device import IoTHubModuleClient
-
-    try:
-        client = IoTHubModuleClient.create_from_edge_environment(
-            keep_alive=keep_alive, connection_retry=False, ensure_desired_properties=False
-        )
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, ValueError) or isinstance(exc.__cause__, KeyError):
-            raise PermanentUplinkError(f"IoT Edge environment: {_describe(exc)}") from exc
-        raise TransientUplinkError(f"IoT Edge environment: {_describe(exc)}") from exc
-    try:
-        client.connect()
-    except BaseException:
-        _shutdown_client(client)
-        raise
-    return client
-
-
-def _shutdown_client(client: Any) -> None:
-    """Shut an SDK client down; never raises (a half-down transport makes the first try fail)."""
-    for _ in range(2):
-        try:
-            client.shutdown()
-            return
-        except Exception as exc:
-            log.debug("SDK client shutdown failed (%s: %s)", type(exc).__name__, exc)
-
-
-def _describe(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    root = exc
-    while root.__cause__ is not None:
-        root = root.__cause__
-    if root is not exc and str(root):
-        text += f" ({type(root).__name__}: {root})"
-    return text
-
-
-class EdgeConnection:
-    """The module's one SDK client, shared by the twin, the methods and the ``azure-edge`` uplink.
-
-    :meth:`client` returns the connected client, creating one (and attaching the handlers through
-    ``attach``) when there is none or the last one lost its connection. A thread of its own keeps
-    a client connected, with a growing delay after failures, so the twin and the methods work
-    even while nothing is being sent.
-    """
-
-    def __init__(
-        self,
-        create: Callable[[], Any],
-        attach: Callable[[Any], None],
-        *,
-        retry_initial: float = 1.0,
-        retry_max: float = 60.0,
-        poll: float = 1.0,
-    ) -> None:
-        self._create = create
-        self._attach = attach
-        self._retry_initial = retry_initial
-        self._retry_max = retry_max
-        self._poll = poll
-        self._lock = threading.Lock()  # guards _current
-        self._create_lock = threading.Lock()  # one client is created at a time
-        self._current: Any = None
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._retiring: list[threading.Thread] = []
-        #: Clients created so far (each one is a new connection).
-        self.connects = 0
-        #: The last failure to connect, None once connected.
-        self.last_error: str | None = None
-
-    @property
-    def connected(self) -> bool:
-        """Whether a client is connected now."""
-        return self.current() is not None
-
-    def current(self) -> Any:
-        """The connected client, or None; never connects."""
-        with self._lock:
-            client = self._current
-        return client if client is not None and client.connected else None
-
-    def client(self) -> Any:
-        """The connected client, connecting now if needed (blocking; raises the SDK's or our
-        uplink errors when that fails)."""
-        with self._create_lock:
-            with self._lock:
-                client = self._current
-            if client is not None:
-                if client.connected:
-                    return client
-                self.forget(client)
-                self._retire(client)
-            if self._stop.is_set():
-                raise TransientUplinkError("the module is stopping")
-            client = self._create()
-            try:
-                self._attach(client)
-            except Exception as exc:
-                self._retire(client)
-                raise TransientUplinkError(f"cannot attach handlers: {_describe(exc)}") from exc
-            with self._lock:
-                self._current = client
-            self.connects += 1
-            self.last_error = None
-            log.info("connected to the IoT Edge hub (connection %d)", self.connects)
-            return client
-
-    def forget(self, client: Any) -> None:
-        """``client`` is no longer usable (its owner shuts it down): the next :meth:`client`
-        creates a new one."""
-        with self._lock:
-            if self._current is client:
-                self._current = None
-        self._wake.set()
-
-    def wake(self) -> None:
-        """Look at the connection now (the SDK's ``on_connection_state_change`` handler)."""
-        self._wake.set()
-
-    def start(self) -> None:
-        """Start keeping a client connected."""
-        self._thread = threading.Thread(target=self._run, name="edge-connection", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop, and shut the client down (waiting up to a few seconds)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(_SHUTDOWN_TIMEOUT)
-        with self._lock:
-            client, self._current = self._current, None
-        if client is not None:
-            self._retire(client)
-        end = time.monotonic() + _SHUTDOWN_TIMEOUT
-        for thread in self._retiring:
-            thread.join(max(0.0, end - time.monotonic()))
-
-    def _retire(self, client: Any) -> None:
-        thread = threading.Thread(
-            target=_shutdown_client, args=(client,), name="edge-connection-retire", daemon=True
-        )
-        thread.start()
-        self._retiring = [t for t in self._retiring if t.is_alive()] + [thread]
-
-    def _run(self) -> None:
-        delay = self._retry_initial
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                self.client()
-            except Exception as exc:
-                message = _describe(exc)
-                if message != self.last_error:
-                    log.warning("cannot connect to the IoT Edge hub (retrying): %s", message)
-                self.last_error = message
-                self._stop.wait(delay)
-                delay = min(delay * 2, self._retry_max)
-                continue
-            delay = self._retry_initial
-            self._wake.wait(self._poll)
-
-
-class _SharedClientUplink(AzureEdgeUplink):
-    """The ``azure-edge`` uplink sending through the module's :class:`EdgeConnection` instead of
-    a client of its own (the module identity may connect only once)."""
-
-    def __init__(self, options: AzureEdgeOptions, connection: EdgeConnection) -> None:
-        super().__init__(options)
-        self._connection = connection
-
-    def _create_client(self) -> Any:
-        return self._connection.client()
-
-    def _retire(self, client: Any) -> None:
-        super()._retire(client)  # shut down after a failure, as the uplink always does
-        self._connection.forget(client)
-
-    def _release(self, client: Any) -> None:
-        """At close, let go of the client without shutting it down: the connection owns it."""
 
 
 # -- the pipeline, in two parts ----------------------------------------------------------------
 
 
-def _backend_settings(config: Config) -> tuple[Any, ...]:
-    """The settings whose change needs a new spool, forwarder or uplink."""
-    return (config.spool, config.forwarder, config.uplink)
-
-
-class _Backend:
-    """The long-lived half: spool, uplink and forwarder."""
-
-    def __init__(self, config: Config, connection: EdgeConnection | None, clock: Clock) -> None:
-        kind, options = config.uplink.kind, config.uplink.options
-        if kind == "azure-edge" and connection is not None:
-            uplink: Uplink = _SharedClientUplink(options, connection)
-        else:
-            uplink = uplink_class(kind).from_options(options)
-        self.settings = _backend_settings(config)
-        self.spool = open_spool(config, clock)
-        self.uplink = uplink
-        self.forwarder = new_forwarder(config, self.spool, uplink, clock)
-        self.forwarder.start()
-
-    def close(self, drain_timeout: float = 0.0) -> None:
-        """Stop the forwarder (after up to ``drain_timeout`` s of sending), close the uplink and
-        the spool."""
-        if drain_timeout > 0:
-            self.forwarder.drain(drain_timeout)
-        self.forwarder.stop(timeout=10)
-        self.uplink.close()
-        self.spool.close()
-
-
 class _Front(Pipeline):
     """The half rebuilt on every configuration change: sources, frame queue, processing stage,
-    in front of the backend's running spool, forwarder and uplink (which ``stop`` leaves
-    running)."""
-
-    def __init__(
-        self,
-        config: Config,
-        backend: _Backend,
-        *,
-        sources: Sequence[FrameSource] | None = None,
-        clock: Clock | None = None,
-    ) -> None:
-        super().__init__(
-            config,
-            uplink=backend.uplink,
-            sources=sources,
-            clock=clock,
-            spool=backend.spool,
-            forwarder=backend.forwarder,
-        )
+    in front of the running back end (which ``stop`` leaves running)."""
 
     def counters(self) -> PipelineStats:
-        """Counters of the sources and the processing stage (the backend counts its own)."""
+        """Counters of the sources and the processing stage (the back end counts its own)."""
         return replace(self.stats(), spool=None, forwarder=None)
-
-
-# -- counters across reconfigurations ---------------------------------------------------------
-
-
-def _add_sources(
-    a: Mapping[str, Mapping[str, Any]], b: Mapping[str, Mapping[str, Any]]
-) -> dict[str, dict[str, Any]]:
-    merged = {name: dict(values) for name, values in a.items()}
-    for name, values in b.items():
-        entry = merged.setdefault(name, {})
-        for key, value in values.items():
-            if isinstance(value, bool):
-                entry[key] = value
-            else:
-                entry[key] = entry.get(key, 0) + value
-    for name in set(a) - set(b):  # a bus no longer configured is not "connected"
-        merged[name].pop("connected", None)
-        merged[name].pop("link_up", None)
-    return merged
-
-
-_Counters = TypeVar("_Counters")
-
-
-def _add_counters(a: PipelineStats | None, b: PipelineStats) -> PipelineStats:
-    """Counters of ``a`` (retired stages) plus ``b`` (the running one)."""
-    return b if a is None else _summed(a, b)
-
-
-def _summed(a: _Counters, b: _Counters) -> _Counters:
-    """Field by field: integers and per-reason counts add up, nested counters recursively,
-    sources by bus name; anything else is ``b``'s."""
-    values: dict[str, Any] = {}
-    for f in fields(a):  # type: ignore[arg-type]
-        x, y = getattr(a, f.name), getattr(b, f.name)
-        if f.name in ("sources", "campaigns"):  # counters by bus, by campaign
-            values[f.name] = _add_sources(x, y)
-        elif is_dataclass(x) and is_dataclass(y):
-            values[f.name] = _summed(x, y)
-        elif type(x) is int and type(y) is int:
-            values[f.name] = x + y
-        elif isinstance(x, Mapping) and isinstance(y, Mapping):
-            values[f.name] = {k: x.get(k, 0) + y.get(k, 0) for k in {*x, *y}}
-        else:
-            values[f.name] = y
-    return replace(a, **values)  # type: ignore[type-var]
-
-
-def _add_forwarder(a: ForwarderStats | None, b: ForwarderStats) -> ForwarderStats:
-    if a is None:
-        return b
-    times = [t for t in (a.last_success_time, b.last_success_time) if t is not None]
-    return ForwarderStats(
-        sent=a.sent + b.sent,
-        retries=a.retries + b.retries,
-        transient_errors=a.transient_errors + b.transient_errors,
-        permanent_errors=a.permanent_errors + b.permanent_errors,
-        last_success_time=max(times) if times else None,
-        last_error=b.last_error or a.last_error,
-    )
 
 
 # -- the module -------------------------------------------------------------------------------
@@ -443,19 +127,19 @@ class EdgeModule:
         clock: Clock | None = None,
         sources: Callable[[Config], Sequence[FrameSource] | None] | None = None,
     ) -> None:
-        """``create_client`` makes a connected SDK client (default: :func:`create_module_client`);
-        ``sources(config)`` may supply the frame sources (tests), None for the configured ones."""
+        """``create_client`` makes a connected SDK client (default:
+        :func:`~edge.iotedge.connection.create_module_client`); ``sources(config)`` may supply
+        the frame sources (tests), None for the configured ones."""
         self.options = options or ModuleOptions()
         self._clock: Clock = clock or SystemClock()
         self._sources = sources
         self._lock = threading.Lock()  # guards the swap of front/backend and the carried counters
         self._apply_lock = threading.Lock()  # one reconfiguration at a time
         self._front: _Front | None = None
-        self._backend: _Backend | None = None
+        self._backend: Backend | None = None
         self._config: Config | None = None
         self._origin: ConfigOrigin | None = None
-        self._carried: PipelineStats | None = None
-        self._carried_forwarder: ForwarderStats | None = None
+        self._carried = ModuleCounters()
         self._stopping = False
         self._metrics: MetricsServer | None = None
         self._metrics_error: str | None = None
@@ -512,8 +196,7 @@ class EdgeModule:
             self._metrics.stop()
             self._metrics = None
 
-    # -- configuration (edge.iotedge.twin.ConfigTarget)
-    # ------------------------------------------------
+    # -- configuration (edge.iotedge.twin.ConfigTarget) ---------------------------------------
 
     @property
     def config(self) -> Config | None:
@@ -540,7 +223,8 @@ class EdgeModule:
                     f"{current.spool.path} would stay behind); keep {current.spool.path!r}",
                 )
             backend = self._backend
-            new_backend = backend is None or backend.settings != _backend_settings(config)
+            settings = BackendSettings.of(config)
+            new_backend = backend is None or backend.settings != settings
             if new_backend:
                 # Fail here, before anything stops: databases, schema, uplink options.
                 Processor(config, lambda build: 0, clock=self._clock)
@@ -560,22 +244,27 @@ class EdgeModule:
                 if backend is not None:
                     self._carry_backend(backend)
                     backend.close()
+                opened: Backend | None = None
                 try:
-                    backend = _Backend(config, self.connection, self._clock)
-                    front = self._new_front(config, backend)
+                    opened = Backend.open(settings, clock=self._clock, uplink=self._uplink)
+                    opened.start()
+                    front = self._new_front(config, opened)
                 except BaseException:
                     # The old pipeline is already down: run nothing rather than half of it.
                     with self._lock:
                         if old_front is not None:
-                            self._carried = _add_counters(self._carried, old_front.counters())
+                            self._carried.carry_front(old_front.counters())
                         self._front = self._backend = None
                         self._config = self._origin = None
+                    if opened is not None:  # the front failed: nothing is left open
+                        opened.close()
                     raise
+                backend = opened
             assert front is not None and backend is not None
             front.start()
             with self._lock:
                 if old_front is not None:
-                    self._carried = _add_counters(self._carried, old_front.counters())
+                    self._carried.carry_front(old_front.counters())
                 self._front, self._backend = front, backend
                 self._config, self._origin = config, replace(origin, applied_at=self._clock.time())
             self._watch = ProgressWatch(self.options.stall_after, time.monotonic)
@@ -592,63 +281,27 @@ class EdgeModule:
         if self._metrics is not None and self._metrics_port(config) != self._metrics_port(current):
             self._restart_metrics(self._metrics_port(config))
         if origin.source == "twin":
-            self._save(origin)
+            save_config(self.options.data_dir, origin)
         if self.twin is not None:
             self.twin.request_report()
 
-    def _new_front(self, config: Config, backend: _Backend) -> _Front:
+    def _uplink(self, settings: Any) -> Uplink:
+        """The back end's uplink: ``azure-edge`` sends through the module's one connection."""
+        if settings.kind == "azure-edge" and self.connection is not None:
+            return SharedClientUplink(settings.options, self.connection)
+        return configured_uplink(settings)
+
+    def _new_front(self, config: Config, backend: Backend) -> _Front:
         sources = self._sources(config) if self._sources is not None else None
-        return _Front(config, backend, sources=sources, clock=self._clock)
+        return _Front(config, sources=sources, clock=self._clock, backend=backend)
 
-    def _carry_backend(self, backend: _Backend) -> None:
+    def _carry_backend(self, backend: Backend) -> None:
         with self._lock:
-            self._carried_forwarder = _add_forwarder(
-                self._carried_forwarder, backend.forwarder.stats()
-            )
-
-    def _save(self, origin: ConfigOrigin) -> None:
-        """Keep the twin's configuration for a start without connectivity."""
-        path = Path(self.options.data_dir) / SAVED_CONFIG
-        document = {
-            "desiredVersion": origin.desired_version,
-            "sha256": origin.sha256,
-            "config": origin.document,
-        }
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_suffix(".tmp")
-            temporary.unlink(missing_ok=True)
-            # 0600 from the start: the configuration may hold connection strings and passwords.
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with open(descriptor, "w", encoding="utf-8") as file:
-                json.dump(document, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        except OSError as exc:
-            log.warning("cannot save the configuration to %s: %s", path, exc)
+            self._carried.carry_forwarder(backend.forwarder_stats())
 
     def saved_config(self) -> tuple[Config, ConfigOrigin] | None:
         """The last configuration applied from the twin, if it is saved and still valid."""
-        path = Path(self.options.data_dir) / SAVED_CONFIG
-        try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-            desired = parse_desired({"config": document["config"]}, base_dir=self.options.data_dir)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError, TelemetryError) as exc:
-            log.warning("ignoring the saved configuration %s: %s", path, exc)
-            return None
-        if desired is None:
-            return None
-        version = document.get("desiredVersion")
-        origin = ConfigOrigin(
-            "saved",
-            version if isinstance(version, int) else None,
-            desired.sha256,
-            desired.document,
-        )
-        return desired.config, origin
+        return saved_config(self.options.data_dir)
 
     # -- metrics and liveness -----------------------------------------------------------------
 
@@ -687,17 +340,13 @@ class EdgeModule:
 
     def stats(self) -> PipelineStats | None:
         """Every counter since the module started (None before the first configuration)."""
-        with self._apply_lock:  # a spool being replaced is closed for a moment
-            with self._lock:
-                front, backend = self._front, self._backend
-                carried, carried_forwarder = self._carried, self._carried_forwarder
+        # Under the apply lock: a spool being replaced is closed for a moment.
+        with self._apply_lock, self._lock:
+            front, backend = self._front, self._backend
             if front is None or backend is None:
                 return None
-            counters = _add_counters(carried, front.counters())
-            return replace(
-                counters,
-                spool=backend.spool.stats(),
-                forwarder=_add_forwarder(carried_forwarder, backend.forwarder.stats()),
+            return self._carried.total(
+                front.counters(), backend.spool_stats(), backend.forwarder_stats()
             )
 
     def queue_level(self) -> QueueLevel | None:
@@ -712,96 +361,22 @@ class EdgeModule:
             return Health()
         return Health(tuple(front.problems(self._watch)))
 
-    # -- reported properties and direct methods (edge.iotedge.methods.ModuleApi)
-    # -----------------------
+    # -- reported properties (edge.iotedge.reporting) and direct methods (ModuleApi) ----------
 
     def reported_state(self) -> dict[str, Any]:
         """``state``, ``stateReason`` and ``stats`` for the twin."""
-        state, reason = self._state()
+        state, reason = module_state(
+            stopping=self._stopping,
+            configured=self._front is not None,
+            problems=self.health().problems,
+            stats=self.stats(),
+            metrics_error=self._metrics_error,
+        )
         return {"state": state, "stateReason": reason, "stats": self.summary()}
-
-    def _state(self) -> tuple[str, str | None]:
-        if self._stopping:
-            return "stopping", None
-        if self._front is None:
-            return "unconfigured", "no configuration yet: set the desired property 'config'"
-        problems = list(self.health().problems)
-        stats = self.stats()
-        if stats is not None:
-            for bus, source in sorted(stats.sources.items()):
-                if source.get("connected") is False and source.get("errors", 0) > 0:
-                    problems.append(f"bus {bus} is not open")
-        if self._metrics_error:
-            problems.append(self._metrics_error)
-        if problems:
-            return "degraded", "; ".join(problems)
-        return "running", None
 
     def summary(self) -> dict[str, Any]:
         """The counters as JSON (reported ``stats`` and ``getStats``)."""
-        stats = self.stats()
-        now = self._clock.time()
-        if stats is None:
-            return {"at": iso_time(now)}
-        spool, forwarder = stats.spool, stats.forwarder
-        buses = []
-        for name, source in sorted(stats.sources.items()):
-            entry = {"bus": name, "frames": int(source.get("frames", 0))}
-            if "connected" in source:
-                entry["connected"] = bool(source["connected"])
-                entry["errors"] = int(source.get("errors", 0))
-            buses.append(entry)
-        return {
-            "at": iso_time(now),
-            "frames": stats.frames,
-            "buses": buses,
-            "decodedFrames": stats.decode.decoded,
-            "repeatedFrames": stats.decode.repeated,
-            "decodeSkipped": dict(sorted(stats.decode.skipped.items())),
-            "lostFrames": stats.decode.lost,
-            "lostReasons": dict(sorted(stats.decode.lost_reasons.items())),
-            "lostRows": stats.lost_rows,
-            "samples": stats.samples,
-            "batches": stats.batches,
-            "schemaPayloads": stats.schemas,
-            "rawBytes": stats.raw_bytes,
-            "payloadBytes": stats.payload_bytes,
-            "sent": forwarder.sent,
-            "retries": forwarder.retries,
-            "uplinkErrors": {
-                "transient": forwarder.transient_errors,
-                "permanent": forwarder.permanent_errors,
-            },
-            "lastError": forwarder.last_error,
-            "lastSendTime": (
-                iso_time(forwarder.last_success_time) if forwarder.last_success_time else None
-            ),
-            "spoolDepth": spool.depth,
-            "spoolBytes": spool.bytes,
-            "droppedBatches": spool.dropped_full + spool.dropped_ttl,
-            "spoolDropped": {"full": spool.dropped_full, "ttl": spool.dropped_ttl},
-            "spoolErrors": stats.spool_errors,
-            "spoolCorrupt": {
-                "recovered": spool.recovered_corrupt,
-                "kept": spool.corrupt_files,
-                "deleted": spool.corrupt_deleted,
-            },
-            "deadLetters": spool.dead_letters,
-            **self._diagnostics_summary(),
-            **self._campaigns_summary(),
-        }
-
-    def _campaigns_summary(self) -> dict[str, Any]:
-        """Per-campaign counters (issue 11), when campaigns run."""
-        stats = self.stats()  # summed over reconfigurations: a campaign's counters go on
-        if stats is None or not stats.campaigns:
-            return {}
-        counters = dict(stats.campaigns)
-        return {"campaignHistory": counters.pop("history", {}), "campaigns": counters}
-
-    def _diagnostics_summary(self) -> dict[str, Any]:
-        diagnostics = self.diagnostics()
-        return {} if diagnostics is None else {"diagnostics": diagnostics.stats()}
+        return summary(self.stats(), self._clock.time(), self.diagnostics())
 
     def diagnostics(self) -> Any:
         """The running diagnostics (edge.diagnostics.service), None when every bus is
@@ -831,24 +406,8 @@ class EdgeModule:
     def config_info(self) -> dict[str, Any]:
         """The configuration in effect and where it came from (may hold secrets)."""
         origin = self.twin.origin if self.twin is not None else None
-        origin = origin or self._origin
         refusal = self.twin.refusal if self.twin is not None else None
-        return {
-            "source": origin.source if origin else None,
-            "desiredVersion": origin.desired_version if origin else None,
-            "sha256": origin.sha256 if origin else None,
-            "appliedAt": iso_time(origin.applied_at) if origin else None,
-            "refused": (
-                {
-                    "desiredVersion": refusal.desired_version,
-                    "field": refusal.field,
-                    "reason": refusal.reason,
-                }
-                if refusal
-                else None
-            ),
-            "config": dict(origin.document) if origin else None,
-        }
+        return config_answer(origin or self._origin, refusal)
 
     # -- SDK wiring ----------------------------------------------------------------------------
 

@@ -40,6 +40,10 @@ Reported properties (all keys always present, ``null`` clears a stale value)::
 ``state`` and ``stats`` come from the target (``reported_state``); the agent adds the rest.
 They are written after every change and every ``report_interval`` seconds.
 
+Saved. The last configuration applied from the twin is kept in ``<data dir>/twin-config.json``
+(:func:`save_config`, readable by the module's user only: it may hold connection strings), so a
+vehicle that starts without connectivity collects data at once (:func:`saved_config`).
+
 Threads. SDK callbacks (:meth:`TwinAgent.on_patch`, :meth:`TwinAgent.on_connected`) only queue
 the event; one thread of the agent's own does the work (fetching the twin, applying, reporting),
 so a slow reconfiguration never holds the SDK's handler threads.
@@ -51,6 +55,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -78,12 +83,16 @@ __all__ = [
     "iso_time",
     "merge_patch",
     "parse_desired",
+    "save_config",
+    "saved_config",
 ]
 
 log = logging.getLogger(__name__)
 
 #: The one key of the desired properties this module reads.
 CONFIG_KEY = "config"
+#: The last configuration applied from the twin, in the module's data folder.
+SAVED_CONFIG = "twin-config.json"
 
 _DATABASE_SUFFIXES = (".dbc", ".arxml", ".kcd", ".sym")
 
@@ -547,3 +556,54 @@ class TwinAgent:
             return False
         self._dirty = False
         return True
+
+
+# -- the saved configuration -------------------------------------------------------------------
+
+
+def save_config(data_dir: str, origin: ConfigOrigin) -> None:
+    """Keep the twin's configuration ``origin`` in ``data_dir`` for a start without
+    connectivity (atomically, mode 0600); a failure is logged, never raised."""
+    path = Path(data_dir) / SAVED_CONFIG
+    document = {
+        "desiredVersion": origin.desired_version,
+        "sha256": origin.sha256,
+        "config": origin.document,
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        temporary.unlink(missing_ok=True)
+        # 0600 from the start: the configuration may hold connection strings and passwords.
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(descriptor, "w", encoding="utf-8") as file:
+            json.dump(document, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        log.warning("cannot save the configuration to %s: %s", path, exc)
+
+
+def saved_config(data_dir: str) -> tuple[Config, ConfigOrigin] | None:
+    """The last configuration applied from the twin, if it is saved in ``data_dir`` and still
+    valid (an invalid one is logged and ignored)."""
+    path = Path(data_dir) / SAVED_CONFIG
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        desired = parse_desired({"config": document["config"]}, base_dir=data_dir)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, TelemetryError) as exc:
+        log.warning("ignoring the saved configuration %s: %s", path, exc)
+        return None
+    if desired is None:
+        return None
+    version = document.get("desiredVersion")
+    origin = ConfigOrigin(
+        "saved",
+        version if isinstance(version, int) else None,
+        desired.sha256,
+        desired.document,
+    )
+    return desired.config, origin

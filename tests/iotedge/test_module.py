@@ -25,7 +25,8 @@ import can
 import pytest
 
 from edge.errors import ConfigError
-from edge.iotedge.module import SAVED_CONFIG, EdgeModule, ModuleOptions
+from edge.iotedge.module import EdgeModule, ModuleOptions
+from edge.iotedge.twin import SAVED_CONFIG
 from edge.processing.processor import PipelineStats
 from edge.simulator.vehicle import VehicleSimulator
 from edge.wire.codec import PayloadReader

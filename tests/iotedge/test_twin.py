@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from edge.config.model import Config
 from edge.errors import ConfigError
-from edge.iotedge.module import create_module_client
+from edge.iotedge.connection import create_module_client
 from edge.iotedge.twin import (
     ConfigOrigin,
     DesiredProperties,

@@ -30,11 +30,12 @@ retrying is the forwarder's job, and a dropped link then fails the send in fligh
 While MAX_RETIRING retired clients are still shutting down (all waiting for the blocked pipeline
 thread), ``send`` waits for one to finish, within its deadline, before creating another.
 
-SDK exceptions map to :class:`~edge.errors.PermanentUplinkError` for refused credentials
-(``CredentialError``: CONNACK 4/5), a message over IoT Hub's 256 KB limit, and a missing or
-broken IoT Edge environment; everything else (``ConnectionFailedError``,
+SDK exceptions map to ours through the one classifier shared with the IoT Edge module,
+:func:`edge.delivery.uplinks.azure_sdk.classify`: :class:`~edge.errors.PermanentUplinkError` for
+refused credentials (``CredentialError``: CONNACK 4/5), a message over IoT Hub's 256 KB limit,
+and a missing or broken IoT Edge environment; everything else (``ConnectionFailedError``,
 ``ConnectionDroppedError``, ``NoConnectionError``, ``OperationCancelled``, ``OperationTimeout``,
-other ``ClientError`` such as an untrusted certificate) is a
+other ``ClientError`` such as an untrusted certificate, a failing IoT Edge workload API) is a
 :class:`~edge.errors.TransientUplinkError`.
 
 Options of ``azure-edge``: ``output`` (default ``"telemetry"``), ``keep_alive`` (seconds, default
@@ -55,17 +56,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from azure.iot.device import IoTHubDeviceClient, IoTHubModuleClient, Message
-from azure.iot.device import exceptions as sdk
+from azure.iot.device import IoTHubDeviceClient, Message
 
 from edge.config.table import Table
+from edge.delivery.uplinks.azure_sdk import classify, edge_module_client, shutdown_client
 from edge.delivery.uplinks.base import Uplink
-from edge.errors import (
-    PermanentUplinkError,
-    RejectedPayloadError,
-    TransientUplinkError,
-    UplinkError,
-)
+from edge.errors import PermanentUplinkError, TransientUplinkError
 from edge.wire.payload import Payload
 
 __all__ = ["AzureDeviceOptions", "AzureDeviceUplink", "AzureEdgeOptions", "AzureEdgeUplink"]
@@ -226,7 +222,7 @@ class _AzureUplink(Uplink):
         if attempt.error is not None:
             if attempt.client is not None:
                 self._retire(attempt.client)
-            error = _translate(attempt.error)
+            error = classify(attempt.error)
             if error is attempt.error:
                 raise error
             raise error from attempt.error
@@ -242,7 +238,7 @@ class _AzureUplink(Uplink):
                     abandoned = attempt.abandoned
                     attempt.client = client
                 if abandoned:
-                    _shutdown(client)
+                    shutdown_client(client)
                     return
             self._deliver(client, message)
         except BaseException as exc:  # handed to the caller's thread
@@ -253,7 +249,9 @@ class _AzureUplink(Uplink):
     def _retire(self, client: Any) -> None:
         """Shut ``client`` down on a background thread (it may wait for the pipeline thread)."""
         _log.debug("%s uplink: retiring its SDK client", self.kind)
-        thread = threading.Thread(target=_shutdown, args=(client,), name=f"{self.kind}-retire")
+        thread = threading.Thread(
+            target=shutdown_client, args=(client,), name=f"{self.kind}-retire"
+        )
         thread.daemon = True
         thread.start()
         self._retiring.append(thread)
@@ -274,21 +272,6 @@ class _AzureUplink(Uplink):
                 thread.join(max(end - time.monotonic(), 0.0))
 
 
-def _shutdown(client: Any) -> None:
-    """Shut an SDK client down for good; never raises.
-
-    ``shutdown()`` starts with a disconnect, which raises when the transport is already half
-    down; the pipeline is then still running (with its SAS token renewal alarm, which would
-    reconnect it later), so try once more: the second disconnect finds it disconnected.
-    """
-    for _ in range(2):
-        try:
-            client.shutdown()
-            return
-        except Exception as exc:
-            _log.debug("SDK client shutdown failed (%s: %s)", type(exc).__name__, exc)
-
-
 def _message(payload: Payload) -> Message:
     """The IoT Hub message for ``payload``."""
     message = Message(  # type: ignore[no-untyped-call]  # the SDK's __init__ lacks hints
@@ -296,30 +279,6 @@ def _message(payload: Payload) -> Message:
     )
     message.custom_properties = dict(payload.properties)
     return message
-
-
-def _describe(exc: BaseException) -> str:
-    """``Error: text (RootCause: text)`` along the ``__cause__`` chain, for error messages."""
-    text = f"{type(exc).__name__}: {exc}"
-    root = exc
-    while root.__cause__ is not None:
-        root = root.__cause__
-    if root is not exc and str(root):
-        text += f" ({type(root).__name__}: {root})"
-    return text
-
-
-def _translate(exc: BaseException) -> BaseException:
-    """Our exception for one the SDK raised; anything unexpected is returned unchanged."""
-    if isinstance(exc, UplinkError):
-        return exc
-    if isinstance(exc, sdk.CredentialError):
-        return PermanentUplinkError(f"credentials refused: {_describe(exc)}")
-    if isinstance(exc, ValueError):  # the SDK's size check: over 256 KB
-        return RejectedPayloadError(f"message refused: {_describe(exc)}")
-    if isinstance(exc, sdk.ClientError | sdk.OperationCancelled | sdk.OperationTimeout):
-        return TransientUplinkError(_describe(exc))
-    return exc
 
 
 class AzureEdgeUplink(_AzureUplink):
@@ -349,19 +308,7 @@ class AzureEdgeUplink(_AzureUplink):
         self.options = options or AzureEdgeOptions()
 
     def _create_client(self) -> Any:
-        try:
-            return IoTHubModuleClient.create_from_edge_environment(
-                keep_alive=self.options.keep_alive, connection_retry=False
-            )
-        except (OSError, ValueError) as exc:
-            # Missing variables or files, malformed values: they will not fix themselves. A
-            # failing call to the IoT Edge workload API (another OSError) may.
-            text = f"IoT Edge environment: {_describe(exc)}"
-            if isinstance(exc, ValueError | FileNotFoundError) or isinstance(
-                exc.__cause__, KeyError
-            ):
-                raise PermanentUplinkError(text) from exc
-            raise TransientUplinkError(text) from exc
+        return edge_module_client(keep_alive=self.options.keep_alive, connection_retry=False)
 
     def _deliver(self, client: Any, message: Message) -> None:
         client.send_message_to_output(message, self.options.output)
