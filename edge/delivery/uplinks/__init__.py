@@ -9,17 +9,12 @@ parties add uplinks through the entry-point group ``can_telemetry.uplinks``::
 
 Built-in names win over entry points of the same name.
 
-Every uplink class follows one convention, so configuration is validated once, at load time, into
-a typed immutable object, and the uplink is built from that object later:
-
-* ``kind``: the registry name (class attribute of :class:`~edge.delivery.uplinks.base.Uplink`).
-* ``Options``: the frozen dataclass of its settings, as a class attribute (nested, or an alias
-  of a module-level class such as ``MqttOptions``).
-* ``parse_options(table: Mapping[str, object], field: str) -> Options`` (classmethod): reads the
-  raw ``[uplink]`` table without ``type``; raises ``ConfigError(f"{field}.{key}", reason)`` for
-  unknown keys, wrong types and bad values (:class:`edge.config.table.Table` does this).
-* ``from_options(options: Options) -> Uplink`` (classmethod): builds the uplink; cheap, no
-  network I/O (connecting happens in ``send``, which may raise TransientUplinkError).
+An uplink is an :class:`~edge.delivery.uplinks.base.Uplink` with a ``kind`` (its registry name)
+and an ``Options`` class: a frozen dataclass deriving from
+:class:`~edge.delivery.uplinks.base.UplinkOptions` whose fields are its options. The base class
+reads the ``[uplink]`` table into it once, at configuration load (``parse_options``, errors
+naming ``uplink.<key>``), and builds the uplink from it later (``from_options``: cheap, no
+network I/O; connecting happens in ``send``, which may raise TransientUplinkError).
 """
 
 from __future__ import annotations
@@ -71,7 +66,7 @@ def uplink_class(kind: str) -> type[Uplink]:
 
     Raises ConfigError on ``uplink.type`` when the name is unknown (listing the known ones), when
     its module cannot be imported (e.g. a missing optional dependency), or when what is
-    registered is not an Uplink following the convention of this module.
+    registered is not an Uplink.
     """
     try:
         loaded = _load(kind)
@@ -81,11 +76,4 @@ def uplink_class(kind: str) -> type[Uplink]:
         raise ConfigError(_FIELD, f"uplink {kind!r} cannot be loaded: {exc}") from exc
     if not (isinstance(loaded, type) and issubclass(loaded, Uplink)):
         raise ConfigError(_FIELD, f"uplink {kind!r} is {loaded!r}, not an Uplink subclass")
-    missing = [
-        name
-        for name in ("parse_options", "from_options")
-        if getattr(loaded, name).__func__ is getattr(Uplink, name).__func__
-    ]
-    if missing:
-        raise ConfigError(_FIELD, f"uplink {kind!r} lacks {' and '.join(missing)}")
     return loaded

@@ -51,16 +51,14 @@ import logging
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from azure.iot.device import IoTHubDeviceClient, Message
 
-from edge.config.table import Table
 from edge.delivery.uplinks.azure_sdk import classify, edge_module_client, shutdown_client
-from edge.delivery.uplinks.base import Uplink
+from edge.delivery.uplinks.base import Rule, Uplink, UplinkOptions
 from edge.errors import PermanentUplinkError, TransientUplinkError
 from edge.wire.payload import Payload
 
@@ -73,56 +71,7 @@ MAX_RETIRING = 3
 #: How long ``close()`` waits for the clients to shut down.
 CLOSE_TIMEOUT = 5.0
 
-_KEEP_ALIVE_RANGE = {"min": 5, "max": 1740}  # the SDK refuses more than 29 minutes
-
-
-@dataclass(frozen=True, slots=True)
-class AzureEdgeOptions:
-    """Validated options of the ``azure-edge`` uplink."""
-
-    output: str = "telemetry"
-    keep_alive: int = 60
-
-    @classmethod
-    def parse(cls, table: Mapping[str, object], field: str) -> AzureEdgeOptions:
-        """Validate the raw ``[uplink]`` table (without ``type``); errors name ``{field}.key``."""
-        t = Table(table, field)
-        options = cls(
-            output=t.str("output", "telemetry"),
-            keep_alive=t.int("keep_alive", 60, **_KEEP_ALIVE_RANGE),
-        )
-        t.finish()
-        return options
-
-
-@dataclass(frozen=True, slots=True)
-class AzureDeviceOptions:
-    """Validated options of the ``azure-device`` uplink. The connection string is not shown in
-    the repr."""
-
-    connection_string: str = field(repr=False)
-    ca_file: str | None = None
-    keep_alive: int = 60
-
-    @classmethod
-    def parse(cls, table: Mapping[str, object], field: str) -> AzureDeviceOptions:
-        """Validate the raw ``[uplink]`` table (without ``type``); errors name ``{field}.key``
-        and never quote the connection string."""
-        t = Table(table, field)
-        connection_string = t.raw("connection_string")
-        problem = _connection_string_problem(connection_string)
-        if problem:
-            raise t.error("connection_string", problem)
-        ca_file = t.str("ca_file", None)
-        if ca_file is not None and not Path(ca_file).is_file():
-            raise t.error("ca_file", f"no such file: {ca_file}")
-        options = cls(
-            connection_string=connection_string,
-            ca_file=ca_file,
-            keep_alive=t.int("keep_alive", 60, **_KEEP_ALIVE_RANGE),
-        )
-        t.finish()
-        return options
+_KEEP_ALIVE = Rule(min=5, max=1740)  # the SDK refuses more than 29 minutes
 
 
 def _connection_string_problem(value: object) -> str | None:
@@ -153,6 +102,27 @@ def _connection_string_problem(value: object) -> str | None:
     except binascii.Error:
         return "SharedAccessKey is not valid base64"
     return None
+
+
+_CONNECTION_STRING = Rule(secret=True, check=_connection_string_problem)
+
+
+@dataclass(frozen=True, slots=True)
+class AzureEdgeOptions(UplinkOptions):
+    """Validated options of the ``azure-edge`` uplink."""
+
+    output: str = "telemetry"
+    keep_alive: Annotated[int, _KEEP_ALIVE] = 60
+
+
+@dataclass(frozen=True, slots=True)
+class AzureDeviceOptions(UplinkOptions):
+    """Validated options of the ``azure-device`` uplink. The connection string is not shown in
+    the repr, nor quoted in an error."""
+
+    connection_string: Annotated[str, _CONNECTION_STRING] = field(repr=False)
+    ca_file: Annotated[str | None, Rule(file=True)] = None
+    keep_alive: Annotated[int, _KEEP_ALIVE] = 60
 
 
 class _Attempt:
@@ -292,16 +262,6 @@ class AzureEdgeUplink(_AzureUplink):
     kind = "azure-edge"
     Options = AzureEdgeOptions
 
-    @classmethod
-    def parse_options(cls, table: Mapping[str, object], field: str) -> AzureEdgeOptions:
-        """Validate the raw ``[uplink]`` table (see :meth:`AzureEdgeOptions.parse`)."""
-        return AzureEdgeOptions.parse(table, field)
-
-    @classmethod
-    def from_options(cls, options: AzureEdgeOptions) -> AzureEdgeUplink:
-        """Build the uplink; it connects on the first send."""
-        return cls(options)
-
     def __init__(self, options: AzureEdgeOptions | None = None) -> None:
         """Send as an IoT Edge module with ``options`` (defaults if omitted)."""
         super().__init__()
@@ -319,16 +279,6 @@ class AzureDeviceUplink(_AzureUplink):
 
     kind = "azure-device"
     Options = AzureDeviceOptions
-
-    @classmethod
-    def parse_options(cls, table: Mapping[str, object], field: str) -> AzureDeviceOptions:
-        """Validate the raw ``[uplink]`` table (see :meth:`AzureDeviceOptions.parse`)."""
-        return AzureDeviceOptions.parse(table, field)
-
-    @classmethod
-    def from_options(cls, options: AzureDeviceOptions) -> AzureDeviceUplink:
-        """Build the uplink; it connects on the first send."""
-        return cls(options)
 
     def __init__(self, options: AzureDeviceOptions) -> None:
         """Send as the device of ``options.connection_string``."""

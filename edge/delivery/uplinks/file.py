@@ -26,12 +26,11 @@ import contextlib
 import os
 import re
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from edge.config.table import Table
-from edge.delivery.uplinks.base import Uplink
+from edge.delivery.uplinks.base import Rule, Uplink, UplinkOptions
 from edge.errors import ConfigError, RejectedPayloadError, TransientUplinkError
 from edge.wire.payload import Payload
 
@@ -48,28 +47,16 @@ class FileUplink(Uplink):
     kind = "file"
 
     @dataclass(frozen=True, slots=True)
-    class Options:
+    class Options(UplinkOptions):
         """Validated options of the file uplink."""
 
         path: str
         fsync: bool = True
-        max_files: int | None = None
-
-    @classmethod
-    def parse_options(cls, table: Mapping[str, object], field: str) -> FileUplink.Options:
-        """Validate the raw ``[uplink]`` table (without ``type``); errors name ``{field}.key``."""
-        t = Table(table, field)
-        options = cls.Options(
-            path=t.str("path"),
-            fsync=t.bool("fsync", True),
-            max_files=t.int("max_files", None, min=1),
-        )
-        t.finish()
-        return options
+        max_files: Annotated[int | None, Rule(min=1)] = None
 
     @classmethod
     def from_options(cls, options: FileUplink.Options) -> FileUplink:
-        """Build the uplink from parsed options."""
+        """Build the uplink from parsed options (its constructor takes them one by one)."""
         return cls(options.path, fsync=options.fsync, max_files=options.max_files)
 
     def __init__(

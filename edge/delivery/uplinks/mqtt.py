@@ -43,17 +43,15 @@ import ssl
 import string
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.config.table import Table
-from edge.delivery.uplinks.base import Uplink
+from edge.delivery.uplinks.base import Rule, Uplink, UplinkOptions
 from edge.errors import (
     PermanentUplinkError,
     RejectedPayloadError,
@@ -76,70 +74,6 @@ _REFUSED_FOR_GOOD = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class MqttOptions:
-    """Validated options of the ``mqtt`` uplink (see the module docstring). The password is not
-    shown in the repr."""
-
-    host: str
-    port: int = 8883
-    tls: bool = True
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    client_id: str = ""
-    topic: str = DEFAULT_TOPIC
-    qos: int = 1
-    keepalive: int = 60
-    protocol: str = "5"
-
-    @classmethod
-    def parse(cls, table: Mapping[str, object], field: str) -> MqttOptions:
-        """Validate the raw ``[uplink]`` table (without ``type``); errors name ``{field}.key``
-        and never quote the password."""
-        t = Table(table, field)
-        use_tls = t.bool("tls", True)
-        files: dict[str, str | None] = {}
-        for key in ("ca_file", "cert_file", "key_file"):
-            path = t.str(key, None)
-            if path is not None and not use_tls:
-                raise t.error(key, "only applies with tls = true")
-            if path is not None and not Path(path).is_file():
-                raise t.error(key, f"no such file: {path}")
-            files[key] = path
-        if (files["cert_file"] is None) != (files["key_file"] is None):
-            raise t.error("cert_file", "cert_file and key_file go together")
-        username = t.str("username", None)
-        password = t.raw("password", None)
-        if password is not None and not isinstance(password, str):
-            raise t.error("password", "expected a string")
-        if password is not None and username is None:
-            raise t.error("password", "needs a username")
-        topic = t.str("topic", DEFAULT_TOPIC)
-        problem = _topic_problem(topic)
-        if problem:
-            raise t.error("topic", problem)
-        options = cls(
-            host=t.str("host"),
-            port=t.int("port", 8883 if use_tls else 1883, min=1, max=65535),
-            tls=use_tls,
-            ca_file=files["ca_file"],
-            cert_file=files["cert_file"],
-            key_file=files["key_file"],
-            username=username,
-            password=password,
-            client_id=t.str("client_id", ""),
-            topic=topic,
-            qos=t.int("qos", 1, min=0, max=1),
-            keepalive=t.int("keepalive", 60, min=5, max=65535),
-            protocol=t.str("protocol", "5", choices=PROTOCOLS),
-        )
-        t.finish()
-        return options
-
-
 def _topic_problem(template: str) -> str | None:
     """Why ``template`` is not a usable topic template, or None."""
     try:
@@ -154,21 +88,45 @@ def _topic_problem(template: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class MqttOptions(UplinkOptions):
+    """Validated options of the ``mqtt`` uplink (see the module docstring). The password is not
+    shown in the repr, nor quoted in an error."""
+
+    host: str
+    port: Annotated[int, Rule(min=1, max=65535)] = 8883  # 1883 without TLS (cross_check)
+    tls: bool = True
+    ca_file: Annotated[str | None, Rule(file=True)] = None
+    cert_file: Annotated[str | None, Rule(file=True)] = None
+    key_file: Annotated[str | None, Rule(file=True)] = None
+    username: str | None = None
+    password: Annotated[str | None, Rule(secret=True)] = field(default=None, repr=False)
+    client_id: str = ""
+    topic: Annotated[str, Rule(check=_topic_problem)] = DEFAULT_TOPIC
+    qos: Annotated[int, Rule(min=0, max=1)] = 1
+    keepalive: Annotated[int, Rule(min=5, max=65535)] = 60
+    protocol: Annotated[str, Rule(choices=PROTOCOLS)] = "5"
+
+    def cross_check(self, table: Table) -> MqttOptions:
+        """TLS files only with TLS, a client certificate with its key, a password with a
+        username; port 1883 without TLS unless given."""
+        for key in ("ca_file", "cert_file", "key_file"):
+            if getattr(self, key) is not None and not self.tls:
+                raise table.error(key, "only applies with tls = true")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise table.error("cert_file", "cert_file and key_file go together")
+        if self.password is not None and self.username is None:
+            raise table.error("password", "needs a username")
+        if not self.tls and not table.has("port"):
+            return replace(self, port=1883)
+        return self
+
+
 class MqttUplink(Uplink):
     """Publishes each payload to an MQTT broker and waits for the broker's acknowledgement."""
 
     kind = "mqtt"
     Options = MqttOptions
-
-    @classmethod
-    def parse_options(cls, table: Mapping[str, object], field: str) -> MqttOptions:
-        """Validate the raw ``[uplink]`` table (see :meth:`MqttOptions.parse`)."""
-        return MqttOptions.parse(table, field)
-
-    @classmethod
-    def from_options(cls, options: MqttOptions) -> MqttUplink:
-        """Build the uplink; it connects on the first send."""
-        return cls(options)
 
     def __init__(self, options: MqttOptions) -> None:
         """Publish as described by ``options``; no network I/O until the first send."""

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from edge.config.model import parse_config
 from edge.delivery.uplinks import BACKENDS, available_uplinks, uplink_class
-from edge.delivery.uplinks.base import Uplink
+from edge.delivery.uplinks.base import Uplink, UplinkOptions
 from edge.delivery.uplinks.file import FileUplink
 from edge.errors import ConfigError
 
@@ -37,6 +38,7 @@ def test_every_built_in_follows_the_convention(kind: str) -> None:
     assert issubclass(cls, Uplink) and cls.kind == kind
     assert callable(getattr(cls, "parse_options", None))
     assert callable(getattr(cls, "from_options", None))
+    assert issubclass(cls.Options, UplinkOptions)  # its options declared once
 
 
 def test_unknown_kind_names_the_field_and_the_known_kinds() -> None:
@@ -60,7 +62,7 @@ def test_importing_the_registry_imports_no_uplink() -> None:
 
 PLUGIN = textwrap.dedent(
     """
-    from edge.delivery.uplinks.base import Uplink
+    from edge.delivery.uplinks.base import Uplink, UplinkOptions
 
     class EchoUplink(Uplink):
         kind = "echo"
@@ -128,10 +130,20 @@ def test_built_ins_win_over_plugins_of_the_same_name() -> None:
     [
         ("bogus", "not an Uplink subclass"),
         ("broken", "cannot be loaded"),
-        ("half", "lacks parse_options and from_options"),
     ],
 )
 def test_bad_plugins_are_configuration_errors(kind: str, reason: str) -> None:
     with pytest.raises(ConfigError, match=reason) as info:
         uplink_class(kind)
+    assert info.value.field == "uplink.type"
+
+
+@pytest.mark.usefixtures("plugin")
+def test_a_plugin_without_options_is_refused_when_configured() -> None:
+    # The registry no longer checks which methods a class overrides (issue 15): the base class
+    # reads the options from the class's Options, and a class that has none cannot be
+    # configured. Before, uplink_class refused it ("lacks parse_options and from_options").
+    bus = {"name": "can0", "dbc": str(REPO / "dbc" / "demo_vehicle.dbc")}
+    with pytest.raises(ConfigError, match=r"'half' .*declares no Options") as info:
+        parse_config({"buses": [bus], "uplink": {"type": "half"}})
     assert info.value.field == "uplink.type"
