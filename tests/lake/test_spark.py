@@ -146,3 +146,48 @@ def test_stream_killed_after_publishing_a_batch_ends_exactly_once(
     query = start_stream(spark, str(hub), lake, str(checkpoint), available_now=True)
     query.awaitTermination()
     assert lake_rows(lake) == edge_rows(fleet)
+
+
+def test_stream_what_gets_past_a_watermark(spark: Any, fleet: Fleet, tmp_path: Path) -> None:
+    """The limits docs/lake.md states, with a one-hour watermark instead of days: a re-send
+    later than the watermark is published again (and found by the duplicates query), and rows
+    older than the watermark are dropped by Spark; the single-machine ingest takes both right."""
+    import duckdb
+
+    from edge.lake.local import ingest
+    from edge.lake.spark import start_stream
+
+    truck = [m for m in fleet.messages if m[1]["stream"] == "0b" * 16]
+    kona = [m for m in fleet.messages if m[1]["stream"] == "0a" * 16]
+    assert len(truck) >= 8 and kona
+    later = dt.timedelta(hours=5)
+    incoming, lake = tmp_path / "incoming", tmp_path / "lake"
+    incoming.mkdir()
+    batches = [
+        truck,
+        # Another module's message five hours on: the watermark passes the first copies.
+        [(b"x", {}, truck[0][2], truck[0][3] + later)],
+        # Re-sends of three payloads, five hours after their first copies.
+        [(b, p, s, t + later) for b, p, s, t in truck[5:8]],
+        # New payloads whose arrival time is a day behind the watermark.
+        [(b, p, s, t - dt.timedelta(days=1)) for b, p, s, t in kona],
+    ]
+    query = start_stream(spark, str(incoming), lake, str(tmp_path / "cp"), watermark="1 hour")
+    files = []
+    try:
+        for i, messages in enumerate(batches):  # one micro-batch each: the watermark moves
+            files.append(write_avro(incoming / f"{i}.avro", messages))
+            query.processAllAvailable()
+    finally:
+        query.stop()
+    twice = duckdb.sql(
+        f"select stream, seq from read_parquet('{lake}/payloads/*/*.parquet') "
+        "group by all having count(*) > 1 order by seq"
+    ).fetchall()
+    assert twice == [("0b" * 16, int(m[1]["seq"])) for m in truck[5:8]]
+    payloads = read_table(lake, "payloads")
+    assert payloads.num_rows == len(truck) + 3
+    assert set(payloads.column("stream").to_pylist()) == {"0b" * 16}  # the late kona: dropped
+    # The single machine: every payload once, the late ones included.
+    report = ingest(files, tmp_path / "local")
+    assert (report.new, report.duplicates, report.foreign) == (len(truck) + len(kona), 3, 1)
