@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import can
 import pytest
 
 from edge.cli import main
-from edge.simulator.vehicle import DEMO_DBC
+from edge.simulator.vehicle import DEMO_DBC, VehicleSimulator
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,6 +27,14 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+
+
+def record_drive(path: Path, seconds: float, seed: int) -> Path:
+    """``seconds`` of the simulated demo vehicle's traffic recorded to ``path`` (a candump log)."""
+    with can.Logger(str(path)) as writer:
+        for msg in VehicleSimulator(seed=seed, start_time=1_700_000_000.0).frames(seconds):
+            writer.on_message_received(msg)
+    return path
 
 
 def write_config(tmp_path: Path, extra: str = "") -> Path:

@@ -14,20 +14,15 @@ import time
 import urllib.request
 from pathlib import Path
 
-import can
 import pytest
 
-from edge.simulator.vehicle import VehicleSimulator
-from tests.cli.helpers import ROOT, cli, run_main, write_config
+from tests.cli.helpers import ROOT, cli, record_drive, run_main, write_config
 from tests.support.mosquitto import free_port
 from tests.support.waiting import wait_for
 
 
 def test_run_replay_then_decode_to_jsonl_and_csv(tmp_path: Path) -> None:
-    log = tmp_path / "drive.log"
-    with can.Logger(str(log)) as writer:
-        for msg in VehicleSimulator(seed=2, start_time=1_700_000_000.0).frames(20):
-            writer.on_message_received(msg)
+    log = record_drive(tmp_path / "drive.log", 20, seed=2)
     config = write_config(tmp_path)
     result = cli("run", "--config", str(config), "--replay", str(log), "--speed", "max")
     assert result.returncode == 0, result.stderr
@@ -64,10 +59,7 @@ def test_bad_config_stops_startup_naming_the_field(tmp_path: Path) -> None:
 
 def run_real_time_replay(config: Path, tmp_path: Path) -> subprocess.Popen[str]:
     """``can-telemetry run`` replaying 30 s of driving in real time (a stand-in for a live bus)."""
-    log = tmp_path / "slow.log"
-    with can.Logger(str(log)) as writer:
-        for msg in VehicleSimulator(seed=4, start_time=1_700_000_000.0).frames(30):
-            writer.on_message_received(msg)
+    log = record_drive(tmp_path / "slow.log", 30, seed=4)
     return subprocess.Popen(
         [sys.executable, "-m", "edge", "run", "--config", str(config), "--replay", str(log)],
         cwd=ROOT,
@@ -149,10 +141,7 @@ def test_a_missing_replay_log_is_a_configuration_error(
 
 
 def test_run_summary_counts_every_payload_the_spool_lost_or_refused(tmp_path: Path) -> None:
-    log = tmp_path / "drive.log"
-    with can.Logger(str(log)) as writer:
-        for msg in VehicleSimulator(seed=2, start_time=1_700_000_000.0).frames(5):
-            writer.on_message_received(msg)
+    log = record_drive(tmp_path / "drive.log", 5, seed=2)
     config = write_config(tmp_path)
     (tmp_path / "spool").mkdir()
     (tmp_path / "spool" / "spool.db").write_bytes(b"not a database" * 100)  # moved aside
