@@ -12,7 +12,7 @@ declares them once::
 
     @dataclass(frozen=True, slots=True)
     class Options(UplinkOptions):
-        path: str                                        # required
+        path: str  # no default: required
         fsync: bool = True
         max_files: Annotated[int | None, Rule(min=1)] = None
 
@@ -76,7 +76,9 @@ class UplinkOptions:
 
     A field's type is ``str``, ``bool``, ``int``, ``float`` or ``tuple[str, ...]`` (a list of
     strings, or one string), or one of them ``| None`` with the default None; ``Annotated`` adds
-    a :class:`Rule`. A field without a default is required.
+    a :class:`Rule`. A field without a default is required. The annotations are read when the
+    first table is parsed, in the module's namespace: a Rule names module-level functions (a
+    lambda there would not see the module's names).
     """
 
     __slots__ = ()
