@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
 import time
 from typing import Any
 
@@ -45,35 +43,27 @@ def _do_run(args: argparse.Namespace) -> int:
         base = config.replay or ReplayConfig(path=args.replay)
         speed = parse_speed(args.speed) if args.speed else base.speed
         config = config.with_replay(replace(base, path=args.replay or base.path, speed=speed))
+    from edge.runloop import run_until_stopped
+
     pipeline = Pipeline(config)
-    try:  # before anything runs: a port that cannot be served is a configuration error
-        server = _metrics_server(pipeline, config.metrics_port)
-    except OSError as exc:
-        pipeline.uplink.close()
-        pipeline.spool.close()
-        raise ConfigError(
-            "metrics_port", f"cannot serve on port {config.metrics_port}: {exc.strerror or exc}"
-        ) from exc
-    stop = threading.Event()
+    server = _metrics_server(pipeline, config.metrics_port)
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("signal %d: stopping", signum)
-        stop.set()
+    def start() -> None:
+        if server is not None:
+            log.warning("metrics on http://0.0.0.0:%d/metrics, liveness on /healthz", server.port)
+        pipeline.start()
+        log.warning(
+            "running: %d bus(es), %d signals selected, uplink %s, spool %s",
+            len(config.buses),
+            pipeline.processor.schema.signal_count,
+            config.uplink.kind,
+            config.spool.path,
+        )
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    pipeline.start()
-    log.warning(
-        "running: %d bus(es), %d signals selected, uplink %s, spool %s",
-        len(config.buses),
-        pipeline.processor.schema.signal_count,
-        config.uplink.kind,
-        config.spool.path,
-    )
-    pipeline.wait(stop)
-    pipeline.stop(drain_timeout=5.0 if not stop.is_set() else 2.0)
-    if server is not None:
-        server.stop()
+    try:
+        run_until_stopped(start, pipeline.wait, pipeline.stop, metrics=server)
+    finally:  # closed already by stop; not when the metrics port was refused before the start
+        pipeline.backend.close()
     stats = pipeline.stats()
     decode = stats.decode
     log.warning(
@@ -123,7 +113,8 @@ def _do_run(args: argparse.Namespace) -> int:
 
 
 def _metrics_server(pipeline: Any, port: int | None) -> Any:
-    """Prometheus ``/metrics`` and ``/healthz`` for ``run`` when ``metrics_port`` is set."""
+    """Prometheus ``/metrics`` and ``/healthz`` for ``run`` when ``metrics_port`` is set (not
+    started yet: the run loop starts it first)."""
     if port is None:
         return None
     from edge.metrics import Health, MetricsServer, ProgressWatch, TelemetryCollector
@@ -138,6 +129,4 @@ def _metrics_server(pipeline: Any, port: int | None) -> Any:
         lambda: Health(tuple(pipeline.problems(watch))),
         port=port,
     )
-    server.start()
-    log.warning("metrics on http://0.0.0.0:%d/metrics, liveness on /healthz", server.port)
     return server

@@ -44,7 +44,6 @@ import argparse
 import functools
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -76,6 +75,7 @@ from edge.metrics import (
 )
 from edge.pipeline import Pipeline
 from edge.processing.processor import PipelineStats, Processor
+from edge.runloop import run_until_stopped
 
 __all__ = ["DEFAULT_DATA_DIR", "EdgeModule", "ModuleOptions", "main_module"]
 
@@ -174,6 +174,12 @@ class EdgeModule:
         if self.twin is not None and self.connection is not None:
             self.twin.start()
             self.connection.start()
+
+    def wait(self, stop: threading.Event) -> None:
+        """Block until ``stop`` is set (the module never finishes by itself)."""
+        while not stop.wait(1.0):
+            pass
+        log.warning("stopping")
 
     def stop(self, drain_timeout: float = 2.0) -> None:
         """Close the open batch into the spool, send for up to ``drain_timeout`` s, and stop."""
@@ -485,8 +491,9 @@ def main_module(argv: Sequence[str] | None = None) -> int:
     """Entry point of the IoT Edge module (``python -m edge.iotedge.module``); returns the exit
     status.
 
-    Runs until SIGTERM or SIGINT. Exit status 2: the ``--config`` file is invalid; 1: the spool
-    cannot be opened (a file system problem, not a configuration error).
+    Runs until SIGTERM or SIGINT, in the run loop ``can-telemetry run`` uses too
+    (:func:`edge.runloop.run_until_stopped`). Exit status 2: the ``--config`` file is invalid; 1:
+    the spool cannot be opened (a file system problem, not a configuration error).
     """
     args = _parser().parse_args(argv)
     logging.basicConfig(  # a no-op when can-telemetry's main() configured logging already
@@ -507,6 +514,14 @@ def main_module(argv: Sequence[str] | None = None) -> int:
         config_log_level=not args.log_level,
     )
     module = EdgeModule(options)
+
+    def start() -> None:
+        module.start(initial)
+        log.warning("module running (version %s), data in %s", __version__, options.data_dir)
+
+    def stop(drain_timeout: float) -> None:
+        module.stop(drain_timeout=drain_timeout)
+
     try:
         initial = module.saved_config() if options.edge else None
         if initial is None and args.config:
@@ -514,10 +529,8 @@ def main_module(argv: Sequence[str] | None = None) -> int:
         if initial is None and not options.edge:
             print("can-telemetry module: --no-edge needs --config", file=sys.stderr)
             return 2
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
-        module.start(initial)
+        # The module serves its own metrics (their port may change with the configuration).
+        run_until_stopped(start, module.wait, stop, drain_timeout=2.0)
     except SpoolError as exc:
         # Not the configuration's fault (a disk or file problem): exit 1, so that the restart
         # policy tries again once the disk is back, and the message says what is wrong.
@@ -529,11 +542,6 @@ def main_module(argv: Sequence[str] | None = None) -> int:
         print(f"can-telemetry module: configuration error: {message}", file=sys.stderr)
         module.stop(drain_timeout=0)
         return 2
-    log.warning("module running (version %s), data in %s", __version__, options.data_dir)
-    while not stop.wait(1.0):
-        pass
-    log.warning("stopping")
-    module.stop(drain_timeout=2.0)
     return 0
 
 
