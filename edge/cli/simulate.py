@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
-import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from edge.cli.arguments import seconds
 from edge.errors import ConfigError
+from edge.runloop import stopping_on_signals
 
 __all__ = ["add_subparser"]
-
-log = logging.getLogger("edge")
 
 
 def add_subparser(subparsers: Any) -> None:
@@ -60,7 +56,7 @@ def _do_simulate(args: argparse.Namespace) -> int:
         ) from exc
     stop = threading.Event()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_stopping_on_signals(stop))
+        stack.enter_context(stopping_on_signals(stop))
         stack.enter_context(bus)
         if args.ecus:  # on a connection of their own: they filter what they read
             ecu_bus = stack.enter_context(can.Bus(interface=args.interface, channel=args.channel))
@@ -68,22 +64,3 @@ def _do_simulate(args: argparse.Namespace) -> int:
         sent = run_simulation(bus, simulator, args.duration, speed=speed, stop=stop)
     print(f"sent {sent} frames on {args.interface}:{args.channel}", file=sys.stderr)
     return 0
-
-
-@contextlib.contextmanager
-def _stopping_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM and SIGINT set ``stop`` while inside; the caller's handlers come back after (a
-    command run from Python, as the tests do, leaves the process as it found it)."""
-    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("signal %d: stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous[0])
-        signal.signal(signal.SIGINT, previous[1])
