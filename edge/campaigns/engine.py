@@ -1,21 +1,27 @@
 """The campaign engine: conditions, captures and periodic snapshots next to the always-on pipeline.
 
 The :class:`~edge.processing.processor.Processor` hands every chunk of frames to
-:meth:`CampaignEngine.process`
-as well. The engine keeps its own per-ID table of the messages of the configured databases: a
-frame of a message no campaign uses costs one dict lookup and one attribute store (its last frame,
-for ``getSignals`` and snapshots). For the rest:
+:meth:`CampaignEngine.process` as well. The engine keeps its own per-ID tables, holding only the
+messages campaigns use: any other frame costs one dict lookup. For the rest:
 
-* messages a capture may need have a :class:`~edge.campaigns.capture.FrameRing` of raw frames;
-* messages whose signals a condition reads are decoded with cantools when their bytes change, and
-  the conditions that read them are evaluated then (``stale()`` conditions also as time passes);
+* messages a capture may need have a :class:`~edge.campaigns.capture.FrameRing` of raw frames
+  (two list appends per frame; packed once per chunk);
+* messages whose signals a condition reads are decoded when their bytes change (one C call for a
+  message that is not multiplexed: edge.processing.decode's checked fast path), and only the
+  conditions whose inputs changed value are evaluated (``stale()`` conditions also as time
+  passes);
 * a trigger (``rising_edge``: false -> true; ``while_true``: every evaluation that holds) opens a
   :class:`~edge.campaigns.capture.Capture`, unless ``min_interval`` has not passed since the last
   one (counted in ``suppressed``); when frame time passes its end, the capture is cut from the rings
-  and every frame of its window is decoded with cantools into rows of one payload (split like any
-  batch when too large), spooled at the campaign's priority;
+  and every frame of its window is decoded into rows of one payload (split like any batch when
+  too large), spooled at the campaign's priority;
 * a periodic campaign spools, every ``period`` seconds of frame time, one row per message: its
   latest frame's values.
+
+Messages are found as the processing stage finds them: by frame ID and kind, and on a J1939 bus
+by parameter group number, whatever the priority and source address. Each source address of a
+J1939 message has its own ring and its own rows (with their source address, as decoded data has);
+conditions read the latest value from any of them.
 
 Payloads are ordinary data payloads (docs/format.md) against the engine's own schema (the signals
 of every campaign), which the engine sends at priority 0 so it always precedes its data. Their
@@ -27,9 +33,7 @@ while the car is offline.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
-import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,16 +52,23 @@ from edge.campaigns.expression import (
     SignalRef,
     compile_expression,
 )
+from edge.campaigns.latest import LatestFrame, latest_signals, matcher
 from edge.clock import Clock, SystemClock
 from edge.config.model import Config
+from edge.delivery.appender import Append, PayloadAppender
 from edge.errors import ConfigError, SpoolError, TelemetryError
 from edge.processing.batch import Batch, Batcher
-from edge.processing.decode import dict_decoder, plain_decoder
+from edge.processing.decode import (
+    MAX_CACHED_UNKNOWN,
+    dict_decoder,
+    pgn_from_frame_id,
+    plain_decoder,
+    tuple_decoder,
+)
 from edge.wire.codec import KIND_DATA, KIND_SCHEMA, Codec
-from edge.wire.payload import Payload
 from edge.wire.schema import Schema, build_schema
 
-__all__ = ["SCHEMA_PRIORITY", "CampaignEngine", "CampaignStats", "raw_frames"]
+__all__ = ["SCHEMA_PRIORITY", "Append", "CampaignEngine", "CampaignStats", "raw_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +80,6 @@ _RING_SLACK = 5.0
 
 #: Most values one capture payload holds (see CampaignEngine._emit).
 _PART_VALUES = 100_000
-
-#: ``append(build, priority=p)``: the spool's append with a delivery priority.
-Append = Callable[..., int]
 
 
 @dataclass(slots=True)
@@ -103,23 +111,57 @@ class CampaignStats:
         }
 
 
+class _Decoding:
+    """How the engine decodes one message's payloads to raw values: exactly as
+    ``message.decode(data, False, False)`` (cantools) does."""
+
+    __slots__ = ("by_dict", "length", "names", "plain", "position", "unpack")
+
+    def __init__(self, db: DbMessage) -> None:
+        self.length = db.length
+        layout = tuple_decoder(db)
+        #: a frame of ``length`` bytes -> a tuple of every raw value, ``names`` in order
+        self.unpack = layout.decode if layout is not None else None
+        self.names: tuple[str, ...] = layout.names if layout is not None else ()
+        self.position = {name: i for i, name in enumerate(self.names)}
+        self.by_dict = dict_decoder(db)  # a frame of ``length`` bytes -> {name: raw}
+        self.plain = plain_decoder(db)  # any frame: cantools itself
+
+    def values(self, data: bytes | bytearray) -> dict[str, Any]:
+        """Raw values by signal name; raises for a frame cantools refuses."""
+        if len(data) != self.length:
+            return self.plain(data)
+        if self.unpack is not None:
+            return dict(zip(self.names, self.unpack(data), strict=True))
+        return self.by_dict(data)
+
+
 class _Entry:
-    """One message of one bus, as the engine sees it."""
+    """One message of one bus (and, on J1939 buses, one source address), as the engine sees
+    it. The entry of a message is the template of its J1939 ``views`` (one per source address:
+    see CampaignEngine._resolve); elsewhere its only view is itself."""
 
     __slots__ = (
         "bus",
         "campaigns",
         "db",
         "decode_errors",
+        "decoding",
         "index",
+        "input_keys",
+        "input_last",
         "inputs",
+        "j1939",
+        "keep",
+        "key",
         "last",
         "payload",
-        "raw",
         "ring",
         "scaled",
         "schema_index",
+        "source_address",
         "used",
+        "views",
         "watched",
     )
 
@@ -127,22 +169,68 @@ class _Entry:
         self.index = index
         self.bus = bus
         self.db = db
+        self.key = (bus, db.name)
+        self.source_address: int | None = None
+        #: a 29-bit message of a J1939 bus: frames of each source address go to a view of it
+        self.j1939 = False
+        self.views: list[_Entry] = []
         self.last: can.Message | None = None
         self.ring: FrameRing | None = None
+        #: (seconds, frames, bytes) of the ring each view keeps, None: no ring
+        self.keep: tuple[float, int, int] | None = None
         self.inputs: list[tuple[str, tuple[str, str, str]]] = []  # (signal, state key)
         self.watched = False  # a stale() reads its arrival times
         self.campaigns: list[_Campaign] = []  # conditions to evaluate when it changes
         self.payload: bytes | None = None
-        # : raw values of a payload, as ``db.decode(data, False, False)`` (edge.processing.decode's
-        # fast
-        #: path where it agrees with cantools); set for the messages campaigns use
-        self.raw: Callable[[bytes], dict[str, Any]] = plain_decoder(db)
-        #: the inputs with their scaling: (signal, state key, scale, offset)
-        self.scaled: list[tuple[str, tuple[str, str, str], float, float]] = []
+        self.decoding: _Decoding | None = None  # set for the messages campaigns use
+        #: the inputs with their scaling: (signal, state key, scale, offset, record every value)
+        self.scaled: list[tuple[str, tuple[str, str, str], float, float, bool]] = []
+        self.input_keys: list[int] = []  # tuple positions of the inputs (fast path)
+        self.input_last: list[Any] = []  # raw value of each input in the previous payload
         self.schema_index: int | None = None
         self.decode_errors = 0
         #: a campaign reads, captures or snapshots it (see CampaignEngine._wire)
         self.used = False
+
+    def view(self, source_address: int | None) -> _Entry:
+        """A view of this message for one source address: its own ring, payload and latest
+        frame; the same conditions, inputs and schema columns."""
+        view = _Entry(self.index, self.bus, self.db)
+        view.source_address = source_address
+        for name in (
+            "campaigns",
+            "decoding",
+            "input_keys",
+            "inputs",
+            "keep",
+            "scaled",
+            "schema_index",
+            "used",
+            "watched",
+        ):
+            setattr(view, name, getattr(self, name))
+        # Every view records each value: the state it writes is the message's, shared by all
+        # source addresses, so "unchanged since this view's last frame" says nothing.
+        view.scaled = [(s, k, scale, offset, True) for s, k, scale, offset, _ in self.scaled]
+        view.input_last = [None] * len(self.scaled)
+        if self.keep is not None:
+            view.ring = FrameRing(*self.keep)
+        self.views.append(view)
+        return view
+
+
+class _Table(dict[int, "_Entry | None"]):
+    """Frame ID -> the view of a message campaigns use, or None; filled on first sight."""
+
+    def __init__(self, resolve: Callable[[int], _Entry | None]) -> None:
+        super().__init__()
+        self._resolve = resolve
+
+    def __missing__(self, frame_id: int) -> _Entry | None:
+        entry = self._resolve(frame_id)
+        if entry is not None or len(self) < MAX_CACHED_UNKNOWN:
+            self[frame_id] = entry
+        return entry
 
 
 @dataclass(slots=True)
@@ -163,16 +251,14 @@ class _Campaign:
     day_bytes: int = 0
 
 
-def _matcher(patterns: Sequence[str]) -> re.Pattern[str]:
-    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns) or r"(?!)")
-
-
 class CampaignEngine:
     """Runs the condition and periodic campaigns of a configuration. See the module docstring.
 
     ``databases`` are the Processor's ``(bus name, database, j1939)``; ``append`` is the spool's
-    append taking ``priority=``. Raises :class:`ConfigError` naming ``campaigns[i].condition`` for
-    a condition that does not compile against these databases.
+    append taking ``priority=``. ``latest`` gives the frames the last-known state is decoded
+    from (the Processor's, which include the engine's: :meth:`latest_frames`); by default the
+    engine's own. Raises :class:`ConfigError` naming ``campaigns[i].condition`` for a condition
+    that does not compile against these databases.
     """
 
     def __init__(
@@ -183,33 +269,40 @@ class CampaignEngine:
         *,
         clock: Clock | None = None,
         vss: Any = None,
+        latest: Callable[[], Iterable[LatestFrame]] | None = None,
     ) -> None:
         self.config = config
         self._vss = vss  # edge.vss.mapping.VssMapping: VSS paths in conditions
-        self._append = append
+        self._latest = latest or self.latest_frames
         self._clock = clock or SystemClock()
         self._lock = threading.RLock()
         batch = config.batch
         self.codec = Codec(
             batch.compression, batch.compression_level, batch.time_resolution, config.vehicle_id
         )
+        self._appender = PayloadAppender(append, self.codec)
         self._ticks = self.codec.ticks_per_second
         self._entries: list[_Entry] = []
-        self._tables: dict[str, tuple[dict[int, _Entry], dict[int, _Entry]]] = {}
+        self._tables: dict[str, tuple[_Table, _Table]] = {}
         by_name: dict[str, list[_Entry]] = {}
-        for bus, db, _j1939 in databases:
-            standard: dict[int, _Entry] = {}
-            extended: dict[int, _Entry] = {}
+        for bus, db, j1939 in databases:
+            entries: dict[int, _Entry] = {}  # by id() of the cantools message
+            by_pgn: dict[int, _Entry] = {}
             for message in db.messages:
                 entry = _Entry(len(self._entries), bus, message)
                 self._entries.append(entry)
-                table = extended if message.is_extended_frame else standard
-                table.setdefault(message.frame_id, entry)
+                entries[id(message)] = entry
                 by_name.setdefault(message.name, []).append(entry)
-            self._tables[bus] = (standard, extended)
+                if j1939 and message.is_extended_frame:
+                    entry.j1939 = True
+                    by_pgn.setdefault(pgn_from_frame_id(message.frame_id), entry)
+            self._tables[bus] = (
+                _Table(self._resolver(db, entries, None, extended=False)),
+                _Table(self._resolver(db, entries, by_pgn if j1939 else None, extended=True)),
+            )
         self._by_name = by_name
         chosen = [(i, c) for i, c in enumerate(config.campaigns) if c.collect != ALWAYS]
-        patterns = _matcher([p for _, c in chosen for p in c.signals])
+        patterns = matcher([p for _, c in chosen for p in c.signals])
         self.schema: Schema = build_schema(
             databases, lambda _bus, m, s: bool(patterns.match(f"{m.name}.{s.name}"))
         )
@@ -237,7 +330,7 @@ class CampaignEngine:
         self.state = ConditionState(windows)
         self._wire()
         self._open: list[tuple[_Campaign | None, Capture, list[tuple[_Entry, list[Any]]]]] = []
-        self._stream: str | None = None
+        self._touched: list[FrameRing] = []  # rings with frames appended in this chunk
         self._schema_sent_at = -float("inf")
         self.now = -float("inf")  # frame time of the newest frame seen
         #: the frame time after which a capture ends or a snapshot is due (-inf: look at once)
@@ -248,6 +341,32 @@ class CampaignEngine:
         self._refresh(self._clock.time())
 
     # -- building ------------------------------------------------------------------------------
+
+    def _resolver(
+        self,
+        db: Database,
+        entries: Mapping[int, _Entry],
+        by_pgn: Mapping[int, _Entry] | None,
+        *,
+        extended: bool,
+    ) -> Callable[[int], _Entry | None]:
+        """Frame ID -> the view of a message campaigns use (None: no campaign uses it), found
+        as the processing stage finds it (edge.processing.decode.BusDecoder.message): by ID and
+        kind, then on a J1939 bus by PGN; there every source address gets a view of its own."""
+
+        def resolve(frame_id: int) -> _Entry | None:
+            try:
+                message = db.get_message_by_frame_id(frame_id, force_extended_id=extended)
+                entry: _Entry | None = entries.get(id(message))
+            except KeyError:
+                entry = by_pgn.get(pgn_from_frame_id(frame_id)) if by_pgn is not None else None
+            if entry is None or not entry.used:
+                return None
+            if by_pgn is not None:  # a J1939 bus, a 29-bit ID: the view of its source address
+                return entry.view(frame_id & 0xFF)
+            return entry
+
+        return resolve
 
     def _resolve_signal(self, name: str) -> SignalRef:
         """``Message.Signal`` or a bare signal name (unique over every bus)."""
@@ -299,7 +418,7 @@ class CampaignEngine:
 
     def _columns(self, globs: Sequence[str]) -> list[tuple[_Entry, list[tuple[str, int]]]]:
         """The schema columns of the signals ``globs`` match, per message."""
-        match = _matcher(globs)
+        match = matcher(globs)
         out = []
         for entry in self._entries:
             if entry.schema_index is None:
@@ -342,21 +461,33 @@ class CampaignEngine:
                 entry.watched = True
                 if campaign not in entry.campaigns:
                     entry.campaigns.append(campaign)
-        for index, (seconds, frames, size) in keep.items():
-            self._entries[index].ring = FrameRing(seconds, frames, size)
+        for index, limits in keep.items():
+            self._entries[index].keep = limits
         for campaign in self.campaigns:
             for entry, _ in campaign.columns:
                 entry.used = True
+        history = self.state.history
         for entry in self._entries:
             entry.used = entry.used or bool(entry.campaigns)
-            if entry.used:
-                entry.raw = dict_decoder(entry.db)
+            if not entry.used:
+                continue
+            decoding = entry.decoding = _Decoding(entry.db)
             for signal, key in entry.inputs:
                 info = entry.db.get_signal_by_name(signal)
-                entry.scaled.append((signal, key, info.scale, info.offset))
+                entry.scaled.append((signal, key, info.scale, info.offset, key in history))
+            if decoding.unpack is not None and all(s in decoding.position for s, _ in entry.inputs):
+                entry.input_keys = [decoding.position[s] for s, _ in entry.inputs]
+            entry.input_last = [None] * len(entry.scaled)
+            if not entry.j1939:  # its own only view (J1939 ones get one per source address)
+                entry.views = [entry]
+                if entry.keep is not None:
+                    entry.ring = FrameRing(*entry.keep)
 
     def _entry(self, bus: str, message: str) -> _Entry:
         return next(e for e in self._by_name[message] if e.bus == bus)
+
+    def _views(self) -> Iterable[_Entry]:
+        return (view for entry in self._entries for view in entry.views)
 
     # -- the frames ----------------------------------------------------------------------------
 
@@ -364,61 +495,87 @@ class CampaignEngine:
         """Look at a chunk of frames (the Processor's): rings, conditions, due captures."""
         with self._lock:
             tables = self._tables
+            touched = self._touched
             last_channel: object = None
-            standard: dict[int, _Entry] = {}
-            extended: dict[int, _Entry] = {}
+            standard: dict[int, _Entry | None] = {}
+            extended: dict[int, _Entry | None] = {}
             t = self.now
-            for msg in frames:
-                if msg.is_error_frame or msg.is_remote_frame:
-                    continue
-                channel = msg.channel
-                if channel is not last_channel:
-                    pair = tables.get(channel)  # type: ignore[arg-type]
-                    if pair is None:
+            due = self._due
+            try:
+                for msg in frames:
+                    channel = msg.channel
+                    if channel is not last_channel:
+                        pair = tables.get(channel)  # type: ignore[arg-type]
+                        if pair is None:
+                            continue
+                        standard, extended = pair
+                        last_channel = channel
+                    entry = (extended if msg.is_extended_id else standard)[msg.arbitration_id]
+                    if entry is None or msg.is_error_frame or msg.is_remote_frame:
                         continue
-                    standard, extended = pair
-                    last_channel = channel
-                entry = (extended if msg.is_extended_id else standard).get(msg.arbitration_id)
-                if entry is None:
-                    continue
-                entry.last = msg
-                if not entry.used:
-                    continue  # only the frames of messages campaigns use move their time
-                t = msg.timestamp
-                data = bytes(msg.data)
-                ring = entry.ring
-                if ring is not None:
-                    ring.push(t, data)
-                if entry.campaigns:
-                    self._inputs(entry, data, t)
-                if t > self._due:  # a capture ended or a snapshot is due (exact per frame)
-                    self._run_due(t)
+                    # only the frames of messages campaigns use move the engine's time
+                    t = msg.timestamp
+                    data: Any = msg.data
+                    entry.last = msg
+                    ring = entry.ring
+                    if ring is not None:
+                        if ring.settled:
+                            ring.settled = False
+                            touched.append(ring)
+                        ring.times.append(t)
+                        ring.datas.append(data)
+                    if entry.campaigns and (entry.watched or data != entry.payload):
+                        self._inputs(entry, data, t)
+                    if t > due:  # a capture ended or a snapshot is due (exact per frame)
+                        self._run_due(t)
+                        due = self._due
+            finally:
+                self._settle()
             self.frames += len(frames)
             if t > self.now:
                 self.now = t
             self._after(self.now)
 
-    def _inputs(self, entry: _Entry, data: bytes, t: float) -> None:
-        """A frame of a message conditions read: update their state and evaluate them."""
+    def _settle(self) -> None:
+        """Pack and trim the rings frames were appended to (FrameRing.settle)."""
+        for ring in self._touched:
+            ring.settle()
+        self._touched.clear()
+
+    def _inputs(self, entry: _Entry, data: bytes | bytearray, t: float) -> None:
+        """A frame of a message conditions read, whose payload changed (or whose arrival a
+        ``stale()`` watches): update their state and evaluate the conditions if it changed."""
         state = self.state
         state.now = t
-        if entry.watched:
-            state.seen[(entry.bus, entry.db.name)] = t
-        if data == entry.payload and not entry.watched:
-            return  # nothing a condition reads can have changed
-        entry.payload = data
         changed = entry.watched
+        if changed:
+            state.seen[entry.key] = t
+        entry.payload = bytes(data)
         if entry.inputs:
+            decoding = entry.decoding
+            assert decoding is not None
             try:
-                values = entry.raw(data)
+                if entry.input_keys and len(data) == decoding.length:
+                    assert decoding.unpack is not None
+                    raw = decoding.unpack(data)
+                    values = [raw[i] for i in entry.input_keys]
+                else:
+                    by_name = decoding.values(data)
+                    values = [by_name.get(signal) for signal, _ in entry.inputs]
             except Exception:  # a frame of another length, an undefined multiplexer value
                 entry.decode_errors += 1
                 return
             state.changed.clear()
             update = state.update
-            for signal, key, scale, offset in entry.scaled:
-                raw = values.get(signal)
-                if raw is not None and update(key, t, raw * scale + offset):
+            last = entry.input_last
+            for i, (_signal, key, scale, offset, history) in enumerate(entry.scaled):
+                value = values[i]
+                if value is None:  # a multiplexed signal absent from this frame
+                    continue
+                if value == last[i] and not history:
+                    continue  # nothing to record: update() would find it unchanged
+                last[i] = value
+                if update(key, t, value * scale + offset):
                     changed = True
         if changed:
             for campaign in entry.campaigns:
@@ -503,9 +660,10 @@ class CampaignEngine:
             campaign.next_snapshot += period
         frames = []
         for entry, columns in campaign.columns:
-            msg = entry.last
-            if msg is not None:
-                frames.append((entry, columns, msg.timestamp, bytes(msg.data)))
+            for view in entry.views:  # each source address's latest frame, on J1939 buses
+                msg = view.last
+                if msg is not None:
+                    frames.append((view, columns, msg.timestamp, bytes(msg.data)))
         ext = {"campaign": campaign.config.name, "snapshot": now}
         self._emit(campaign, ext, campaign.config.priority, frames, raw_wanted=False)
 
@@ -519,17 +677,19 @@ class CampaignEngine:
     ) -> None:
         counters = campaign.stats if campaign is not None else self.adhoc
         for entry, _ in columns:
-            ring = entry.ring
-            oldest = ring.oldest() if ring is not None else None
-            if ring is not None and ring.overflow and oldest is not None and oldest > capture.start:
-                capture.truncated = True
+            for view in entry.views:
+                ring = view.ring
+                oldest = ring.oldest() if ring is not None else None
+                if ring and ring.overflow and oldest is not None and oldest > capture.start:
+                    capture.truncated = True
         if capture.truncated:
             counters.truncated += 1
         frames = (
-            (entry, cols, t, data)
+            (view, cols, t, data)
             for entry, cols in columns
-            if entry.ring is not None
-            for t, data in entry.ring.window(capture.start, capture.end)
+            for view in entry.views
+            if view.ring is not None
+            for t, data in view.ring.window(capture.start, capture.end)
         )
         ext: dict[str, Any] = {
             "campaign": capture.campaign,
@@ -553,7 +713,7 @@ class CampaignEngine:
         they are) and spool them as payloads of at most ``max_bytes``, part by part: a long
         capture never holds more than one payload's rows in memory."""
         stats = campaign.stats if campaign is not None else self.adhoc
-        raw: dict[tuple[int, int], list[bytes]] = {}
+        raw: dict[tuple[int, int | None, int], list[bytes]] = {}
         batcher = Batcher(
             budget=self.config.batch.max_bytes,
             max_age=float("inf"),
@@ -565,26 +725,38 @@ class CampaignEngine:
         )
         ticks = self._ticks
         state = {"rows": 0, "cut": False}
+        picked: tuple[Any, list[tuple[int, int]]] = (None, [])  # columns -> tuple positions
         for entry, columns, t, data in frames:
             if state["cut"]:
                 break
+            decoding = entry.decoding
+            if decoding is None or entry.schema_index is None:
+                continue
+            if picked[0] is not columns:
+                position = decoding.position
+                picked = (columns, [(position[n], c) for n, c in columns if n in position])
             try:
-                values = entry.raw(data)
+                if picked[1] and len(data) == decoding.length:
+                    assert decoding.unpack is not None
+                    tuple_values = decoding.unpack(data)
+                    items = [(column, tuple_values[i]) for i, column in picked[1]]
+                else:
+                    values = decoding.values(data)
+                    items = [(column, values[name]) for name, column in columns if name in values]
             except Exception:  # a frame of another length, an undefined multiplexer value
                 entry.decode_errors += 1
                 continue
-            items = [(column, values[name]) for name, column in columns if name in values]
-            if not items or entry.schema_index is None:
+            if not items:
                 continue
             tick = round(t * ticks)
             if raw_wanted:
-                raw.setdefault((entry.schema_index, tick), []).append(data)
+                raw.setdefault((entry.schema_index, entry.source_address, tick), []).append(data)
             state["rows"] += 1
             # A part closes when full, or at _PART_VALUES values: what a capture holds in memory
             # at once stays a few MB whatever its length (60 s of a whole bus compresses so well
             # that a full payload would hold millions of values).
             if (
-                batcher.add(entry.schema_index, None, tick, items)
+                batcher.add(entry.schema_index, entry.source_address, tick, items)
                 or batcher.batch.values >= _PART_VALUES
             ):
                 self._write(campaign, batcher.take(), ext, priority, raw, state)
@@ -602,7 +774,7 @@ class CampaignEngine:
         batch: Batch | None,
         ext: dict[str, Any],
         priority: int,
-        raw: Mapping[tuple[int, int], list[bytes]],
+        raw: Mapping[tuple[int, int | None, int], list[bytes]],
         state: dict[str, Any],
     ) -> None:
         """Spool one part of a capture (or a snapshot) within the daily budget; a part over it
@@ -631,7 +803,10 @@ class CampaignEngine:
             stats.bytes += written
 
     def _parts(
-        self, batch: Batch, ext: Mapping[str, Any], raw: Mapping[tuple[int, int], list[bytes]]
+        self,
+        batch: Batch,
+        ext: Mapping[str, Any],
+        raw: Mapping[tuple[int, int | None, int], list[bytes]],
     ) -> list[tuple[dict[str, Any], bytes]]:
         """Envelope and body of ``batch``, split in halves until each fits ``max_bytes``; with
         ``raw`` (raw_frames), each part's ``ext["raw"]`` holds the frames of its own rows."""
@@ -641,9 +816,9 @@ class CampaignEngine:
         if raw:
             envelope["ext"]["raw"] = [
                 [index, tick, data]
-                for (index, _source), group in batch.groups.items()
+                for (index, source), group in batch.groups.items()
                 for tick in dict.fromkeys(group.times)
-                for data in raw.get((index, tick), ())
+                for data in raw.get((index, source, tick), ())
             ]
         body = codec.data_body(batch, schema)
         if codec.size(KIND_DATA, envelope, body) > self.config.batch.max_bytes and batch.rows > 1:
@@ -667,34 +842,26 @@ class CampaignEngine:
         campaign: str | None,
     ) -> int | None:
         """Append one payload; its size, or None when the spool refused it (logged)."""
-        sizes: list[int] = []
-        new_stream = False
-
-        def build(stream: str, seq: int) -> Payload:
-            nonlocal new_stream
-            new_stream = self._stream is not None and stream != self._stream
-            self._stream = stream
-            payload = self.codec.payload(kind, envelope, body, stream, seq)
-            sizes.append(len(payload.body))
-            properties = dict(payload.properties, priority=str(priority))
-            if campaign is not None:
-                properties["campaign"] = campaign
-            return Payload(payload.body, properties)
-
+        properties = {"priority": str(priority)}
+        if campaign is not None:
+            properties["campaign"] = campaign
         try:
-            self._append(build, priority=priority)
+            size, new_stream = self._appender.append(
+                kind, envelope, body, priority=priority, properties=properties
+            )
         except SpoolError as exc:
             log.error("spool refused a campaign payload: %s", exc)
             return None
         if new_stream and kind == KIND_DATA:
             self._send_schema()  # priority 0: delivered before this stream's data all the same
-        return sizes[-1]
+        return size
 
     # -- operating it --------------------------------------------------------------------------
 
     def flush(self) -> None:
         """Close every open capture now with the frames it has (shutdown): nothing is lost."""
         with self._lock:
+            self._settle()
             open_, self._open = self._open, []
             for campaign, capture, columns in open_:
                 self._close(campaign, capture, columns)
@@ -722,7 +889,7 @@ class CampaignEngine:
         """An ad hoc capture of ``signals`` (globs): only messages that already have a ring (a
         condition campaign collects them) have history; others have none before now."""
         with self._lock:
-            columns = [(e, c) for e, c in self._columns(signals) if e.ring is not None]
+            columns = [(e, c) for e, c in self._columns(signals) if e.keep is not None]
             if not columns:
                 raise TelemetryError(
                     "no captured message matches: ad hoc captures cover the signals of the "
@@ -732,82 +899,18 @@ class CampaignEngine:
             return self._open_capture(None, self.now, before, after, "capture()", columns)
 
     def signals(self, globs: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """Latest value and time of every signal matching ``globs`` (``getSignals``)."""
-        match = _matcher(list(globs))
-        out: dict[str, dict[str, Any]] = {}
-        with self._lock:
-            for entry in self._entries:
-                msg = entry.last
-                if msg is None:
-                    continue
-                wanted = [
-                    s.name for s in entry.db.signals if match.match(f"{entry.db.name}.{s.name}")
-                ]
-                if not wanted:
-                    continue
-                try:
-                    values = _decode(entry.db, bytes(msg.data), scaling=True)
-                except Exception:
-                    continue
-                for name in wanted:
-                    if name not in values:
-                        continue
-                    value = values[name]
-                    signal = entry.db.get_signal_by_name(name)
-                    choice = None
-                    if signal.choices:
-                        raw = round((float(value) - signal.offset) / signal.scale)
-                        choice = signal.choices.get(raw)
-                    out[f"{entry.db.name}.{name}"] = {
-                        "value": value,
-                        "unit": signal.unit or "",
-                        "choice": None if choice is None else str(choice),
-                        "time": msg.timestamp,
-                        "bus": entry.bus,
-                    }
-            if self._vss is not None:
-                out.update(self._vss_signals(match))
-        return out
+        """Latest value and time of every signal matching ``globs`` (``getSignals``): the
+        last-known state (edge.campaigns.latest), of every decoded message."""
+        return latest_signals(self._latest(), globs, self._vss)
 
-    def _vss_signals(self, match: re.Pattern[str]) -> dict[str, dict[str, Any]]:
-        """The latest value of every mapped VSS path matching ``match``: its signal's latest
-        frame through the mapping's transform (the newest, when several buses feed a path)."""
-        entries = {(entry.bus, entry.db.name): entry for entry in self._entries}
-        out: dict[str, dict[str, Any]] = {}
-        for path in self._vss.paths():
-            if not match.match(path):
-                continue
-            for link in self._vss.resolve(path):
-                entry = entries.get((link.bus, link.message))
-                msg = entry.last if entry is not None else None
-                if (
-                    entry is None
-                    or msg is None
-                    or msg.timestamp < out.get(path, {}).get("time", -1e300)
-                ):
-                    continue
-                try:
-                    physical = _decode(entry.db, bytes(msg.data), scaling=True)[link.signal]
-                except Exception:  # a frame cantools refuses, a multiplexed signal absent
-                    continue
-                signal = entry.db.get_signal_by_name(link.signal)
-                choice = None
-                if signal.choices:
-                    choice = signal.choices.get(
-                        round((float(physical) - signal.offset) / signal.scale)
-                    )
-                value = link.transform.apply(physical, None if choice is None else str(choice))
-                if value is None:
-                    continue
-                out[path] = {
-                    "value": value,
-                    "unit": link.unit,
-                    "choice": value if isinstance(value, str) else None,
-                    "time": msg.timestamp,
-                    "bus": entry.bus,
-                    "signal": f"{link.message}.{link.signal}",
-                }
-        return out
+    def latest_frames(self) -> list[LatestFrame]:
+        """The latest frame of each message (and source address) campaigns use."""
+        with self._lock:
+            return [
+                LatestFrame(v.bus, v.db, bytes(v.last.data), v.last.timestamp, v.source_address)
+                for v in self._views()
+                if v.last is not None
+            ]
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """State, settings and counters per campaign (``listCampaigns``)."""
@@ -847,19 +950,13 @@ class CampaignEngine:
     def ring_stats(self) -> dict[str, int]:
         """Frames and bytes held in the rings, and frames their caps pushed out."""
         with self._lock:
-            rings = [e.ring for e in self._entries if e.ring is not None]
+            rings = [v.ring for v in self._views() if v.ring is not None]
             return {
                 "frames": sum(len(r) for r in rings),
                 "bytes": sum(r.bytes for r in rings),
                 "overflow": sum(r.overflow for r in rings),
-                "decodeErrors": sum(e.decode_errors for e in self._entries),
+                "decodeErrors": sum(v.decode_errors for v in self._views()),
             }
-
-
-def _decode(message: DbMessage, data: bytes, *, scaling: bool) -> dict[str, Any]:
-    """cantools' values of one frame (numbers: choices not decoded); raises for a bad frame."""
-    values: Any = message.decode(data, decode_choices=False, scaling=scaling)
-    return dict(values)
 
 
 def raw_frames(

@@ -161,7 +161,10 @@ class Expression:
 
     def __call__(self, state: ConditionState) -> bool:
         """Whether the condition holds in ``state``."""
-        return bool(_truth(self._root(state)))
+        value = self._root(state)
+        if value is True or value is False:  # comparisons, and/or/not: no conversion
+            return value
+        return value is not None and bool(value)
 
 
 _ALLOWED = (
@@ -267,6 +270,16 @@ class _Compiler:
         self.inputs: set[Key] = set()
         self.messages: set[tuple[str, str]] = set()
         self.windows: dict[Key, float] = {}
+        #: nodes that read a signal's latest value as it is, or a constant: ("signal", key) or
+        #: ("constant", value), for comparisons that need no node calls (_compare_two)
+        self.simple: dict[Node, tuple[str, Any]] = {}
+
+    def _constant(self, value: Any) -> Node:
+        def constant(_state: ConditionState) -> Any:
+            return value
+
+        self.simple[constant] = ("constant", value)
+        return constant
 
     def ref(self, node: ast.AST) -> SignalRef:
         name = _dotted(node)
@@ -290,7 +303,7 @@ class _Compiler:
                 )
             if not isinstance(value, int | float):
                 raise ExpressionError(f"constant {value!r} is not a number", _column(node))
-            return lambda _state: value
+            return self._constant(value)
         if isinstance(node, ast.Name | ast.Attribute):
             ref = self.ref(node)
             key = ref.key
@@ -298,6 +311,8 @@ class _Compiler:
             def signal(state: ConditionState) -> Any:
                 return state.values.get(key)
 
+            if ref.convert is None:
+                self.simple[signal] = ("signal", key)
             return _converted(signal, ref.convert)
         if isinstance(node, ast.BoolOp):
             parts = [self.node(v) for v in node.values]
@@ -348,6 +363,9 @@ class _Compiler:
                 raise ExpressionError(f"{type(op).__name__} is not allowed", _column(node))
             ops.append(fn)
 
+        if len(ops) == 1:  # the common case, in one call: a signal against a constant
+            return _compare_two(ops[0], compiled[0], compiled[1], self.simple)
+
         def compare(state: ConditionState) -> bool:
             left = compiled[0](state)
             for fn, right_node in zip(ops, compiled[1:], strict=True):
@@ -372,8 +390,7 @@ class _Compiler:
                         f"{ref.message}.{ref.signal} has no choice {name!r} (choices: {known})",
                         _column(constant),
                     )
-                value = ref.choices[name]
-                return lambda _state: value
+                return self._constant(ref.choices[name])
         raise ExpressionError(
             "a string only compares with a signal that has choices", _column(constant)
         )
@@ -448,6 +465,42 @@ class _Compiler:
                 f"seconds must be in (0, {MAX_WINDOW:g}], got {seconds:g}", _column(node)
             )
         return seconds
+
+
+def _compare_two(
+    fn: Callable[[Any, Any], bool],
+    left: Node,
+    right: Node,
+    simple: Mapping[Node, tuple[str, Any]],
+) -> Node:
+    """``left fn right``, false when either side is unknown: in a single closure when one side
+    is a signal read as it is and the other a constant (what most conditions are made of)."""
+    kinds = (simple.get(left, ("", None)), simple.get(right, ("", None)))
+    if kinds[0][0] == "signal" and kinds[1][0] == "constant":
+        key, constant = kinds[0][1], kinds[1][1]
+
+        def signal_constant(state: ConditionState) -> bool:
+            value = state.values.get(key)
+            return value is not None and fn(value, constant)
+
+        return signal_constant
+    if kinds[0][0] == "constant" and kinds[1][0] == "signal":
+        constant, key = kinds[0][1], kinds[1][1]
+
+        def constant_signal(state: ConditionState) -> bool:
+            value = state.values.get(key)
+            return value is not None and fn(constant, value)
+
+        return constant_signal
+
+    def compare_two(state: ConditionState) -> bool:
+        a = left(state)
+        if a is None:
+            return False
+        b = right(state)
+        return b is not None and fn(a, b)
+
+    return compare_two
 
 
 def _converted(node: Node, convert: Callable[[float], Any] | None) -> Node:

@@ -130,6 +130,7 @@ def run(p: Processor, frames: Sequence[can.Message]) -> None:
                         room, age_due = p._room - p._reserved, batcher.age_due
                         continue
                     sampler = track.sampler
+                    sampler.seen = t  # the last-known state's time
                     if data == track.payload:
                         if t >= sampler.next_check:  # a heartbeat may be due
                             p._reserved += spent

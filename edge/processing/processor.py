@@ -17,8 +17,10 @@ from typing import Any
 import can
 
 from edge.campaigns.engine import CampaignEngine
+from edge.campaigns.latest import LatestFrame, latest_signals
 from edge.clock import Clock, SystemClock, WallClockWatch
 from edge.config.model import Config
+from edge.delivery.appender import PayloadAppender
 from edge.errors import SpoolError
 from edge.processing import fused
 from edge.processing.batch import COLUMN_BOUND, TIME_BOUND, Batch, Batcher, value_bound
@@ -27,7 +29,6 @@ from edge.processing.decode import BusDecoder, Decoder, DecodeStats, Track
 from edge.processing.sample import Selection
 from edge.vss.mapping import load_vss_mapping, schema_with_vss
 from edge.wire.codec import FORMAT_VERSION, KIND_DATA, KIND_SCHEMA, Codec
-from edge.wire.payload import Payload
 from edge.wire.schema import Schema, build_schema
 
 __all__ = ["RAW_FRAME_BYTES", "PipelineStats", "Processor"]
@@ -99,7 +100,7 @@ class Processor:
         self.campaigns: CampaignEngine | None = None
         if any(c.collect != "always" for c in config.campaigns):
             self.campaigns = CampaignEngine(
-                config, databases, append, clock=self._clock, vss=self.vss
+                config, databases, append, clock=self._clock, vss=self.vss, latest=self.latest
             )
         # Values typed Any: the hot loop tells a Track from a skip reason by class, which
         # mypy does not narrow on (type() or isinstance() would cost a call per frame).
@@ -124,6 +125,7 @@ class Processor:
         self.codec = Codec(
             batch.compression, batch.compression_level, batch.time_resolution, config.vehicle_id
         )
+        self._appender = PayloadAppender(append, self.codec)
         self._ticks = self.codec.ticks_per_second
         self.batcher = Batcher(
             budget=batch.max_bytes,
@@ -143,7 +145,6 @@ class Processor:
         self.spool_errors = 0
         self.lost_rows = 0  # rows that could not be encoded (a fault of ours)
         self._spool_error_logged = -float("inf")
-        self._stream: str | None = None
         self._lock = threading.Lock()
         self._slack = batch.max_bytes / 32
         self._room = 0.0
@@ -181,6 +182,7 @@ class Processor:
         decoder = self.decoder
         if not decoder.update(track, msg):
             return
+        track.sampler.seen = msg.timestamp  # the last-known state's time (latest())
         try:
             self._sample(track, msg.timestamp)
         except Exception:
@@ -225,6 +227,7 @@ class Processor:
         """Decode, sample and batch one frame, in plain steps (what :meth:`_run` inlines)."""
         track = self.decoder.decode(msg)
         if track is not None:
+            track.sampler.seen = msg.timestamp
             try:
                 self._sample(track, msg.timestamp)
             except Exception:
@@ -349,19 +352,8 @@ class Processor:
         """Append one payload to the spool, which numbers it. A spool that refuses it (disk
         full, I/O error) costs this payload only: it is counted and logged, and processing goes
         on. A new stream (the spool file was replaced) gets the schema again at once."""
-        sizes: list[int] = []
-        new_stream = False
-
-        def build(stream: str, seq: int) -> Payload:
-            nonlocal new_stream
-            new_stream = self._stream is not None and stream != self._stream
-            self._stream = stream
-            payload = self.codec.payload(kind, envelope, body, stream, seq)
-            sizes.append(len(payload.body))
-            return payload
-
         try:
-            self._append(build)
+            size, new_stream = self._appender.append(kind, envelope, body)
         except SpoolError as exc:
             self.spool_errors += 1
             now = self._clock.monotonic()
@@ -369,7 +361,7 @@ class Processor:
                 self._spool_error_logged = now
                 log.error("spool refused a payload (%d so far): %s", self.spool_errors, exc)
             return False
-        self.payload_bytes += sizes[-1]
+        self.payload_bytes += size
         if new_stream and kind == KIND_DATA:
             self._send_schema()
         return True
@@ -413,6 +405,32 @@ class Processor:
             return
         self.lost_rows += batch.rows
         log.error("a row could not be encoded (%d lost so far): %r", self.lost_rows, exc)
+
+    def latest(self) -> list[LatestFrame]:
+        """The latest decoded frame of every message (and J1939 source address): what the
+        last-known state is decoded from; with the campaign engine's, for the messages only
+        campaigns use."""
+        frames: list[LatestFrame] = []
+        with self._lock:
+            for bus in self.bus_decoders:
+                for table in (bus.standard, bus.extended):
+                    for track in table.values():
+                        if not isinstance(track, Track) or track.payload is None:
+                            continue
+                        message = bus.messages_by_index[track.message_index]
+                        seen = track.sampler.seen
+                        payload = bytes(track.payload)
+                        frames.append(
+                            LatestFrame(bus.name, message, payload, seen, track.source_address)
+                        )
+        if self.campaigns is not None:
+            frames += self.campaigns.latest_frames()
+        return frames
+
+    def signals(self, globs: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Latest value and time of every decoded signal matching ``globs`` (``Message.Signal``
+        or a mapped VSS path): the ``getSignals`` method, with or without campaigns."""
+        return latest_signals(self.latest(), globs, self.vss)
 
     def stats(self) -> PipelineStats:
         """A snapshot of the counters."""

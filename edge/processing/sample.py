@@ -152,6 +152,7 @@ class TrackSampler:
         "next_check",
         "pending_rows",
         "pending_times",
+        "seen",
         "select",
         "width",
     )
@@ -183,6 +184,9 @@ class TrackSampler:
         #: frames not sampled yet (fast path): their times, and their selected values
         self.pending_times: list[float] = []
         self.pending_rows: list[tuple[Any, ...]] = []
+        #: time of the latest frame decoded or repeated (set by the Processor, for the
+        #: last-known state: not sampling state)
+        self.seen = -math.inf
 
     def restart_timers(self) -> None:
         """Frame time stepped back: every rate limit and heartbeat is over, so the next frame

@@ -30,3 +30,29 @@ def test_caps_in_frames_and_bytes_are_counted() -> None:
 def test_a_capture_window() -> None:
     capture = Capture("c", trigger=10.0, before=2.0, after=0.5, condition="x > 1")
     assert (capture.start, capture.end) == (8.0, 10.5)
+
+
+def test_frames_appended_by_chunks_are_packed_trimmed_and_cut() -> None:
+    """As the engine feeds a ring: appends, then one settle per chunk. Data of mixed lengths,
+    blocks of many frames: windows are exactly the frames kept, bytes what they cost."""
+    ring = FrameRing(keep=1.0, max_frames=1000, max_bytes=1_000_000)
+    frames = [(n * 0.01, bytes([n % 256]) * (1 + n % 3)) for n in range(1500)]
+    for start in range(0, len(frames), 70):
+        for t, data in frames[start : start + 70]:
+            ring.times.append(t)
+            ring.datas.append(bytearray(data))
+        ring.settle()
+    horizon = frames[-1][0] - 1.0
+    kept = [(t, d) for t, d in frames if t >= horizon]
+    assert list(ring.window(-1.0, 100.0)) == kept
+    assert ring.oldest() == kept[0][0] and len(ring) == len(kept)
+    assert ring.bytes == sum(len(d) + FRAME_OVERHEAD for _, d in kept)
+    assert list(ring.window(12.0, 12.05)) == [(t, d) for t, d in kept if 12.0 <= t <= 12.05]
+    # caps: the oldest frames go first, counted (those older than keep are not: forgotten)
+    ring.max_frames = 40
+    ring.times.append(15.0)
+    ring.datas.append(b"\x01")
+    ring.settle()
+    recent = sum(1 for t, _ in kept if t >= 14.0) + 1
+    assert len(ring) == 40 and ring.overflow == recent - 40
+    assert [t for t, _ in ring.window(0.0, 100.0)][-1] == 15.0
