@@ -31,12 +31,15 @@ from edge.config.model import Config
 from edge.errors import ConfigError
 from edge.iotedge.connection import create_module_client
 from edge.iotedge.twin import (
+    SAVED_CONFIG,
     ConfigOrigin,
     DesiredProperties,
     TwinAgent,
     config_digest,
     merge_patch,
     parse_desired,
+    save_config,
+    saved_config,
 )
 from edge.simulator.vehicle import DEMO_DBC
 from tests.support.iothub import SDK_WARNINGS, IoTHubResponder, hub_merge
@@ -323,6 +326,50 @@ def test_no_patch_shape_crashes_the_agent(
             }
         # Whatever was applied last is a valid configuration.
         assert isinstance(target.applied[-1][0], Config)
+
+
+# -- the saved configuration -----------------------------------------------------------------
+
+
+def test_the_saved_configuration_round_trips_owner_only(tmp_path: Path) -> None:
+    document = twin_config(tmp_path)
+    origin = ConfigOrigin("twin", 4, config_digest(document), document, applied_at=1.0)
+    assert saved_config(str(tmp_path)) is None  # nothing saved yet
+    save_config(str(tmp_path), origin)
+    assert (tmp_path / SAVED_CONFIG).stat().st_mode & 0o777 == 0o600
+    loaded = saved_config(str(tmp_path))
+    assert loaded is not None
+    config, saved = loaded
+    assert config.vehicle_id == "car1" and config.buses[0].name == "vehicle"
+    assert (saved.source, saved.desired_version, saved.sha256) == ("saved", 4, origin.sha256)
+    assert dict(saved.document) == document
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "not json",
+        '{"desiredVersion": 1}',  # no config
+        '{"config": {"buses": [], "nonsense": 1}}',  # no longer valid
+        "[]",
+    ],
+)
+def test_a_saved_configuration_that_cannot_be_used_is_ignored(
+    tmp_path: Path, content: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / SAVED_CONFIG).write_text(content)
+    assert saved_config(str(tmp_path)) is None
+    assert "ignoring the saved configuration" in caplog.text
+
+
+def test_a_configuration_that_cannot_be_saved_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "afile").write_text("")
+    document = twin_config(tmp_path)
+    origin = ConfigOrigin("twin", 1, config_digest(document), document)
+    save_config(str(tmp_path / "afile"), origin)  # a file where the folder should be
+    assert "cannot save the configuration" in caplog.text
 
 
 # -- the agent with the real SDK ------------------------------------------------------------------
