@@ -20,20 +20,23 @@ import logging
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from edge.clock import Clock, SystemClock
-from edge.config.model import Config, ForwarderConfig, SpoolConfig, UplinkConfig
 from edge.delivery.forwarder import Forwarder, ForwarderStats
 from edge.delivery.spool import Spool, SpoolStats
 from edge.delivery.uplinks import uplink_class
 from edge.delivery.uplinks.base import Uplink
+
+if TYPE_CHECKING:  # types only: the configuration model imports the uplink registry
+    from edge.config.model import Config, ForwarderConfig, SpoolConfig, UplinkConfig
 
 __all__ = ["Backend", "BackendSettings", "UplinkFactory", "configured_uplink"]
 
 log = logging.getLogger(__name__)
 
 #: Builds the uplink of a back end from its settings.
-UplinkFactory = Callable[[UplinkConfig], Uplink]
+UplinkFactory = Callable[["UplinkConfig"], Uplink]
 
 #: How long ``close`` waits for the forwarder's thread (a send in progress ends within its
 #: ``send_timeout``).
