@@ -54,7 +54,7 @@ from typing import Any
 
 from edge import __version__
 from edge.clock import Clock, SystemClock
-from edge.config.model import Config, load_config
+from edge.config.model import Config, UplinkConfig, load_config
 from edge.delivery.backend import Backend, BackendSettings, configured_uplink
 from edge.delivery.spool import Spool
 from edge.delivery.uplinks import uplink_class
@@ -291,7 +291,7 @@ class EdgeModule:
         if self.twin is not None:
             self.twin.request_report()
 
-    def _uplink(self, settings: Any) -> Uplink:
+    def _uplink(self, settings: UplinkConfig) -> Uplink:
         """The back end's uplink: ``azure-edge`` sends through the module's one connection."""
         if settings.kind == "azure-edge" and self.connection is not None:
             return SharedClientUplink(settings.options, self.connection)
