@@ -41,10 +41,13 @@ class ObdPid:
 
 @dataclass(frozen=True, slots=True)
 class ObdConfig:
-    """OBD-II (SAE J1979) requests to one ECU, physically addressed."""
+    """OBD-II (SAE J1979) requests: physically addressed to one ECU (``request_id`` ->
+    ``response_id``), or with ``functional`` to every OBD ECU at once (0x7DF; answers from
+    0x7E8-0x7EF, each ECU its own source)."""
 
     request_id: int = 0x7E0
     response_id: int = 0x7E8
+    functional: bool = False
     pids: tuple[ObdPid, ...] = ()
     vin: bool = True  # mode 09 PID 02, once per start
     discover: bool = True  # mode 01 PIDs 00/20/40...: skip PIDs the ECU does not support
@@ -180,9 +183,18 @@ def _obd(t: Table) -> ObdConfig:
     for pt in t.tables("pids"):
         pids.append(ObdPid(pid=pt.int("pid", min=1, max=0xFF), period=pt.float("period", min=0.05)))
         pt.finish()
+    functional = t.bool("functional", False)
+    if functional:
+        for key in ("request_id", "response_id"):
+            if t.has(key):
+                raise t.error(
+                    key,
+                    "not with functional = true (requests go to 0x7DF, answers from 0x7E8-0x7EF)",
+                )
     config = ObdConfig(
         request_id=_can_id(t, "request_id", 0x7E0),
         response_id=_can_id(t, "response_id", 0x7E8),
+        functional=functional,
         pids=tuple(pids),
         vin=t.bool("vin", True),
         discover=t.bool("discover", True),

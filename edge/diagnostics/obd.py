@@ -1,55 +1,220 @@
-"""OBD-II (SAE J1979) requests: mode 01 PIDs, supported-PID discovery, the VIN (mode 09 PID 02).
+"""OBD-II (SAE J1979) requests: mode 01 PIDs, supported-PID discovery, the VIN (mode 09 PID 02),
+physically addressed to one ECU or functionally to every OBD ECU at once.
 
 The answers of mode 01 are not decoded here: they are frames on the bus like any other, and
 the bus's OBD-II database (e.g. the CSS Electronics OBD2 DBC bundled as ``edge.dbc``'s
 ``obd2_css.dbc``) turns them into signals with units in the ordinary pipeline. This module only
-asks, checks that an answer came, and reads the two answers it needs itself (supported PIDs,
+asks, checks that answers came, and reads the two answers it needs itself (supported PIDs,
 VIN).
+
+Functional addressing (ISO 15765-4, what a scan tool does): the request is one single frame to
+0x7DF, and every ECU that has an answer sends it from its own identifier, 0x7E8 to 0x7EF (ECU
+*n* listens on 0x7E0 + *n*, where our flow control for its multi-frame answer goes). Each of
+those eight pairs is an ISO-TP stack of can-isotp; the answers are collected for
+:data:`ANSWER_WINDOW` after the request (J1979: every ECU answers within 50 ms), longer while a
+multi-frame answer is still arriving, never longer than the request's timeout.
 """
 
 from __future__ import annotations
 
-from edge.diagnostics.transport import DiagnosticError, IsoTpChannel, NegativeResponse
+import collections
+import contextlib
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 
-__all__ = ["ObdClient", "parse_supported", "parse_vin"]
+import can
+
+from edge.diagnostics.transport import (
+    DiagnosticError,
+    DiagnosticTimeout,
+    IsoTpChannel,
+    NegativeResponse,
+    isotp_stack,
+)
+
+__all__ = [
+    "ANSWER_WINDOW",
+    "FUNCTIONAL_ID",
+    "RESPONSE_IDS",
+    "FunctionalObd",
+    "ObdClient",
+    "PhysicalObd",
+    "parse_supported",
+    "parse_vin",
+]
+
+log = logging.getLogger(__name__)
 
 _NEGATIVE = 0x7F
 _POSITIVE = 0x40
+#: ISO 15765-4 11-bit identifiers: functional requests, and the answers of ECUs 1 to 8.
+FUNCTIONAL_ID = 0x7DF
+RESPONSE_IDS = tuple(range(0x7E8, 0x7F0))
+_REQUEST_OFFSET = 8  # ECU n answers on 0x7E8 + n and listens on 0x7E0 + n
+#: Seconds answers to a functional request are collected (5x J1979's P2CAN of 50 ms, for a
+#: loaded gateway), unless the request's timeout is shorter.
+ANSWER_WINDOW = 0.25
+_POLL = 0.005
 
 
-class ObdClient:
-    """J1979 requests over one ISO-TP channel."""
+class ObdClient(ABC):
+    """J1979 requests; :meth:`ask` sends one and returns every ECU's answer."""
 
-    def __init__(self, channel: IsoTpChannel) -> None:
-        self.channel = channel
+    @abstractmethod
+    def ask(self, mode: int, pid: int) -> dict[int, bytes]:
+        """The raw answers to ``mode``/``pid``, by response identifier (at least one; they may
+        be negative responses). Raises DiagnosticTimeout or TransportError."""
 
-    def request(self, mode: int, pid: int) -> bytes:
-        """The data bytes of the answer to ``mode``/``pid`` (after the echoed mode and PID).
-        Raises NegativeResponse, DiagnosticTimeout, TransportError or DiagnosticError for an
-        answer to something else."""
-        answer = self.channel.request(bytes((mode, pid)))
-        if len(answer) >= 3 and answer[0] == _NEGATIVE:
-            raise NegativeResponse(answer[1], answer[2])
-        if len(answer) < 2 or answer[0] != mode + _POSITIVE or answer[1] != pid:
-            raise DiagnosticError(f"unexpected answer {answer[:8].hex()} to {mode:02x} {pid:02x}")
-        return answer[2:]
+    def request(self, mode: int, pid: int) -> dict[int, bytes]:
+        """The data bytes (after the echoed mode and PID) of every positive answer to
+        ``mode``/``pid``, by response identifier. Raises NegativeResponse when every answer was
+        negative, DiagnosticError when none answered what was asked, DiagnosticTimeout or
+        TransportError."""
+        answers = self.ask(mode, pid)
+        positive: dict[int, bytes] = {}
+        negative: NegativeResponse | None = None
+        for response_id, answer in sorted(answers.items()):
+            if len(answer) >= 3 and answer[0] == _NEGATIVE:
+                negative = negative or NegativeResponse(answer[1], answer[2])
+            elif len(answer) >= 2 and answer[0] == mode + _POSITIVE and answer[1] == pid:
+                positive[response_id] = answer[2:]
+        if positive:
+            return positive
+        if negative is not None:
+            raise negative
+        first = next(iter(answers.values()))
+        raise DiagnosticError(f"unexpected answer {first[:8].hex()} to {mode:02x} {pid:02x}")
 
-    def supported_pids(self) -> set[int]:
-        """Mode 01 PIDs the ECU says it supports (PIDs 0x00, 0x20, ... as long as the last bit
-        of each says the next range exists)."""
-        supported: set[int] = set()
+    def supported_pids(self) -> dict[int, set[int]]:
+        """Mode 01 PIDs each ECU says it supports, by response identifier (PIDs 0x00, 0x20,
+        ... as long as the last bit of an ECU's answer says its next range exists)."""
+        supported: dict[int, set[int]] = {}
         base = 0
         while base <= 0xE0:
-            found = parse_supported(base, self.request(0x01, base))
-            supported |= found
-            if base + 0x20 not in found:
+            for response_id, data in self.request(0x01, base).items():
+                supported.setdefault(response_id, set()).update(parse_supported(base, data))
+            if not any(base + 0x20 in pids for pids in supported.values()):
                 break
             base += 0x20
         return supported
 
-    def vin(self) -> str:
-        """The VIN (mode 09 PID 02; a multi-frame answer)."""
-        return parse_vin(self.request(0x09, 0x02))
+    def vins(self) -> dict[int, str]:
+        """The VIN (mode 09 PID 02, a multi-frame answer) of each ECU that gives one."""
+        return {rid: parse_vin(data) for rid, data in self.request(0x09, 0x02).items()}
+
+
+class PhysicalObd(ObdClient):
+    """J1979 requests to one ECU over one ISO-TP channel."""
+
+    def __init__(self, channel: IsoTpChannel, response_id: int) -> None:
+        self.channel = channel
+        self.response_id = response_id
+
+    def ask(self, mode: int, pid: int) -> dict[int, bytes]:
+        """The ECU's answer (see :meth:`ObdClient.ask`)."""
+        return {self.response_id: self.channel.request(bytes((mode, pid)))}
+
+
+class FunctionalObd(ObdClient):
+    """J1979 requests to every OBD ECU at once (see the module docstring). ``send`` puts a
+    frame on the bus (raising TransportError when it cannot), ``limit`` waits for the bus's
+    rate limit. :meth:`open` starts the ISO-TP stacks, :meth:`close` stops them.
+
+    ``shared`` maps a response identifier to the channel a UDS client already has on it: two
+    stacks on one identifier would both answer a first frame with flow control. Its stack
+    serves both, and a functional request holds its lock, so no UDS request runs meanwhile."""
+
+    def __init__(
+        self,
+        bus: can.BusABC,
+        notifier: can.Notifier,
+        send: Callable[[can.Message], None],
+        *,
+        timeout: float = 1.0,
+        limit: Callable[[], None] = lambda: None,
+        shared: Mapping[int, IsoTpChannel] | None = None,
+    ) -> None:
+        self.timeout = timeout
+        self._send = send
+        self._limit = limit
+        self._lock = threading.Lock()
+        shared = {rid: channel for rid, channel in (shared or {}).items() if rid in RESPONSE_IDS}
+        self._shared_locks = [shared[rid].lock() for rid in sorted(shared)]
+        #: every ECU that answered so far, by response identifier
+        self.responders: set[int] = set()
+        #: ISO-TP errors of the eight stacks by class name (lost frames, ...)
+        self.errors: collections.Counter[str] = collections.Counter()
+        self._own = {
+            response_id: isotp_stack(
+                bus,
+                notifier,
+                response_id - _REQUEST_OFFSET,
+                response_id,
+                timeout=timeout,
+                on_error=self._on_error,
+            )
+            for response_id in RESPONSE_IDS
+            if response_id not in shared
+        }
+        #: the stack each response identifier is read with
+        self.stacks = {
+            rid: shared[rid].stack if rid in shared else self._own[rid] for rid in RESPONSE_IDS
+        }
+
+    def _on_error(self, error: Exception) -> None:
+        # Called on isotp's threads: count only; the request ends without that ECU's answer.
+        self.errors[type(error).__name__] += 1
+        log.debug("isotp: %s", error)
+
+    def open(self) -> None:
+        """Start the ISO-TP stacks (those of shared channels are their channels')."""
+        for stack in self._own.values():
+            stack.start()
+
+    def close(self) -> None:
+        """Stop the ISO-TP stacks of its own."""
+        for stack in self._own.values():
+            stack.stop()
+
+    def ask(self, mode: int, pid: int) -> dict[int, bytes]:
+        """Every ECU's answer to one functional request (see :meth:`ObdClient.ask`)."""
+        stacks = self.stacks
+        frame = can.Message(
+            arbitration_id=FUNCTIONAL_ID,
+            data=bytes((2, mode, pid)).ljust(8, b"\xaa"),  # a single frame of 2 bytes, padded
+            is_extended_id=False,
+        )
+        with contextlib.ExitStack() as held:
+            held.enter_context(self._lock)
+            for lock in self._shared_locks:  # always in the same order: no deadlock
+                held.enter_context(lock)
+            for stack in stacks.values():  # late answers to an earlier request
+                while stack.recv() is not None:
+                    pass
+            self._limit()
+            self._send(frame)
+            sent = time.monotonic()
+            window_end = sent + min(ANSWER_WINDOW, self.timeout)
+            deadline = sent + self.timeout
+            answers: dict[int, bytes] = {}
+            while True:
+                for response_id, stack in stacks.items():
+                    while (data := stack.recv()) is not None:
+                        answers.setdefault(response_id, bytes(data))
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                busy = any(stack.is_rx_active() for stack in stacks.values())
+                if answers and now >= window_end and not busy:
+                    break
+                time.sleep(_POLL)
+        if not answers:
+            raise DiagnosticTimeout(f"no ECU answered within {self.timeout:g} s")
+        self.responders.update(answers)
+        return answers
 
 
 def parse_supported(base: int, data: bytes) -> set[int]:

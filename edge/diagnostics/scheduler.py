@@ -49,7 +49,7 @@ from edge.diagnostics.j1939 import (
     decode_dm1,
     request_frame,
 )
-from edge.diagnostics.obd import ObdClient
+from edge.diagnostics.obd import RESPONSE_IDS, FunctionalObd, ObdClient, PhysicalObd
 from edge.diagnostics.records import DiagRecord
 from edge.diagnostics.transport import (
     DiagnosticError,
@@ -166,8 +166,13 @@ class BusDiagnostics:
         self.dtcs = DtcTracker()
         self.counters: collections.Counter[str] = collections.Counter()
         self.vin: str | None = None
+        #: mode 01 PIDs some ECU supports (None: not known, every configured PID is asked)
         self.supported_pids: set[int] | None = None
+        #: OBD ECUs that answered supported-PID discovery: response id -> their PIDs
+        self.obd_ecus: dict[int, set[int]] = {}
         self._channels: list[IsoTpChannel] = []
+        self._functional: FunctionalObd | None = None
+        self._obd_responders: set[int] = set()  # of functional requests, before a reconnect
         self._closed_isotp_errors: collections.Counter[str] = collections.Counter()
         self.obd: ObdClient | None = None
         self.ecus: dict[str, UdsEcu] = {}
@@ -264,21 +269,40 @@ class BusDiagnostics:
             )
             listeners.append(self.j1939)
         self._notifier = can.Notifier(self.bus, listeners, timeout=0.1)
-        obd = None
-        if config.obd is not None:
-            obd = ObdClient(self._channel(config.obd.request_id, config.obd.response_id, False))
         ecus = {}
         for ecu in config.uds:
             channel = self._channel(ecu.request_id, ecu.response_id, ecu.extended_id)
             ecus[ecu.name] = UdsEcu(ecu, channel)
+        obd: ObdClient | None = None
+        if config.obd is not None and config.obd.functional:
+            shared = {c.response_id: c for c in self._channels if not c.extended_id}
+            self._functional = FunctionalObd(
+                self.bus,
+                self._notifier,
+                self._send,
+                timeout=config.timeout,
+                limit=self.limiter.acquire,
+                shared=shared,
+            )
+            obd = self._functional
+        elif config.obd is not None:
+            request_id, response_id = config.obd.request_id, config.obd.response_id
+            obd = PhysicalObd(self._channel(request_id, response_id, False), response_id)
         for channel in self._channels:
             channel.open()
+        if self._functional is not None:
+            self._functional.open()
         self.obd = obd
         self.ecus = ecus
 
     def _disconnect(self) -> None:
         self.ecus = {}
         self.obd = None
+        if self._functional is not None:
+            self._functional.close()
+            self._closed_isotp_errors.update(self._functional.errors)
+            self._obd_responders |= self._functional.responders
+            self._functional = None
         for channel in self._channels:
             channel.close()
             self._closed_isotp_errors.update(channel.errors)
@@ -303,7 +327,9 @@ class BusDiagnostics:
             mask = 0x1FFFFFFF if extended else 0x7FF
             out.append({"can_id": can_id, "can_mask": mask, "extended": extended})
 
-        if config.obd is not None:
+        if config.obd is not None and config.obd.functional:
+            out.append({"can_id": RESPONSE_IDS[0], "can_mask": 0x7F8, "extended": False})
+        elif config.obd is not None:
             exact(config.obd.response_id, False)
         for ecu in config.uds:
             exact(ecu.response_id, ecu.extended_id)
@@ -318,7 +344,16 @@ class BusDiagnostics:
         return out
 
     def _channel(self, request_id: int, response_id: int, extended: bool) -> IsoTpChannel:
+        """The ISO-TP channel to an ECU; one per identifier pair (OBD and UDS to the same ECU
+        share it: two stacks on one identifier would both send flow control)."""
         assert self.bus is not None and self._notifier is not None
+        for channel in self._channels:
+            if (channel.request_id, channel.response_id, channel.extended_id) == (
+                request_id,
+                response_id,
+                extended,
+            ):
+                return channel
         channel = IsoTpChannel(
             self.bus,
             self._notifier,
@@ -436,7 +471,8 @@ class BusDiagnostics:
         assert self.obd is not None
         obd = self.obd
         try:
-            self.supported_pids = self._request(obd.supported_pids)
+            self.obd_ecus = self._request(obd.supported_pids)
+            self.supported_pids = set().union(*self.obd_ecus.values())
         except (NegativeResponse, DiagnosticTimeout):
             # Some ECUs refuse discovery: ask for the configured PIDs anyway.
             log.info(
@@ -466,7 +502,32 @@ class BusDiagnostics:
         obd = self.obd
         if obd is None:
             raise TransportError(f"bus {self.config.bus} is not open")
-        self._got_vin(OBD_ECU, self._request(obd.vin))
+        vins: dict[int, str] = self._request(obd.vins)
+        # Several ECUs answer a functional request, normally with the same VIN: the one of the
+        # lowest response id (the engine ECU, 0x7E8) is the bus's. One that differs (a swapped
+        # ECU) is counted and sent as a record of its own, each time it is read.
+        first = min(vins)
+        self._got_vin(self.obd_ecu_name(first), vins[first])
+        for response_id, vin in sorted(vins.items()):
+            if vin != vins[first]:
+                self.counters["vin_mismatches"] += 1
+                log.warning(
+                    "bus %s: OBD ECU %03X reports VIN %s, ECU %03X %s",
+                    self.config.bus,
+                    response_id,
+                    vin,
+                    first,
+                    vins[first],
+                )
+                name = self.obd_ecu_name(response_id)
+                now = self._clock.time()
+                self._emit([DiagRecord(now, self.config.bus, name, "vin", "VIN", 0, vin)])
+
+    def obd_ecu_name(self, response_id: int) -> str:
+        """The ECU name OBD records carry: ``OBD`` when asked physically, else ``OBD-7E8``
+        and so on: each ECU answering a functional request is its own source."""
+        functional = self.config.obd is not None and self.config.obd.functional
+        return f"{OBD_ECU}-{response_id:03X}" if functional else OBD_ECU
 
     def _got_vin(self, ecu: str, vin: str, source: int | None = None) -> None:
         changed = vin != self.vin
@@ -665,6 +726,13 @@ class BusDiagnostics:
         isotp_errors = collections.Counter(self._closed_isotp_errors)
         for channel in self._channels:
             isotp_errors.update(channel.errors)
+        functional = self._functional
+        responders = set(self._obd_responders)
+        if functional is not None:
+            isotp_errors.update(functional.errors)
+            responders |= functional.responders
+        if self.config.obd is not None and self.config.obd.functional:
+            out["obd_ecus"] = len(responders)  # that answered a functional request
         if isotp_errors:
             out["isotp_errors"] = dict(isotp_errors)
         if self.j1939 is not None and self.j1939.stats:

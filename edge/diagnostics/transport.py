@@ -29,6 +29,7 @@ __all__ = [
     "IsoTpChannel",
     "NegativeResponse",
     "TransportError",
+    "isotp_stack",
     "nrc_name",
 ]
 
@@ -63,6 +64,35 @@ def nrc_name(code: int) -> str:
     return name
 
 
+def isotp_stack(
+    bus: can.BusABC,
+    notifier: can.Notifier,
+    request_id: int,
+    response_id: int,
+    *,
+    extended_id: bool = False,
+    timeout: float = 1.0,
+    on_error: Callable[[Exception], None],
+) -> isotp.NotifierBasedCanStack:
+    """can-isotp's stack for one physically addressed pair (we send on ``request_id``, the ECU
+    answers on ``response_id``), read through ``notifier``, with our timing and padding."""
+    mode = isotp.AddressingMode.Normal_29bits if extended_id else isotp.AddressingMode.Normal_11bits
+    params = {
+        # A lost frame must end a request within our timeout, not isotp's default 1 s each.
+        "rx_flowcontrol_timeout": round(timeout * 1000),
+        "rx_consecutive_frame_timeout": round(timeout * 1000),
+        "blocking_send": True,
+        "tx_padding": 0xAA,  # many ECUs ignore frames shorter than 8 bytes
+    }
+    return isotp.NotifierBasedCanStack(
+        bus,
+        notifier,
+        address=isotp.Address(mode, txid=request_id, rxid=response_id),
+        error_handler=on_error,
+        params=params,
+    )
+
+
 class _LimitedConnection(PythonIsoTpConnection):
     """udsoncan's ISO-TP connection, every request waiting for the bus's rate limit first."""
 
@@ -89,28 +119,21 @@ class IsoTpChannel:
         timeout: float = 1.0,
         limit: Callable[[], None] = lambda: None,
     ) -> None:
-        mode = (
-            isotp.AddressingMode.Normal_29bits
-            if extended_id
-            else isotp.AddressingMode.Normal_11bits
-        )
+        self.request_id = request_id
+        self.response_id = response_id
+        self.extended_id = extended_id
         self.timeout = timeout
         #: ISO-TP errors by class name (lost flow control, consecutive-frame timeouts, ...)
         self.errors: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
-        params = {
-            # A lost frame must end a request within our timeout, not isotp's default 1 s each.
-            "rx_flowcontrol_timeout": round(timeout * 1000),
-            "rx_consecutive_frame_timeout": round(timeout * 1000),
-            "blocking_send": True,
-            "tx_padding": 0xAA,  # many ECUs ignore frames shorter than 8 bytes
-        }
-        self.stack = isotp.NotifierBasedCanStack(
+        self.stack = isotp_stack(
             bus,
             notifier,
-            address=isotp.Address(mode, txid=request_id, rxid=response_id),
-            error_handler=self._on_error,
-            params=params,
+            request_id,
+            response_id,
+            extended_id=extended_id,
+            timeout=timeout,
+            on_error=self._on_error,
         )
         # Named under our logger: udsoncan logs every request at INFO and every timeout at
         # ERROR, which the schedule counts and reports itself (see docs/diagnostics.md).

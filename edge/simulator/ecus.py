@@ -2,11 +2,14 @@
 engine ECU answers OBD-II (mode 01 PIDs and supported-PID bitmaps, mode 09 VIN), its battery and
 transmission ECUs answer UDS (0x19 0x02 with a few stored DTCs, 0x22 DIDs, 0x14 clear) with
 multi-frame ISO-TP answers (can-isotp, as the real side would), and a J1939 engine controller
-broadcasts DM1 as TP.BAM and answers a VIN request.
+broadcasts DM1 as TP.BAM and answers a VIN request. The transmission ECU also answers OBD-II
+(vehicle speed, VIN), so that a functional request (0x7DF) gets two answers, each on the
+ECU's own identifier; as J1979 asks, an ECU does not answer a functional request it has no
+answer for.
 
 Runtime modules never import this one. Faults can be injected for the negative-path tests:
 silent ECUs, a negative response to a service, dropped flow-control frames, a missing BAM
-packet.
+packet, an ECU that reports another VIN.
 
 Every frame the ECUs send is stamped with ``clock()`` when one is given: the demo drives on
 simulated time, and answers stamped with the wall clock would look to the pipeline like the
@@ -27,17 +30,28 @@ from typing import Any
 import can
 import isotp
 
-__all__ = ["DEMO_VIN", "EcuFaults", "SimulatedEcus", "UdsServer", "dm1_bytes"]
+__all__ = [
+    "DEMO_VIN",
+    "ENGINE_PIDS",
+    "FUNCTIONAL_ID",
+    "TRANSMISSION_PIDS",
+    "EcuFaults",
+    "SimulatedEcus",
+    "UdsServer",
+    "dm1_bytes",
+]
 
 log = logging.getLogger(__name__)
 
 DEMO_VIN = "WDEMO00CANTELEM01"
+FUNCTIONAL_ID = 0x7DF  # OBD-II functional requests (ISO 15765-4)
 #: (request id, response id) of the demo vehicle's diagnostic ECUs.
 OBD_ECM = (0x7E0, 0x7E8)
 UDS_TCM = (0x7E1, 0x7E9)
 UDS_BMS = (0x7E4, 0x7EC)
 J1939_ENGINE = 0x00  # source address
 _BAM_GAP = 0.05  # seconds between TP.DT packets (J1939-21: 50 to 200 ms)
+_Answer = Callable[[bytes], bytes | None]
 
 
 @dataclass
@@ -48,6 +62,7 @@ class EcuFaults:
     negative: dict[str, tuple[int, int]] = field(default_factory=dict)  # ECU -> (service, NRC)
     drop_flow_control: int = 0  # flow-control frames the ECUs lose, from now on
     skip_bam_packet: int | None = None  # TP.DT sequence number never sent
+    vin: dict[str, str] = field(default_factory=dict)  # ECU -> the VIN it says (a swapped ECU)
 
 
 class _EcuStack(isotp.NotifierBasedCanStack):
@@ -113,9 +128,16 @@ class UdsServer:
         return bytes((0x7F, sid, 0x11))  # serviceNotSupported
 
 
-def _obd_answer(request: bytes, values: Mapping[str, float], vin: str) -> bytes | None:
-    """The engine ECU's answer to an OBD-II request (None: not supported: no answer, as
-    J1979 ECUs do for PIDs they lack)."""
+#: Mode 01 PIDs each OBD-II ECU supports (0x20: the next range exists).
+ENGINE_PIDS = frozenset({0x05, 0x0C, 0x0D, 0x11, 0x2F, 0x20})
+TRANSMISSION_PIDS = frozenset({0x0D})
+
+
+def _obd_answer(
+    request: bytes, values: Mapping[str, float], vin: str, supported: frozenset[int] = ENGINE_PIDS
+) -> bytes | None:
+    """An OBD-II ECU's answer to a request (None: not supported: no answer, as J1979 ECUs do
+    for PIDs they lack); the engine ECU's unless told which PIDs ``supported``."""
     if len(request) < 2:
         return None
     mode, pid = request[0], request[1]
@@ -123,10 +145,11 @@ def _obd_answer(request: bytes, values: Mapping[str, float], vin: str) -> bytes 
         return bytes((0x49, 0x02, 0x01)) + vin.encode("ascii")
     if mode != 0x01:
         return bytes((0x7F, mode, 0x11))
-    supported = {0x05, 0x0C, 0x0D, 0x11, 0x2F, 0x20}
-    if pid in (0x00, 0x20):
+    if pid in (0x00, 0x20) and (pid == 0x00 or pid in supported):
         bits = sum(1 << (31 - (p - pid - 1)) for p in supported if pid < p <= pid + 0x20)
         return bytes((0x41, pid)) + bits.to_bytes(4, "big")
+    if pid not in supported:
+        return None
     rpm = max(0.0, values.get("engine_speed", 800.0))
     data = {
         0x05: bytes((round(values.get("coolant", 85.0)) + 40,)),
@@ -179,6 +202,7 @@ class SimulatedEcus:
         self._notifier: can.Notifier | None = None
         self._stacks: list[isotp.TransportLayer] = []
         self._send_lock = threading.Lock()
+        self._functional: list[tuple[str, isotp.TransportLayer, _Answer]] = []
 
     def start(self) -> None:
         """Start answering (sets ``bus``'s filters to the requests the ECUs answer)."""
@@ -186,12 +210,13 @@ class SimulatedEcus:
             {"can_id": request, "can_mask": 0x7FF, "extended": False}
             for request, _ in (OBD_ECM, UDS_TCM, UDS_BMS)
         ]
+        filters.append({"can_id": FUNCTIONAL_ID, "can_mask": 0x7FF, "extended": False})
         filters.append({"can_id": 0xEA0000, "can_mask": 0x3FF0000, "extended": True})  # requests
         self.bus.set_filters(filters)
         self._notifier = can.Notifier(self.bus, [self._on_j1939], timeout=0.1)
         ecus: list[tuple[str, tuple[int, int], Callable[[bytes], bytes | None]]] = [
-            ("OBD", OBD_ECM, lambda r: _obd_answer(r, self._values(), self.vin)),
-            ("TCM", UDS_TCM, self.uds["TCM"].answer),
+            ("OBD", OBD_ECM, lambda r: _obd_answer(r, self._values(), self._vin_of("OBD"))),
+            ("TCM", UDS_TCM, self._tcm_answer),
             ("BMS", UDS_BMS, self.uds["BMS"].answer),
         ]
         for name, (request_id, response_id), answer in ecus:
@@ -208,7 +233,10 @@ class SimulatedEcus:
             )
             stack.start()
             self._stacks.append(stack)
+            if name in ("OBD", "TCM"):
+                self._functional.append((name, stack, answer))
             self._thread(f"ecu-{name}", self._serve, name, stack, answer)
+        self._notifier.add_listener(self._on_functional)
         self._thread("ecu-dm1", self._broadcast_dm1)
 
     def stop(self) -> None:
@@ -233,23 +261,52 @@ class SimulatedEcus:
         thread.start()
         self._threads.append(thread)
 
-    def _serve(
-        self, name: str, stack: isotp.TransportLayer, answer: Callable[[bytes], bytes | None]
-    ) -> None:
+    def _vin_of(self, ecu: str) -> str:
+        return self.faults.vin.get(ecu, self.vin)
+
+    def _tcm_answer(self, request: bytes) -> bytes | None:
+        if request[:1] in (b"\x01", b"\x09"):  # OBD-II modes: UDS has no such services
+            return _obd_answer(request, self._values(), self._vin_of("TCM"), TRANSMISSION_PIDS)
+        return self.uds["TCM"].answer(request)
+
+    def _serve(self, name: str, stack: isotp.TransportLayer, answer: _Answer) -> None:
         while not self._stop.is_set():
             request = stack.recv(block=True, timeout=0.1)
-            if request is None:
-                continue
-            self.requests[name] += 1
-            if name in self.faults.silent:
-                continue
-            negative = self.faults.negative.get(name)
-            if negative is not None and request[0] == negative[0]:
-                stack.send(bytes((0x7F, negative[0], negative[1])))
-                continue
-            reply = answer(bytes(request))
-            if reply is not None:
-                stack.send(reply)
+            if request is not None:
+                self._respond(name, stack, answer, bytes(request), functional=False)
+
+    def _on_functional(self, msg: can.Message) -> None:
+        """A functional OBD-II request (a single frame to 0x7DF): each OBD ECU answers it on
+        its own identifier (the notifier's thread; ``send`` only queues the answer)."""
+        if msg.arbitration_id != FUNCTIONAL_ID or msg.is_extended_id or not msg.data:
+            return
+        length = msg.data[0]
+        if length >> 4 != 0 or not 1 <= length <= 7:  # ISO 15765-4: single frames only
+            return
+        request = bytes(msg.data[1 : 1 + length])
+        for name, stack, answer in self._functional:
+            self._respond(name, stack, answer, request, functional=True)
+
+    def _respond(
+        self,
+        name: str,
+        stack: isotp.TransportLayer,
+        answer: _Answer,
+        request: bytes,
+        *,
+        functional: bool,
+    ) -> None:
+        self.requests[name] += 1
+        if name in self.faults.silent:
+            return
+        negative = self.faults.negative.get(name)
+        if negative is not None and request[0] == negative[0]:
+            stack.send(bytes((0x7F, negative[0], negative[1])))
+            return
+        reply = answer(request)
+        if reply is None or (functional and reply[0] == 0x7F):
+            return  # J1979: no negative answer to a functional request
+        stack.send(reply)
 
     # -- J1939 ------------------------------------------------------------------------------------
 

@@ -126,6 +126,10 @@ def test_a_full_table() -> None:
             {"buses": [{"bus": "can0", "j1939": {"adress": 1}}]},
             "diagnostics.buses[0].j1939.adress: unknown option",
         ),
+        (
+            {"buses": [{"bus": "can0", "obd": {"functional": True, "request_id": 0x7E0}}]},
+            "diagnostics.buses[0].obd.request_id: not with functional = true (requests go to 0x7DF",
+        ),
         ({"bus": "can0"}, "diagnostics.bus: unknown option"),
     ],
 )
@@ -157,3 +161,10 @@ def test_the_toml_in_the_docs_is_valid() -> None:
     data["buses"] = [{"name": "powertrain", "dbc": str(DEMO_DBC)}]
     parsed = parse_config(data)
     assert parsed.diagnostics.buses[0].ecu("BMS").dids[1].name == "software"
+
+
+def test_functional_obd() -> None:
+    bus = config({"buses": [{"bus": "can0", "obd": {"functional": True}}]}).diagnostics.buses[0]
+    assert bus.obd is not None and bus.obd.functional
+    plain = config({"buses": [{"bus": "can0", "obd": {}}]}).diagnostics.buses[0]
+    assert plain.obd is not None and not plain.obd.functional  # physical unless asked

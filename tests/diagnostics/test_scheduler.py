@@ -19,7 +19,13 @@ from edge.diagnostics.scheduler import BusDiagnostics, RateLimiter
 from edge.diagnostics.service import Diagnostics
 from edge.diagnostics.transport import DiagnosticTimeout, NegativeResponse, TransportError
 from edge.errors import ConfigError
-from edge.simulator.ecus import DEMO_VIN, SimulatedEcus
+from edge.simulator.ecus import (
+    DEMO_VIN,
+    ENGINE_PIDS,
+    FUNCTIONAL_ID,
+    TRANSMISSION_PIDS,
+    SimulatedEcus,
+)
 from tests.support.diagnostics import diag_config
 from tests.support.waiting import wait_for
 
@@ -286,3 +292,64 @@ def test_a_bus_that_cannot_be_opened_does_not_stop_anything(vehicle_channel: str
             diagnostics.read_dtcs(["TCM"])
     finally:
         diagnostics.stop()
+
+
+def test_functional_obd_request_is_answered_by_every_obd_ecu_each_its_own_source(
+    run: Any, ecus: SimulatedEcus, vehicle_channel: str
+) -> None:
+    frames: list[can.Message] = []
+    with can.Bus(interface="virtual", channel=vehicle_channel) as spy:
+        notifier = can.Notifier(spy, [frames.append])
+        pids = [{"pid": 0x0C, "period": 0.3}, {"pid": 0x0D, "period": 0.3}]
+        # TCM's UDS channel (0x7E1/0x7E9) is also an OBD ECU's: one stack serves both.
+        diagnostics, recorder = run(obd={"functional": True, "pids": pids}, j1939=None)
+        bus = diagnostics.buses[0]
+        wait_for(lambda: bus.vin is not None, what="the VIN")
+        wait_for(lambda: recorder.dtcs("appeared") >= {("TCM", "P0700")}, what="TCM's DTCs")
+        wait_for(lambda: diagnostics.stats()["vehicle"].get("responses", 0) >= 6)
+        notifier.stop()
+    assert bus.obd_ecus == {0x7E8: set(ENGINE_PIDS), 0x7E9: set(TRANSMISSION_PIDS)}
+    assert bus.supported_pids == ENGINE_PIDS | TRANSMISSION_PIDS
+    [vin] = [r for r in recorder.records if r.kind == "vin"]  # both said the same VIN
+    assert (vin.ecu, vin.text) == ("OBD-7E8", DEMO_VIN)
+    requests = [f for f in frames if f.arbitration_id == FUNCTIONAL_ID]
+    assert requests and all(f.data[0] == 2 for f in requests)  # single frames, 2 bytes
+    physical_obd = [
+        f
+        for f in frames
+        if f.arbitration_id in (0x7E0, 0x7E1) and f.data[0] >> 4 == 0 and f.data[1] in (1, 9)
+    ]
+    assert not physical_obd  # OBD-II only to 0x7DF (UDS to TCM still goes to 0x7E1)
+    # 01 0D: the engine (0x7E8) and the transmission (0x7E9) answer; 01 0C: the engine only.
+    answers = {(f.arbitration_id, f.data[2]) for f in frames if f.data[:2] == b"\x03\x41"}
+    assert {(0x7E8, 0x0D), (0x7E9, 0x0D)} <= answers and (0x7E9, 0x0C) not in answers
+    # The VIN answers are multi-frame, each driven by our flow control to 0x7E0 and 0x7E1.
+    flow_control = {f.arbitration_id for f in frames if f.data and f.data[0] >> 4 == 3}
+    assert {0x7E0, 0x7E1} <= flow_control
+    stats = diagnostics.stats()["vehicle"]
+    assert stats["obd_ecus"] == 2 and "isotp_errors" not in stats
+    assert stats.get("timeouts", 0) == stats.get("vin_mismatches", 0) == 0
+
+
+def test_functional_obd_with_a_silent_ecu_and_with_none(run: Any, ecus: SimulatedEcus) -> None:
+    ecus.faults.silent.add("TCM")
+    pids = [{"pid": 0x0D, "period": 0.2}]
+    diagnostics, _ = run(obd={"functional": True, "pids": pids, "vin": False}, uds=[], j1939=None)
+    wait_for(lambda: diagnostics.stats()["vehicle"].get("responses", 0) >= 4)
+    assert diagnostics.buses[0].obd_ecus.keys() == {0x7E8}  # the engine alone answers
+    ecus.faults.silent.add("OBD")
+    before = ecus.requests["OBD"]
+    time.sleep(1.0)
+    stats = diagnostics.stats()["vehicle"]
+    assert stats["timeouts"] >= 1  # nobody answers: a timeout, counted
+    # One request per period (0.2 s, each waiting out its 0.5 s timeout): no retry storm.
+    assert ecus.requests["OBD"] - before <= 1.0 / 0.5 + 1
+
+
+def test_functional_obd_vin_mismatch_is_counted_and_sent(run: Any, ecus: SimulatedEcus) -> None:
+    ecus.faults.vin["TCM"] = "WSWAPPEDECU000001"  # the transmission came from another car
+    diagnostics, recorder = run(obd={"functional": True, "discover": False}, uds=[], j1939=None)
+    wait_for(lambda: diagnostics.stats()["vehicle"].get("vin_mismatches", 0) == 1)
+    vins = {(r.ecu, r.text) for r in recorder.records if r.kind == "vin"}
+    assert vins == {("OBD-7E8", DEMO_VIN), ("OBD-7E9", "WSWAPPEDECU000001")}
+    assert diagnostics.buses[0].vin == DEMO_VIN  # the engine ECU's

@@ -24,7 +24,14 @@ from edge.config.model import parse_config
 from edge.diagnostics.j1939 import PGN_DM1, J1939Reassembler
 from edge.diagnostics.records import DiagRecord
 from edge.diagnostics.service import Diagnostics
-from edge.simulator.ecus import DEMO_VIN, SimulatedEcus, dm1_bytes
+from edge.pipeline import Pipeline
+from edge.simulator.ecus import (
+    DEMO_VIN,
+    ENGINE_PIDS,
+    TRANSMISSION_PIDS,
+    SimulatedEcus,
+    dm1_bytes,
+)
 from edge.simulator.vehicle import DEMO_DBC
 from tests.support.waiting import wait_for
 
@@ -93,12 +100,83 @@ def test_obd_uds_and_dm1_over_socketcan(ecus: SimulatedEcus) -> None:
     assert stats["requests"] == stats["responses"]
 
 
-def test_kernel_isotp_availability_is_known() -> None:
+def test_functional_obd_over_socketcan(ecus: SimulatedEcus) -> None:
+    config = parse_config(
+        {
+            "buses": [
+                {"name": "can", "interface": "socketcan", "channel": "vcan0", "dbc": str(DEMO_DBC)}
+            ],
+            "diagnostics": {
+                "buses": [
+                    {
+                        "bus": "can",
+                        "timeout": 1.0,
+                        "obd": {"functional": True, "pids": [{"pid": 0x0D, "period": 0.5}]},
+                    }
+                ]
+            },
+        }
+    )
+    diagnostics = Diagnostics(config, lambda records: None)
+    diagnostics.start()
+    try:
+        bus = diagnostics.buses[0]
+        wait_for(lambda: bus.vin is not None, timeout=20, what="the VIN")
+        wait_for(lambda: diagnostics.stats()["can"].get("responses", 0) >= 5, timeout=20)
+    finally:
+        diagnostics.stop()
+    assert bus.vin == DEMO_VIN
+    assert bus.obd_ecus == {0x7E8: set(ENGINE_PIDS), 0x7E9: set(TRANSMISSION_PIDS)}
+    stats = diagnostics.stats()["can"]
+    assert stats["requests"] == stats["responses"] and stats["obd_ecus"] == 2
+
+
+def test_a_listen_only_bus_never_sees_a_frame_from_us(ecus: SimulatedEcus, tmp_path: Path) -> None:
+    """vcan0 has diagnostics, vcan1 none: a raw socket on vcan1 sees nothing from the module."""
+    data = {
+        "buses": [
+            {"name": "can", "interface": "socketcan", "channel": "vcan0", "dbc": str(DEMO_DBC)},
+            {"name": "quiet", "interface": "socketcan", "channel": "vcan1", "dbc": str(DEMO_DBC)},
+        ],
+        "diagnostics": {
+            "buses": [
+                {
+                    "bus": "can",
+                    "obd": {"pids": [{"pid": 0x0C, "period": 0.2}]},
+                    "uds": [{"name": "TCM", "request_id": 0x7E1, "response_id": 0x7E9}],
+                    "j1939": {},
+                }
+            ]
+        },
+        "spool": {"path": str(tmp_path / "spool.db")},
+        "uplink": {"type": "file", "path": str(tmp_path / "outbox")},
+    }
+    seen: list[can.Message] = []
+    with can.Bus(interface="socketcan", channel="vcan1", fd=True) as listener:
+        notifier = can.Notifier(listener, [seen.append])
+        pipeline = Pipeline(parse_config(data))
+        pipeline.start()
+        try:
+            wait_for(lambda: sum(ecus.requests.values()) >= 10, timeout=20, what="requests")
+            time.sleep(0.5)
+        finally:
+            pipeline.stop()
+            notifier.stop()
+    assert seen == []
+
+
+def test_kernel_isotp_reads_the_vin_from_the_simulated_ecu(ecus: SimulatedEcus) -> None:
+    """Where the kernel has ISO-TP sockets, its stack as the tester: the simulated ECU's
+    multi-frame answer comes through the kernel's flow control (the UML kernel has none)."""
     try:
         sock = socket.socket(socket.AF_CAN, socket.SOCK_DGRAM, socket.CAN_ISOTP)
     except OSError as exc:
         pytest.skip(f"this kernel has no CAN_ISOTP sockets ({exc.strerror}): python-can-isotp used")
-    sock.close()
+    with sock:
+        sock.bind(("vcan0", 0x7E8, 0x7E0))  # (interface, receive id, transmit id)
+        sock.settimeout(5.0)
+        sock.send(b"\x09\x02")
+        assert sock.recv(4095) == b"\x49\x02\x01" + DEMO_VIN.encode()
 
 
 def test_kernel_j1939_reassembles_the_same_dm1(ecus: SimulatedEcus) -> None:
