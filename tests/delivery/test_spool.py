@@ -469,9 +469,14 @@ def test_kill_9_at_random_points_loses_nothing_and_leaves_no_gap(tmp_path: Path)
         target = rng.randrange(5, 400)
         lines = [child.stdout.readline() for _ in range(target)]
         child.send_signal(signal.SIGKILL)
-        out, err = child.communicate(timeout=30)
-        assert child.returncode == -signal.SIGKILL, err.decode()
-        lines += out.splitlines()
+        # The rest through the same buffered reader: communicate() reads the raw pipe and would
+        # miss lines readline() had already buffered (which made this test flaky).
+        lines += child.stdout.read().splitlines(keepends=True)
+        assert child.stderr is not None
+        err = child.stderr.read()
+        child.stdout.close()
+        child.stderr.close()
+        assert child.wait(timeout=30) == -signal.SIGKILL, err.decode()
         appended = [int(line.split()[1]) for line in lines if line.startswith(b"A ")]
         acked = {int(line.split()[1]) for line in lines if line.startswith(b"K ")}
         assert appended and appended[0] == next_seq  # numbering continued from the last round

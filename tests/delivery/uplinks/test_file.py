@@ -160,8 +160,11 @@ def test_kill_9_never_leaves_a_partial_file(tmp_path: Path) -> None:
         assert child.stdout is not None
         lines = [child.stdout.readline() for _ in range(5 + 7 * round_)]
         child.send_signal(signal.SIGKILL)
-        out, _ = child.communicate(timeout=30)
-        confirmed = [int(line) for line in lines + out.splitlines()]
+        # Not communicate(): it reads the raw pipe and misses what readline() already buffered.
+        lines += child.stdout.read().splitlines()
+        child.stdout.close()
+        child.wait(timeout=30)
+        confirmed = [int(line) for line in lines]
         for seq in confirmed:
             assert (tmp_path / f"s-{seq:012d}.data.ctl").exists()
         for path in tmp_path.iterdir():
