@@ -7,12 +7,13 @@ exits 0.
 
 1. Throughput: every corpus log, frames in memory, through the ``Processor`` (payloads built
    and kept in memory), with and without 10 condition campaigns. The campaigns are made from the
-   log itself: the 10 busiest messages its DBC knows, each with a condition on one of its
-   numeric signals that is not a counter or checksum (``Message.Signal > its 99th percentile``:
-   an event, which does fire), ``before = 5``, ``after = 2``, ``min_interval = 30`` and the
-   message's signals captured at full rate. Best of N, alternating; the figure is the ratio of
-   frame rates (target >= 0.8). Each capture re-decodes and encodes every frame of its window:
-   campaigns that fire all the time cost in proportion (see the ``captured`` column).
+   log itself: the 10 busiest messages its DBC knows (by PGN on a J1939 bus), each with a
+   condition on one of its numeric signals that is not a counter or checksum
+   (``Message.Signal > its 99th percentile``: an event, which does fire), ``before = 5``,
+   ``after = 2``, ``min_interval = 30`` and the message's signals captured at full rate. Best
+   of N, alternating; the figure is the ratio of frame rates (target >= 0.8). Each capture
+   re-decodes and encodes every frame of its window: campaigns that fire all the time cost in
+   proportion (see the ``captured`` column).
 2. Peak memory: a fresh child process (VmHWM) runs 90 s of synthetic traffic on every message of
    ``vw_mqb.dbc`` (benchmarks/run.py's ``vw_traffic``) with one campaign capturing every signal
    with a 60 s pre-trigger window (``before = 60``), against the same run without it (target:
@@ -67,15 +68,15 @@ def log_campaigns(log: Any, frames: list[Any]) -> list[dict[str, Any]]:
         b.name: cantools.database.load_file(str(base.CORPUS / b.dbc), strict=b.strict)
         for b in log.buses
     }
+    j1939 = {b.name: b.j1939 for b in log.buses}
     taken: list[dict[str, Any]] = []
     names: set[str] = set()
     for (bus, frame_id, extended), _ in counts.most_common():
         db = dbs.get(bus)
         if db is None or len(taken) == CAMPAIGNS:
             continue
-        try:
-            message = db.get_message_by_frame_id(frame_id)
-        except KeyError:
+        message = by_id(db, frame_id, extended, j1939[bus])
+        if message is None:
             continue
         if bool(message.is_extended_frame) != extended or message.name in names:
             continue
@@ -112,6 +113,22 @@ def log_campaigns(log: Any, frames: list[Any]) -> list[dict[str, Any]]:
             }
         )
     return taken
+
+
+def by_id(db: Any, frame_id: int, extended: bool, j1939: bool) -> Any:
+    """The message of a frame ID as decoding finds it: by ID, then on J1939 buses by PGN."""
+    from edge.processing.decode import pgn_from_frame_id
+
+    try:
+        return db.get_message_by_frame_id(frame_id)
+    except KeyError:
+        pass
+    if extended and j1939:
+        pgn = pgn_from_frame_id(frame_id)
+        for message in db.messages:
+            if message.is_extended_frame and pgn_from_frame_id(message.frame_id) == pgn:
+                return message
+    return None
 
 
 def throughput(log: Any, frames: list[Any], campaigns: list[dict[str, Any]]) -> tuple[float, int]:

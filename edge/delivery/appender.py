@@ -61,6 +61,8 @@ class PayloadAppender:
             self._append(build, priority=priority)
         # Only a payload the spool kept moves the stream on: were the first payload of a new
         # stream refused, the next one must still say the stream is new.
+        if not built:  # an append that stored nothing (not the spool's contract)
+            return 0, False
         stream, size = built[-1]
         new_stream = self.stream is not None and stream != self.stream
         self.stream = stream

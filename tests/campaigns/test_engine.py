@@ -611,3 +611,110 @@ def test_conditions_name_vss_paths_the_configuration_maps() -> None:
     with pytest.raises(ConfigError, match=r"no signal 'Vehicle\.Nope'"):
         bad = replace(campaigns[0], condition="Vehicle.Nope > 1")
         Processor(replace(base, campaigns=(bad,)), Collector())
+
+
+# -- J1939: campaigns match by PGN, whatever the priority and source address -----------------
+
+EEC1 = DB.get_message_by_name("EEC1")
+
+
+def j1939_frames(seconds: float = 20.0) -> list[can.Message]:
+    """EEC1 (PGN 61444) at 10 Hz from three source addresses, two of them at another priority
+    than the database's; the engine at 0x17 passes 2000 rpm at 10 s."""
+    frames = []
+    for i in range(int(seconds * 10)):
+        t = 1000.0 + i / 10
+        for k, (priority, source) in enumerate(((3, 0x00), (6, 0x01), (6, 0x17))):
+            speed = 900.0 + 20 * k + (1500.0 if source == 0x17 and t >= 1010.0 else 0.0)
+            values = {
+                "EEC1_EngineTorqueMode": 0,
+                "EEC1_DriverDemandTorque": 10 + (i % 7),  # every frame differs
+                "EEC1_ActualEngineTorque": 0,
+                "EEC1_EngineSpeed": speed,
+                "EEC1_SourceAddress": source,
+            }
+            frame_id = priority << 26 | (EEC1.frame_id & 0x3FFFF00) | source
+            frames.append(
+                can.Message(
+                    timestamp=t + k / 1000,
+                    arbitration_id=frame_id,
+                    data=EEC1.encode(values),
+                    is_extended_id=True,
+                    channel="can0",
+                )
+            )
+    return frames
+
+
+def test_j1939_campaigns_match_any_source_address_and_priority() -> None:
+    frames = j1939_frames()
+    assert not any(m.arbitration_id == EEC1.frame_id for m in frames[1::3])  # other IDs
+    campaign = {
+        "name": "rpm",
+        "condition": "EEC1.EEC1_EngineSpeed > 2000",
+        "signals": ["EEC1.*"],
+        "before": 1.0,
+        "after": 0.5,
+        # the condition reads one series, the latest value from any source address: it is
+        # false again at each frame of the others, true at each of 0x17
+        "min_interval": 60.0,
+    }
+    cfg = config(campaign, buses=[{"name": "can0", "dbc": [str(DEMO_DBC)], "j1939": True}])
+    processor, collector = run(cfg, frames, chunk=64)
+    ((ext, rows),) = collector.captures("rpm")
+    trigger = next(
+        m.timestamp for m in frames if m.arbitration_id & 0xFF == 0x17 and m.timestamp >= 1010
+    )
+    assert ext["trigger"] == trigger
+    want = sorted(
+        (tick(m.timestamp), m.arbitration_id & 0xFF, name, value)
+        for m in frames
+        if trigger - 1.0 <= m.timestamp <= trigger + 0.5
+        for name, value in EEC1.decode(bytes(m.data), decode_choices=False).items()
+    )
+    got = sorted((r.time, r.source, r.signal, r.value) for r in rows)
+    assert got == want and {r.source for r in rows} == {0x00, 0x01, 0x17}
+    # the last-known state answers each name from the newest frame, with its source address
+    latest = processor.signals(["EEC1.EEC1_EngineSpeed"])["EEC1.EEC1_EngineSpeed"]
+    assert (latest["time"], latest["sourceAddress"]) == (frames[-1].timestamp, 0x17)
+    history = processor.campaigns.ring_stats()  # type: ignore[union-attr]
+    assert history["frames"] > 0 and history["decodeErrors"] == 0
+
+
+def test_j1939_corpus_truck_campaign_captures_by_pgn() -> None:
+    require_corpus()
+    log = next(log for log in LOGS if log.id == "j1939-truck")
+    frames = frames_of(log, None, 20_000)
+    base = parse_config(log.config())
+    bus = base.buses[0]
+    db = cantools.database.load_file(bus.databases[0], strict=bus.strict)
+    eec1 = db.get_message_by_name("EEC1")
+    pgn = eec1.frame_id & 0x3FFFF00
+    ours = [
+        m
+        for m in frames
+        if m.channel == bus.name and m.is_extended_id and m.arbitration_id & 0x3FFFF00 == pgn
+    ]
+    assert ours and all(m.arbitration_id != eec1.frame_id for m in ours)  # exact IDs never match
+    campaign = {
+        "name": "rpm",
+        "condition": "EEC1.EngineSpeed >= 0 and changed(EEC1.EngineSpeed)",
+        "trigger": "while_true",
+        "min_interval": 5.0,
+        "signals": ["EEC1.*"],
+        "before": 1.0,
+        "after": 1.0,
+    }
+    cfg = parse_config({**log.config(), "campaigns": [campaign]})
+    _, collector = run(cfg, frames)
+    captures = collector.captures("rpm")
+    assert captures
+    for ext, rows in captures:
+        t = ext["trigger"]
+        want = sorted(
+            (tick(m.timestamp), m.arbitration_id & 0xFF, name, value)
+            for m in ours
+            if t - 1.0 <= m.timestamp <= t + 1.0
+            for name, value in eec1.decode(bytes(m.data), decode_choices=False).items()
+        )
+        assert sorted((r.time, r.source, r.signal, r.value) for r in rows) == want
