@@ -16,13 +16,25 @@ they go into IoT Hub routing Avro files (edge.lake.avro.write_routing). Then, ti
 From the corpus's rates (rows and payload bytes per vehicle-hour, over all logs' hours) and the
 measured rows per second per core, a sizing table for 5 million cars.
 Needs ../shared/corpus (exits 0 saying so without it) and, for Spark, a Java runtime.
+
+    .venv/bin/python benchmarks/lake.py --memory ROUNDS [--per-round N] [--code DIR]
+
+Memory of the single-machine ingest as the lake grows (no corpus needed): each round is one
+routing Avro file of N new payloads (10 streams; small data payloads of the demo re-numbered,
+so that keys, not rows, make the lake grow), ingested by a fresh process, as the CLI is. For
+each round: the lake's payloads after it, the process's peak Python heap (tracemalloc: Python
+objects, such as a set of keys) and peak RSS (Arrow buffers and SQLite's cache included), the
+index's size, the run's time; then round 1's file again (every payload a duplicate). ``--code``
+measures another checkout's edge/ (e.g. one before the index, to compare).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -77,7 +89,12 @@ def human_bytes(n: float) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-spark", action="store_true", help="skip the Spark measurement")
+    parser.add_argument("--memory", type=int, metavar="ROUNDS", help="measure memory instead")
+    parser.add_argument("--per-round", type=int, default=50_000, help="payloads per round")
+    parser.add_argument("--code", type=Path, default=ROOT, help="checkout whose edge/ to measure")
     args = parser.parse_args()
+    if args.memory:
+        return memory(args.memory, args.per_round, args.code)
     if not CORPUS.is_dir():
         print(f"corpus not found at {CORPUS}: nothing to measure")
         return 0
@@ -189,6 +206,120 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+_STREAMS = 10
+
+# One ingest in a fresh interpreter, measured from inside: argv = code root, source, lake.
+_INGEST = """
+import json, resource, sys, time, tracemalloc
+sys.path.insert(0, sys.argv[1])
+from edge.lake.local import ingest
+tracemalloc.start()
+start = time.perf_counter()
+report = ingest([sys.argv[2]], sys.argv[3])
+seconds = time.perf_counter() - start
+print(json.dumps({
+    "new": report.new, "duplicates": report.duplicates, "seconds": seconds,
+    "python_peak": tracemalloc.get_traced_memory()[1],
+    "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+}))
+"""
+
+
+def _templates(work: Path) -> tuple[bytes, bytes]:
+    """A schema payload and the smallest data payload of a short demo drive."""
+    from edge.wire.codec import unpack
+
+    outbox = work / "demo"
+    subprocess.run(
+        [sys.executable, "-m", "edge", "demo", "--duration", "30", "--outbox", str(outbox)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    bodies = [p.read_bytes() for p in sorted((outbox / "outbox").glob("*.ctl"))]
+    schema = next(b for b in bodies if unpack(b).kind == "schema")
+    schema_id = unpack(schema).envelope["schema"]
+    data = [
+        b for b in bodies if unpack(b).kind == "data" and unpack(b).envelope["schema"] == schema_id
+    ]
+    return schema, min(data, key=len)
+
+
+def _renumbered(payload: bytes, stream: str, seq: int) -> bytes:
+    """``payload`` with another stream and sequence number (the envelope re-packed, the
+    compressed body as it is)."""
+    import msgpack
+
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(payload[5:])
+    fields = unpacker.unpack()
+    body = payload[5 + unpacker.tell() :]
+    fields[1], fields[2] = bytes.fromhex(stream), seq
+    return payload[:5] + msgpack.packb(fields, use_bin_type=True) + body
+
+
+def memory(rounds: int, per_round: int, code: Path) -> int:
+    """The ``--memory`` measurement (see the module docstring)."""
+    import datetime as dt
+
+    from edge.lake.avro import write_routing
+
+    work = Path(tempfile.mkdtemp(prefix="lake-memory-"))
+    try:
+        schema, data = _templates(work)
+        streams = [os.urandom(16).hex() for _ in range(_STREAMS)]
+        per_stream = per_round // _STREAMS
+        when = dt.datetime(2026, 12, 6, tzinfo=dt.UTC)
+        lake = work / "lake"
+        print(f"## Lake ingest memory ({per_round:,} new payloads a round, code: {code})\n")
+        print("| round | payloads in the lake | peak Python heap | peak RSS | index | seconds |")
+        print("|---|---|---|---|---|---|")
+        first = work / "round-1.avro"
+        total = 0
+        for r in range(1, rounds + 1):
+            messages = []
+            for stream in streams:
+                start = (r - 1) * per_stream
+                for seq in range(start, start + per_stream):
+                    body = _renumbered(schema if seq == 0 else data, stream, seq)
+                    messages.append((body, {}, {"connectionDeviceId": stream[:8]}, when))
+            source = work / f"round-{r}.avro"
+            with source.open("wb") as f:
+                write_routing(f, messages)
+            result = _measure(code, source, lake)
+            total += result["new"]
+            _print_round(str(r), total, result, lake)
+            if r > 1:
+                source.unlink()
+        result = _measure(code, first, lake)
+        assert result["new"] == 0 and result["duplicates"] == per_stream * _STREAMS, result
+        _print_round("1 again", total, result, lake)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _measure(code: Path, source: Path, lake: Path) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-c", _INGEST, str(code), str(source), str(lake)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def _print_round(label: str, total: int, result: dict[str, Any], lake: Path) -> None:
+    index = lake / "_index.sqlite"
+    size = human_bytes(index.stat().st_size) if index.exists() else "-"
+    print(
+        f"| {label} | {total:,} | {result['python_peak'] / 2**20:,.1f} MiB | "
+        f"{result['max_rss'] / 2**20:,.0f} MiB | {size} | {result['seconds']:.1f} |",
+        flush=True,
+    )
 
 
 def _plain(bodies: list[bytes]) -> int:
