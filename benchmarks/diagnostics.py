@@ -1,7 +1,7 @@
 """Benchmark of diagnostics (issue 13): the bus load a typical polling set adds, and its CPU
 cost next to the pipeline's. Prints markdown.
 
-    .venv/bin/python benchmarks/diagnostics.py [--seconds 20]
+    .venv/bin/python benchmarks/diagnostics.py [--seconds 20] [--functional]
 
 The module's own :class:`~edge.diagnostics.service.Diagnostics` polls the simulated ECUs of
 edge/simulator/ecus.py on python-can's virtual bus, in real time, with this polling set:
@@ -10,6 +10,10 @@ edge/simulator/ecus.py on python-can's virtual bus, in real time, with this poll
   5 s (PIDs 0C, 0D; 05, 11, 2F), supported-PID discovery and the VIN once;
 * UDS: two ECUs, ReadDTCInformation every 10 s each (multi-frame answers), and two DIDs once;
 * J1939: DM1 received (the engine broadcasts it every second as a BAM), the VIN requested once.
+
+With ``--functional`` the OBD-II requests go to every ECU at once (0x7DF): the engine and the
+transmission answer, and the diagnostics run eight ISO-TP stacks for 0x7E8-0x7EF (the
+transmission's shared with its UDS client) instead of one.
 
 A listener on the bus counts every frame by direction (our requests and flow controls, the
 ECUs' answers, DM1/J1939 broadcasts, which the ECUs send whatever we do) and converts them to
@@ -45,10 +49,13 @@ BUS_BITRATE = 500_000
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def polling_set(channel: str) -> dict[str, object]:
+def polling_set(channel: str, functional: bool = False) -> dict[str, object]:
     """The configuration of the typical polling set (see the module docstring)."""
     every = [{"pid": p, "period": 1.0} for p in (0x0C, 0x0D)]
     slow = [{"pid": p, "period": 5.0} for p in (0x05, 0x11, 0x2F)]
+    obd: dict[str, object] = {"pids": every + slow}
+    if functional:
+        obd["functional"] = True
     return {
         "buses": [
             {"name": "car", "interface": "virtual", "channel": channel, "dbc": str(DEMO_DBC)}
@@ -58,7 +65,7 @@ def polling_set(channel: str) -> dict[str, object]:
                 {
                     "bus": "car",
                     "max_requests_per_second": 10,
-                    "obd": {"pids": every + slow},
+                    "obd": obd,
                     "uds": [
                         {
                             "name": "TCM",
@@ -105,11 +112,11 @@ def _tasks() -> set[int]:
     return {int(t) for t in os.listdir("/proc/self/task")}
 
 
-def run(seconds: float) -> str:
+def run(seconds: float, functional: bool = False) -> str:
     channel = f"bench-diag-{uuid.uuid4().hex[:8]}"
     counts: collections.Counter[str] = collections.Counter()
     bits = [0, 0]
-    ours = {0x7E0, 0x7E1, 0x7E4}
+    ours = {0x7DF, *range(0x7E0, 0x7E8)}  # requests (functional ones too), our flow controls
     lock = threading.Lock()
 
     def count(msg: can.Message) -> None:
@@ -141,7 +148,7 @@ def run(seconds: float) -> str:
         before = _tasks()
         notifier = can.Notifier(spy, [count])
         spy_tasks = _tasks() - before
-        config = parse_config(polling_set(channel))
+        config = parse_config(polling_set(channel, functional))
         diagnostics = Diagnostics(config, records.extend)
         started = time.monotonic()
         diagnostics.start()
@@ -155,7 +162,8 @@ def run(seconds: float) -> str:
         ecus.stop()
     total = sum(counts.values())
     lines = [
-        f"Diagnostics polling set over {elapsed:.1f} s of real time (virtual bus, simulated ECUs):",
+        f"Diagnostics polling set{' (OBD-II functional)' if functional else ''} over "
+        f"{elapsed:.1f} s of real time (virtual bus, simulated ECUs):",
         "",
         "| frames | count | per second |",
         "|---|---:|---:|",
@@ -183,8 +191,11 @@ def run(seconds: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--functional", action="store_true", help="OBD-II requests to every ECU (0x7DF)"
+    )
     args = parser.parse_args()
-    print(run(args.seconds))
+    print(run(args.seconds, args.functional))
 
 
 if __name__ == "__main__":
