@@ -21,7 +21,8 @@ method         payload                 answer (status 200)
                ``{"refresh": true}``   ``{"vin": "...", "bus": "..."}``
 ``getSignals`` none, ``{}`` or         the last-known state: latest value, unit, choice, bus
                ``{"signals": [globs]}``  and frame time of each signal matching the globs on
-                                       ``Message.Signal`` (default all; at most 500)
+                                       ``Message.Signal`` or mapped VSS paths (default all;
+                                       at most 500), with or without campaigns
 ``capture``    ``{"campaign": name}``  triggers a condition campaign now, or an ad hoc
                or ``{"signals": [...], capture of the signals the campaigns keep history of;
                "before": s,            ``{"campaign", "trigger", "end"}`` (frame times); the
@@ -30,8 +31,10 @@ method         payload                 answer (status 200)
                                        history rings' frames, bytes and overflow
 =============  ======================  =====================================================
 
-Campaign methods (issue 11) answer 409 when no campaign is configured (the engine that keeps the
-last-known state runs only then) and 400 for an unknown campaign.
+``getSignals`` answers in every configuration (the processing stage keeps the last-known state
+of every decoded message; 409 only before the pipeline runs). ``capture`` and
+``listCampaigns`` (issue 11) answer 409 when no campaign is configured and 400 for an unknown
+campaign.
 
 Diagnostics methods answer 409 when no bus enables diagnostics, 400 for an unknown ECU or a
 malformed DID, 403 for ``clear`` where ``allow_clear`` is off, 408 when the ECU did not answer
@@ -56,7 +59,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from edge.config.table import Table
@@ -117,6 +120,11 @@ class ModuleApi(Protocol):
 
     def campaigns(self) -> Any:
         """The running :class:`edge.campaigns.engine.CampaignEngine`, None without campaigns."""
+        ...
+
+    def signals(self, globs: Sequence[str]) -> dict[str, Any] | None:
+        """The last-known state of the signals matching ``globs``
+        (:meth:`edge.processing.processor.Processor.signals`), None before the pipeline runs."""
         ...
 
 
@@ -302,7 +310,9 @@ class DirectMethods:
         options = _options(payload)
         globs = options.str_list("signals", ("*",))
         options.finish()
-        found = self._campaigns().signals(globs)
+        found = self._api.signals(globs)
+        if found is None:
+            raise TelemetryError("the pipeline is not running yet")
         names = sorted(found)[:MAX_SIGNALS]
         return 200, {
             "signals": {name: found[name] for name in names},

@@ -395,6 +395,12 @@ class EdgeModule:
         front = self._front
         return None if front is None else front.processor.campaigns
 
+    def signals(self, globs: Sequence[str]) -> dict[str, Any] | None:
+        """The last-known state of the signals matching ``globs`` (Processor.signals), with or
+        without campaigns; None before the pipeline runs."""
+        front = self._front
+        return None if front is None else front.processor.signals(globs)
+
     def flush(self) -> None:
         """Close the open batch into the spool and wake the forwarder."""
         with self._apply_lock:  # not into a pipeline being replaced

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import can
+import cantools
 import pytest
 
 from edge.config.model import parse_config
@@ -463,9 +464,36 @@ def test_campaign_methods(tmp_path: Path, channel: str) -> None:
 
 def test_campaign_methods_without_campaigns_answer_409(module: EdgeModule) -> None:
     for name, payload in (
-        ("getSignals", None),
         ("capture", {"campaign": "x"}),
         ("listCampaigns", None),
     ):
         status, answer = module.methods.handle(name, payload)
         assert status == 409 and "no campaign" in answer["error"]
+
+
+def test_get_signals_answers_without_campaigns(tmp_path: Path, channel: str) -> None:
+    """The last-known state is the processing stage's: a plain run (the default campaign, the
+    ``[signals]`` table) answers, with cantools' values of the latest frame of each message."""
+    module = start(tmp_path, settings(tmp_path, channel))
+    try:
+        status, answer = module.methods.handle("getSignals", None)
+        assert status == 200 and answer["signals"] == {}  # nothing decoded yet
+        drive(module, channel)
+        sent = list(VehicleSimulator(seed=2, start_time=1_700_000_000.0).frames(1.0))
+        status, answer = module.methods.handle("getSignals", {"signals": ["ESC_Status.*", "TCM_*"]})
+        assert status == 200 and not answer["truncated"]
+        found = answer["signals"]
+        db = cantools.database.load_file(str(DEMO_DBC))
+        messages = ["ESC_Status", "TCM_GearStatus"]
+        assert {name.split(".")[0] for name in found} == set(messages)
+        for name in messages:
+            message = db.get_message_by_name(name)
+            last = [m for m in sent if m.arbitration_id == message.frame_id][-1]
+            values = message.decode(bytes(last.data), decode_choices=False)
+            for signal, value in values.items():
+                answer_ = found[f"{name}.{signal}"]
+                assert (answer_["value"], answer_["time"]) == (value, last.timestamp)
+                assert answer_["bus"] == "vehicle"
+        json.dumps(answer)
+    finally:
+        module.stop(drain_timeout=0)
