@@ -12,7 +12,6 @@ from typing import Any
 
 from edge.cli.arguments import seconds
 from edge.errors import ConfigError
-from edge.runloop import stopping_on_signals
 
 __all__ = ["add_subparser"]
 
@@ -42,6 +41,7 @@ def _do_simulate(args: argparse.Namespace) -> int:
 
     from edge.config.model import parse_speed
     from edge.processing.database import load_database
+    from edge.runloop import stopping_on_signals  # metrics: prometheus-client, the edge extra
     from edge.simulator.vehicle import VehicleSimulator, run_simulation, simulated_ecus
 
     speed = parse_speed(args.speed)

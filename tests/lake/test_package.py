@@ -139,7 +139,8 @@ def test_the_lake_extras_closure_has_none_of_the_in_vehicle_stack(tmp_path: Path
     named = {canonicalize_name(d) for d, extra in EXTRAS.values() if extra == "edge"}
     assert named == in_vehicle
     lake = closure(metadata, "lake")
-    assert {"pyarrow", "fastavro", "pyspark", "duckdb", "matplotlib", "msgpack"} <= lake
+    # pandas: PySpark's mapInArrow refuses to run without it (seen on a fresh `[lake]` venv).
+    assert {"pyarrow", "fastavro", "pyspark", "pandas", "duckdb", "matplotlib", "msgpack"} <= lake
     assert not lake & in_vehicle, sorted(lake & in_vehicle)
     assert not {"python-can", "azure-iot-device", "paho-mqtt", "cantools"} & lake
     # The car's one command brings the whole in-vehicle stack; [all] brings both halves.
