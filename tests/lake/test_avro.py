@@ -81,3 +81,59 @@ def test_source_files_walk_folders_and_skip_temporary_names(tmp_path: Path) -> N
     ]
     with pytest.raises(FileNotFoundError):
         source_files([tmp_path / "missing"])
+
+
+# The schema in the header of a real Event Hubs Capture file, verbatim (as published by Microsoft
+# and seen in capture files in the wild), and IoT Hub routing's as the issue states it: files
+# written with these exact strings, not with the module's constants, are read.
+_PUBLISHED_CAPTURE = (
+    '{"type":"record","name":"EventData","namespace":"Microsoft.ServiceBus.Messaging","fields":['
+    '{"name":"SequenceNumber","type":"long"},{"name":"Offset","type":"string"},'
+    '{"name":"EnqueuedTimeUtc","type":"string"},'
+    '{"name":"SystemProperties","type":{"type":"map","values":["long","double","string","bytes"]}},'
+    '{"name":"Properties","type":{"type":"map","values":["long","double","string","bytes","null"]}},'
+    '{"name":"Body","type":["null","bytes"]}]}'
+)
+_ROUTING = (
+    '{"type":"record","name":"Message","namespace":"Microsoft.Azure.Devices","fields":['
+    '{"name":"EnqueuedTimeUtc","type":"string"},'
+    '{"name":"Properties","type":{"type":"map","values":"string"}},'
+    '{"name":"SystemProperties","type":{"type":"map","values":"string"}},'
+    '{"name":"Body","type":["null","bytes"]}]}'
+)
+
+
+def test_files_in_the_hubs_published_schemas_are_read_and_ours_match_them() -> None:
+    import json
+
+    capture = io.BytesIO()
+    record = {
+        "SequenceNumber": 7,
+        "Offset": "4294967296",
+        "EnqueuedTimeUtc": "12/6/2026 8:25:26 PM",
+        "SystemProperties": {"iothub-connection-device-id": b"dev-7", "x-opt-sequence-number": 7},
+        "Properties": {"vehicle": "car-7", "seq": 3},
+        "Body": b"CT...",
+    }
+    fastavro.writer(capture, fastavro.parse_schema(json.loads(_PUBLISHED_CAPTURE)), [record])
+    routing = io.BytesIO()
+    message = {
+        "EnqueuedTimeUtc": "2026-12-06T20:25:26.5520000Z",
+        "Properties": {"vehicle": "car-7"},
+        "SystemProperties": {"connectionDeviceId": "dev-7", "messageId": "m-1"},
+        "Body": b"CT...",
+    }
+    fastavro.writer(routing, fastavro.parse_schema(json.loads(_ROUTING)), [message])
+    for buffer, when in ((capture, WHEN.replace(microsecond=0)), (routing, WHEN)):
+        buffer.seek(0)
+        (batch,) = read_avro(buffer, "hub.avro")
+        (row,) = batch.to_pylist()
+        assert (row["body"], row["device"], row["vehicle"], row["enqueued"]) == (
+            b"CT...",
+            "dev-7",
+            "car-7",
+            when,
+        )
+    canonical = fastavro.schema.to_parsing_canonical_form
+    assert canonical(CAPTURE_SCHEMA) == canonical(json.loads(_PUBLISHED_CAPTURE))
+    assert canonical(ROUTING_SCHEMA) == canonical(json.loads(_ROUTING))
