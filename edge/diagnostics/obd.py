@@ -10,9 +10,15 @@ VIN).
 Functional addressing (ISO 15765-4, what a scan tool does): the request is one single frame to
 0x7DF, and every ECU that has an answer sends it from its own identifier, 0x7E8 to 0x7EF (ECU
 *n* listens on 0x7E0 + *n*, where our flow control for its multi-frame answer goes). Each of
-those eight pairs is an ISO-TP stack of can-isotp; the answers are collected for
-:data:`ANSWER_WINDOW` after the request (J1979: every ECU answers within 50 ms), longer while a
-multi-frame answer is still arriving, never longer than the request's timeout.
+those eight pairs is an ISO-TP stack of can-isotp. How long answers are collected, never past
+the request's timeout:
+
+* supported-PID discovery and the VIN (once per start): the whole timeout, unless every ECU
+  known to answer has answered: who is there is what they find out;
+* after discovery, a PID: until every ECU that listed it has answered (one that does not is
+  counted in ``missing``);
+* without discovery: :data:`ANSWER_WINDOW` after the request (J1979: every ECU answers within
+  50 ms), longer while a multi-frame answer is still arriving.
 """
 
 from __future__ import annotations
@@ -145,6 +151,10 @@ class FunctionalObd(ObdClient):
         self._shared_locks = [shared[rid].lock() for rid in sorted(shared)]
         #: every ECU that answered so far, by response identifier
         self.responders: set[int] = set()
+        #: the PIDs each ECU listed in discovery (None until discovery succeeded)
+        self.discovered: dict[int, set[int]] | None = None
+        #: answers an ECU that listed a PID (or gave a VIN before) did not give in time
+        self.missing = 0
         #: ISO-TP errors of the eight stacks by class name (lost frames, ...)
         self.errors: collections.Counter[str] = collections.Counter()
         self._own = {
@@ -194,6 +204,7 @@ class FunctionalObd(ObdClient):
             for stack in stacks.values():  # late answers to an earlier request
                 while stack.recv() is not None:
                     pass
+            expected, whole = self._expected(mode, pid)
             self._limit()
             self._send(frame)
             sent = time.monotonic()
@@ -207,14 +218,34 @@ class FunctionalObd(ObdClient):
                 now = time.monotonic()
                 if now >= deadline:
                     break
-                busy = any(stack.is_rx_active() for stack in stacks.values())
-                if answers and now >= window_end and not busy:
-                    break
+                if answers and not any(stack.is_rx_active() for stack in stacks.values()):
+                    if expected is not None and expected <= answers.keys():
+                        break
+                    if expected is None and not whole and now >= window_end:
+                        break
                 time.sleep(_POLL)
+        if expected is not None:
+            self.missing += len(expected - answers.keys())
         if not answers:
             raise DiagnosticTimeout(f"no ECU answered within {self.timeout:g} s")
         self.responders.update(answers)
         return answers
+
+    def _expected(self, mode: int, pid: int) -> tuple[set[int] | None, bool]:
+        """The ECUs whose answers end the wait (None: not known), and whether to wait the
+        whole timeout when not known (see the module docstring)."""
+        discovery = mode == 0x01 and pid % 0x20 == 0
+        if discovery or self.discovered is None:
+            return None, discovery or mode == 0x09
+        if mode == 0x01:
+            return {rid for rid, pids in self.discovered.items() if pid in pids} or None, False
+        return set(self.discovered), True
+
+    def supported_pids(self) -> dict[int, set[int]]:
+        """As :meth:`ObdClient.supported_pids`; also what later requests wait for."""
+        found = super().supported_pids()
+        self.discovered = found
+        return found
 
 
 def parse_supported(base: int, data: bytes) -> set[int]:

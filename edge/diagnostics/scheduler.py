@@ -173,6 +173,7 @@ class BusDiagnostics:
         self._channels: list[IsoTpChannel] = []
         self._functional: FunctionalObd | None = None
         self._obd_responders: set[int] = set()  # of functional requests, before a reconnect
+        self._obd_missing = 0
         self._closed_isotp_errors: collections.Counter[str] = collections.Counter()
         self.obd: ObdClient | None = None
         self.ecus: dict[str, UdsEcu] = {}
@@ -302,6 +303,7 @@ class BusDiagnostics:
             self._functional.close()
             self._closed_isotp_errors.update(self._functional.errors)
             self._obd_responders |= self._functional.responders
+            self._obd_missing += self._functional.missing
             self._functional = None
         for channel in self._channels:
             channel.close()
@@ -733,6 +735,9 @@ class BusDiagnostics:
             responders |= functional.responders
         if self.config.obd is not None and self.config.obd.functional:
             out["obd_ecus"] = len(responders)  # that answered a functional request
+            missing = self._obd_missing + (functional.missing if functional else 0)
+            if missing:
+                out["obd_missing_answers"] = missing
         if isotp_errors:
             out["isotp_errors"] = dict(isotp_errors)
         if self.j1939 is not None and self.j1939.stats:

@@ -342,6 +342,7 @@ def test_functional_obd_with_a_silent_ecu_and_with_none(run: Any, ecus: Simulate
     time.sleep(1.0)
     stats = diagnostics.stats()["vehicle"]
     assert stats["timeouts"] >= 1  # nobody answers: a timeout, counted
+    assert stats["obd_missing_answers"] >= 1  # the engine listed 0x0D and did not answer
     # One request per period (0.2 s, each waiting out its 0.5 s timeout): no retry storm.
     assert ecus.requests["OBD"] - before <= 1.0 / 0.5 + 1
 
