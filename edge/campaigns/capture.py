@@ -9,11 +9,11 @@ capture decodes every frame of its window when it closes).
 
 Cheap per frame. The engine appends each frame's time and data to the ring's ``times`` and
 ``datas`` lists (two list appends: no object made per frame) and calls :meth:`FrameRing.settle`
-once per chunk of frames. Settling packs the appended frames into a block once there are
-:data:`BLOCK_FRAMES` of them (an ``array`` of times and one ``bytes`` of the data, with their
-offsets only when lengths differ: about 8 to 12 bytes per frame beyond its data, against some 60
-for a Python float and a bytes object), then forgets what is older than ``keep`` and what is over
-the caps. So history is trimmed once per chunk, never shorter than asked.
+when there are :data:`BLOCK_FRAMES` of them. Settling packs them into a block (an ``array`` of
+times and one ``bytes`` of the data, with their offsets only when lengths differ: about 8 to 12
+bytes per frame beyond its data, against some 60 for a Python float and a bytes object), then
+forgets what is older than ``keep`` and what is over the caps. So history is trimmed a block at
+a time, never shorter than asked, and at most :data:`BLOCK_FRAMES` frames are not packed yet.
 
 A :class:`Capture` is one window ``[trigger - before, trigger + after]`` of one campaign; it is
 *open* until frame time passes its end, then it is cut from the rings.
@@ -21,11 +21,13 @@ A :class:`Capture` is one window ``[trigger - before, trigger + after]`` of one 
 
 from __future__ import annotations
 
+import operator
 from array import array
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, islice
 
 __all__ = ["BLOCK_FRAMES", "FRAME_OVERHEAD", "Capture", "FrameRing"]
 
@@ -47,10 +49,12 @@ class _Block:
     """Frames packed: ``times[i]``'s data is ``blob[start(i):end(i)]``; ``size`` is the length of
     every frame (then ``ends`` is None), or 0 when they differ (``ends``: cumulative ends)."""
 
-    __slots__ = ("blob", "ends", "size", "times")
+    __slots__ = ("blob", "ends", "ordered", "size", "times")
 
     def __init__(self, times: list[float], datas: list[bytes | bytearray]) -> None:
         self.times = array("d", times)
+        #: times never step back in it (then it is searched by bisection)
+        self.ordered = all(map(operator.le, times, islice(times, 1, None)))
         self.blob = b"".join(datas)
         lengths = array("H", map(len, datas))
         first = lengths[0]
@@ -92,7 +96,6 @@ class FrameRing:
         "max_bytes",
         "max_frames",
         "overflow",
-        "settled",
         "times",
     )
 
@@ -104,8 +107,6 @@ class FrameRing:
         self._head = 0  # frames of the oldest block already forgotten
         self.times: list[float] = []
         self.datas: list[Data] = []
-        #: False once frames were appended since the last settle (the engine sets it)
-        self.settled = True
         self.count = 0  # frames in blocks (those in ``times`` not yet)
         self._packed_bytes = 0  # ... and their cost, as the caps count it
         self._pending_bytes = 0  # the cost of those in ``times``, as of the last settle
@@ -129,7 +130,6 @@ class FrameRing:
         """Account for the frames appended since the last call: pack them once there are
         :data:`BLOCK_FRAMES`, then forget what is older than ``keep`` before the newest frame,
         and the oldest frames over the caps (counted in ``overflow``)."""
-        self.settled = True
         times = self.times
         if not times:
             return
@@ -155,9 +155,12 @@ class FrameRing:
         while blocks:
             block = blocks[0]
             packed, start = block.times, self._head
-            stop = start
-            while stop < len(packed) and packed[stop] < horizon:
-                stop += 1
+            if block.ordered:
+                stop = bisect_left(packed, horizon, start)
+            else:
+                stop = start
+                while stop < len(packed) and packed[stop] < horizon:
+                    stop += 1
             if stop > start:
                 self._packed_bytes -= block.cost(start, stop)
                 self.count -= stop - start
@@ -206,6 +209,19 @@ class FrameRing:
         head = self._head
         for block in self._blocks:
             times = block.times
+            if block.ordered:  # only the frames of the window are looked at
+                if times[-1] < start:
+                    head = 0
+                    continue
+                first = bisect_left(times, start, head)
+                stop = bisect_right(times, end, first)
+                for i in range(first, stop):
+                    a, b = block.span(i)
+                    yield times[i], block.blob[a:b]
+                if stop < len(times):
+                    return
+                head = 0
+                continue
             for i in range(head, len(times)):
                 t = times[i]
                 if t > end:

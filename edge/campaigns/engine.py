@@ -33,17 +33,20 @@ while the car is offline.
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
+import random
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import can
 from cantools.database.can import Database
 from cantools.database.can import Message as DbMessage
 
-from edge.campaigns.capture import Capture, FrameRing
+from edge.campaigns.capture import BLOCK_FRAMES, Capture, FrameRing
 from edge.campaigns.config import ALWAYS, CampaignConfig, describe, field_name
 from edge.campaigns.expression import (
     ConditionState,
@@ -127,6 +130,26 @@ class _Decoding:
         self.by_dict = dict_decoder(db)  # a frame of ``length`` bytes -> {name: raw}
         self.plain = plain_decoder(db)  # any frame: cantools itself
 
+    def one(self, db: DbMessage, name: str) -> Callable[[Any], Any] | None:
+        """``read(data)``: the raw value of signal ``name`` in a frame of ``length`` bytes, for a
+        message that is not multiplexed: for an integer signal, a shift and a mask of the
+        payload as one integer (no value made but the one wanted); else a layout of that
+        signal alone. None when neither gives what cantools gives for the whole message on
+        probe payloads (then the whole message is decoded)."""
+        if self.unpack is None:
+            return None
+        try:
+            signal = db.get_signal_by_name(name)
+            rng = random.Random(db.length)
+            probes = [bytes(db.length), b"\xff" * db.length, b"\x55" * db.length]
+            probes += [rng.randbytes(db.length) for _ in range(16)]
+            for read in (_integer_reader(signal, db.length), _lone_reader(db, signal)):
+                if read is not None and _reads_as_cantools(read, db, name, probes):
+                    return read
+        except Exception:  # cantools refuses the lone signal: the whole message it is
+            return None
+        return None
+
     def values(self, data: bytes | bytearray) -> dict[str, Any]:
         """Raw values by signal name; raises for a frame cantools refuses."""
         if len(data) != self.length:
@@ -134,6 +157,74 @@ class _Decoding:
         if self.unpack is not None:
             return dict(zip(self.names, self.unpack(data), strict=True))
         return self.by_dict(data)
+
+
+def _integer_reader(signal: Any, length: int) -> Callable[[Any], int] | None:
+    """The raw value of an integer ``signal`` as a shift and a mask of the payload read as one
+    integer (little-endian signals from the payload read little-endian; big-endian ones, whose
+    start bit cantools counts in network order, from the payload read big-endian)."""
+    if signal.conversion.is_float or signal.length <= 0:
+        return None
+    bits, mask = signal.length, (1 << signal.length) - 1
+    sign = 1 << (bits - 1) if signal.is_signed else 0
+    order: Literal["little", "big"]
+    if signal.byte_order == "little_endian":
+        shift, order = signal.start, "little"
+    else:
+        start = signal.start
+        shift, order = 8 * length - (8 * (start // 8) + (7 - start % 8) + bits), "big"
+    if shift < 0:
+        return None
+    from_bytes = int.from_bytes
+
+    if not sign:
+
+        def unsigned(data: Any) -> int:
+            value: int = from_bytes(data, order) >> shift & mask
+            return value
+
+        return unsigned
+
+    def signed(data: Any) -> int:
+        value: int = from_bytes(data, order) >> shift & mask
+        return value - (value & sign) * 2
+
+    return signed
+
+
+def _lone_reader(db: DbMessage, signal: Any) -> Callable[[Any], Any] | None:
+    """The raw value of ``signal`` by a cantools layout of that signal alone."""
+    lone = DbMessage(
+        frame_id=db.frame_id,
+        name=db.name,
+        length=db.length,
+        signals=[copy.copy(signal)],
+        is_extended_frame=db.is_extended_frame,
+        strict=False,
+    )
+    layout = tuple_decoder(lone)
+    if layout is None or layout.names != (signal.name,):
+        return None
+    decode = layout.decode
+
+    def read(data: Any) -> Any:
+        return decode(data)[0]
+
+    return read
+
+
+def _reads_as_cantools(
+    read: Callable[[Any], Any], db: DbMessage, name: str, probes: Sequence[bytes]
+) -> bool:
+    """Whether ``read`` gives, on every probe payload, cantools' raw value of ``name`` (the
+    same type, NaN as NaN)."""
+    for data in probes:
+        whole: Any = db.decode(data, False, False)
+        got, want = read(data), whole[name]
+        nan = isinstance(got, float) and math.isnan(got) and math.isnan(want)
+        if type(got) is not type(want) or not (got == want or nan):
+            return False
+    return True
 
 
 class _Entry:
@@ -156,6 +247,7 @@ class _Entry:
         "key",
         "last",
         "payload",
+        "quick",
         "ring",
         "scaled",
         "schema_index",
@@ -187,6 +279,9 @@ class _Entry:
         self.scaled: list[tuple[str, tuple[str, str, str], float, float, bool]] = []
         self.input_keys: list[int] = []  # tuple positions of the inputs (fast path)
         self.input_last: list[Any] = []  # raw value of each input in the previous payload
+        #: one input read on its own, recorded only when it changes: (read, frame length,
+        #: state key, scale, offset); None: the general path
+        self.quick: tuple[Callable[[Any], Any], int, Any, float, float] | None = None
         self.schema_index: int | None = None
         self.decode_errors = 0
         #: a campaign reads, captures or snapshots it (see CampaignEngine._wire)
@@ -330,7 +425,6 @@ class CampaignEngine:
         self.state = ConditionState(windows)
         self._wire()
         self._open: list[tuple[_Campaign | None, Capture, list[tuple[_Entry, list[Any]]]]] = []
-        self._touched: list[FrameRing] = []  # rings with frames appended in this chunk
         self._schema_sent_at = -float("inf")
         self.now = -float("inf")  # frame time of the newest frame seen
         #: the frame time after which a capture ends or a snapshot is due (-inf: look at once)
@@ -478,6 +572,11 @@ class CampaignEngine:
             if decoding.unpack is not None and all(s in decoding.position for s, _ in entry.inputs):
                 entry.input_keys = [decoding.position[s] for s, _ in entry.inputs]
             entry.input_last = [None] * len(entry.scaled)
+            if len(entry.scaled) == 1 and not entry.watched and not entry.j1939:
+                signal, key, scale, offset, every = entry.scaled[0]
+                one = None if every else decoding.one(entry.db, signal)
+                if one is not None:
+                    entry.quick = (one, decoding.length, key, scale, offset)
             if not entry.j1939:  # its own only view (J1939 ones get one per source address)
                 entry.views = [entry]
                 if entry.keep is not None:
@@ -495,52 +594,56 @@ class CampaignEngine:
         """Look at a chunk of frames (the Processor's): rings, conditions, due captures."""
         with self._lock:
             tables = self._tables
-            touched = self._touched
             last_channel: object = None
             standard: dict[int, _Entry | None] = {}
             extended: dict[int, _Entry | None] = {}
             t = self.now
             due = self._due
-            try:
-                for msg in frames:
-                    channel = msg.channel
-                    if channel is not last_channel:
-                        pair = tables.get(channel)  # type: ignore[arg-type]
-                        if pair is None:
-                            continue
-                        standard, extended = pair
-                        last_channel = channel
-                    entry = (extended if msg.is_extended_id else standard)[msg.arbitration_id]
-                    if entry is None or msg.is_error_frame or msg.is_remote_frame:
+            for msg in frames:
+                channel = msg.channel
+                if channel is not last_channel:
+                    pair = tables.get(channel)  # type: ignore[arg-type]
+                    if pair is None:
                         continue
-                    # only the frames of messages campaigns use move the engine's time
-                    t = msg.timestamp
-                    data: Any = msg.data
-                    entry.last = msg
-                    ring = entry.ring
-                    if ring is not None:
-                        if ring.settled:
-                            ring.settled = False
-                            touched.append(ring)
-                        ring.times.append(t)
-                        ring.datas.append(data)
-                    if entry.campaigns and (entry.watched or data != entry.payload):
-                        self._inputs(entry, data, t)
-                    if t > due:  # a capture ended or a snapshot is due (exact per frame)
-                        self._run_due(t)
-                        due = self._due
-            finally:
-                self._settle()
+                    standard, extended = pair
+                    last_channel = channel
+                entry = (extended if msg.is_extended_id else standard)[msg.arbitration_id]
+                if entry is None or msg.is_error_frame or msg.is_remote_frame:
+                    continue
+                # only the frames of messages campaigns use move the engine's time
+                t = msg.timestamp
+                data: Any = msg.data
+                entry.last = msg
+                ring = entry.ring
+                if ring is not None:
+                    times = ring.times
+                    times.append(t)
+                    ring.datas.append(data)
+                    if len(times) >= BLOCK_FRAMES:
+                        ring.settle()
+                if entry.campaigns:
+                    quick = entry.quick
+                    if quick is None:
+                        if entry.watched or data != entry.payload:
+                            self._inputs(entry, data, t)
+                    elif data != entry.payload:
+                        if len(data) != quick[1]:
+                            self._inputs(entry, data, t)
+                        else:  # one input read alone: a method call only on a change
+                            # (a reference: a frame's data is not changed once received)
+                            entry.payload = data
+                            value = quick[0](data)
+                            last = entry.input_last
+                            if value != last[0]:
+                                last[0] = value
+                                self._input(entry, quick, value, t)
+                if t > due:  # a capture ended or a snapshot is due (exact per frame)
+                    self._run_due(t)
+                    due = self._due
             self.frames += len(frames)
             if t > self.now:
                 self.now = t
             self._after(self.now)
-
-    def _settle(self) -> None:
-        """Pack and trim the rings frames were appended to (FrameRing.settle)."""
-        for ring in self._touched:
-            ring.settle()
-        self._touched.clear()
 
     def _inputs(self, entry: _Entry, data: bytes | bytearray, t: float) -> None:
         """A frame of a message conditions read, whose payload changed (or whose arrival a
@@ -578,6 +681,16 @@ class CampaignEngine:
                 if update(key, t, value * scale + offset):
                     changed = True
         if changed:
+            for campaign in entry.campaigns:
+                self._evaluate(campaign, t)
+
+    def _input(self, entry: _Entry, quick: Any, value: Any, t: float) -> None:
+        """The one input of ``entry`` (its quick path) changed to raw ``value``: record it and
+        evaluate the conditions that read it (as :meth:`_inputs` does)."""
+        state = self.state
+        state.now = t
+        state.changed.clear()
+        if state.update(quick[2], t, value * quick[3] + quick[4]):
             for campaign in entry.campaigns:
                 self._evaluate(campaign, t)
 
@@ -861,7 +974,6 @@ class CampaignEngine:
     def flush(self) -> None:
         """Close every open capture now with the frames it has (shutdown): nothing is lost."""
         with self._lock:
-            self._settle()
             open_, self._open = self._open, []
             for campaign, capture, columns in open_:
                 self._close(campaign, capture, columns)
