@@ -66,6 +66,13 @@ def test_batch_job_equals_the_edge_and_a_rerun_adds_nothing(
     streams = {s["vehicle"]: s for s in read_table(lake, "streams").to_pylist()}
     assert streams["corpus-j1939-truck"]["last_seq"] == len(fleet.payloads["j1939-truck"]) - 1
     assert all(s["gaps"] == [] for s in streams.values())
+    # Event time places the rows, the relative time base by arrival (and says so), as locally.
+    signals = read_table(lake, "signals", ["vehicle", "date", "time_base"])
+    places = set(zip(*(signals.column(c).to_pylist() for c in signals.column_names), strict=True))
+    assert places == {
+        ("corpus-kona", dt.date(2026, 12, 6), "relative"),
+        ("corpus-j1939-truck", dt.date(2021, 10, 25), "epoch"),
+    }
 
 
 def test_stream_deduplicates_waits_for_late_schemas_and_shows_gaps(
@@ -187,7 +194,40 @@ def test_stream_what_gets_past_a_watermark(spark: Any, fleet: Fleet, tmp_path: P
     assert twice == [("0b" * 16, int(m[1]["seq"])) for m in truck[5:8]]
     payloads = read_table(lake, "payloads")
     assert payloads.num_rows == len(truck) + 3
+    assert read_table(lake, "quarantine").column("status").to_pylist() == ["foreign"]
     assert set(payloads.column("stream").to_pylist()) == {"0b" * 16}  # the late kona: dropped
     # The single machine: every payload once, the late ones included.
     report = ingest(files, tmp_path / "local")
     assert (report.new, report.duplicates, report.foreign) == (len(truck) + len(kona), 3, 1)
+
+
+def test_the_documented_spark_submit_line_runs_the_batch_job(fleet: Fleet, tmp_path: Path) -> None:
+    """docs/lake.md's ``spark-submit ... edge/lake/spark.py batch SOURCE --lake DIR``, as a
+    separate driver (its own JVM) on local[2]."""
+    import edge.lake.spark
+
+    hub = fleet.iothub_folder(tmp_path)
+    lake = tmp_path / "lake"
+    submit = Path(sys.executable).with_name("spark-submit")
+    assert submit.exists(), "pyspark installs spark-submit beside python"
+    done = subprocess.run(
+        [
+            str(submit),
+            "--master",
+            "local[2]",
+            "--conf",
+            f"spark.pyspark.python={sys.executable}",
+            edge.lake.spark.__file__,
+            "batch",
+            str(hub),
+            "--lake",
+            str(lake),
+        ],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "'ok': " in done.stdout
+    assert lake_rows(lake) == edge_rows(fleet)
