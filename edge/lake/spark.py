@@ -296,11 +296,22 @@ def run_batch(
         .option("pathGlobFilter", _GLOB)
         .load(list(sources))
     )
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StructType
+
     payloads = payloads_of_files(files).dropDuplicates(["key"])
-    existing = read_table(Path(lake), "payloads", ["stream", "seq"])
-    if existing.num_rows:
-        keys = [f"{s}:{q}" for s, q in zip(*existing.to_pydict().values(), strict=True)]
-        seen = spark.createDataFrame([(k,) for k in keys], "key string")
+    # The lake's keys are read by Spark (executors, column pruning), never collected on the
+    # driver: the anti-join scales with the cluster, not with the driver's memory.
+    published = [str(p) for p in (Path(lake) / "payloads").rglob("*.parquet")]
+    if published:
+        columns = StructType(
+            [f for f in _spark_type(PAYLOADS).fields if f.name in ("stream", "seq")]
+        )
+        seen = (
+            spark.read.schema(columns)
+            .parquet(*published)
+            .select(F.concat_ws(":", "stream", F.col("seq").cast("string")).alias("key"))
+        )
         payloads = payloads.join(seen, "key", "left_anti")
     return process_batch(payloads, label, lake)
 
