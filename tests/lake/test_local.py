@@ -194,3 +194,18 @@ def test_duckdb_reads_the_layout(fleet: Fleet, tmp_path: Path) -> None:
     assert truck[0] == "corpus-j1939-truck" and truck[3] == dt.date(2021, 10, 25)
     assert kona[0] == "corpus-kona" and kona[3] == dt.date(2026, 12, 6)
     assert truck[1] + kona[1] == len(fleet.edge_rows())
+
+
+def test_campaign_payloads_keep_their_campaign(demo_lake: Path) -> None:
+    """The demo runs the example campaigns: a payload whose envelope names one (``ext``) has it
+    in ``payloads.campaign``, and each of its rows in ``signals.campaign``."""
+    payloads = read_table(demo_lake, "payloads", ["stream", "seq", "campaign", "rows"])
+    tagged = {(p["stream"], p["seq"]): p for p in payloads.to_pylist() if p["campaign"] is not None}
+    assert tagged, "the demo's drive made no campaign payload"
+    signals = read_table(demo_lake, "signals", ["stream", "seq", "campaign"]).to_pylist()
+    for key, payload in tagged.items():
+        rows = [s for s in signals if (s["stream"], s["seq"]) == key]
+        assert len(rows) == payload["rows"]
+        assert {s["campaign"] for s in rows} == {payload["campaign"]}
+    untagged = [s for s in signals if (s["stream"], s["seq"]) not in tagged]
+    assert untagged and all(s["campaign"] is None for s in untagged)

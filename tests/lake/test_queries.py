@@ -12,30 +12,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from edge.lake.local import ingest
-
 DOC = Path(__file__).parents[2] / "docs" / "queries.md"
 BLOCKS = re.findall(r"```sql duckdb\n(.*?)```", DOC.read_text(), re.S)
 SPARK_BLOCKS = re.findall(r"```sql\n(.*?)```", DOC.read_text(), re.S)
 #: The day the cookbook's examples name.
 EXAMPLE_DAY = "2026-12-06"
-
-
-@pytest.fixture(scope="module")
-def demo_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A lake of a short demo drive through the real pipeline (one payload lost, one corrupt)."""
-    from edge.cli import main
-
-    root = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--duration", "40", "--outbox", str(root), "--no-progress"]) == 0
-    outbox = root / "outbox"
-    data = sorted(outbox.glob("*.data.ctl"))
-    data[2].unlink()  # lost on the way: a gap
-    shutil.copy(data[3], outbox / "zz-corrupt.data.ctl")
-    (outbox / "zz-corrupt.data.ctl").write_bytes(data[3].read_bytes()[:-5])
-    report = ingest([outbox], root / "lake")
-    assert report.corrupt == 1 and report.new == len(data)
-    return root / "lake"
 
 
 def on_the_demo_day(query: str, lake: Path) -> str:

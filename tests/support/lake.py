@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from tests.support.corpus import LOGS, require_corpus
 __all__ = [
     "Fleet",
     "corpus_payloads",
+    "demo_lake",
     "edge_rows",
     "fleet",
     "hub_messages",
@@ -150,3 +152,23 @@ class Fleet:
 def fleet() -> Fleet:
     """The corpus fleet's payloads (made once per session)."""
     return Fleet()
+
+
+@pytest.fixture(scope="session")
+def demo_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A lake of a short demo drive through the real pipeline (one payload lost, one corrupt)."""
+    from edge.cli import main
+    from edge.lake.local import ingest
+
+    root = tmp_path_factory.mktemp("demo")
+    # 60 s of driving: the harsh-braking campaign captures once (its payload tagged).
+    assert main(["demo", "--duration", "60", "--outbox", str(root), "--no-progress"]) == 0
+    outbox = root / "outbox"
+    data = sorted(outbox.glob("*.data.ctl"))
+    data[2].unlink()  # lost on the way: a gap
+    shutil.copy(data[3], outbox / "zz-corrupt.data.ctl")
+    (outbox / "zz-corrupt.data.ctl").write_bytes(data[3].read_bytes()[:-5])
+    schemas = list(outbox.glob("*.schema.ctl"))
+    report = ingest([outbox], root / "lake")
+    assert report.corrupt == 1 and report.new == len(data) - 1 + len(schemas)
+    return root / "lake"
