@@ -313,7 +313,9 @@ def _measure(code: Path, source: Path, lake: Path) -> dict[str, Any]:
 
 
 def _print_round(label: str, total: int, result: dict[str, Any], lake: Path) -> None:
-    index = lake / "_index.sqlite"
+    from edge.lake.index import INDEX_FILE
+
+    index = lake / INDEX_FILE
     size = human_bytes(index.stat().st_size) if index.exists() else "-"
     print(
         f"| {label} | {total:,} | {result['python_peak'] / 2**20:,.1f} MiB | "

@@ -28,7 +28,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-__all__ = ["INDEX_FILE", "KeyIndex", "StreamKeys", "SyncReport", "index_size"]
+__all__ = ["INDEX_FILE", "KeyIndex", "StreamKeys", "SyncReport"]
 
 #: The index's file, in the lake's folder.
 INDEX_FILE = "_index.sqlite"
@@ -266,18 +266,8 @@ class KeyIndex:
         self._db.execute("commit")
         self._unit = None
 
-    def count(self) -> int:
-        """How many payload keys the index holds."""
-        return int(self._db.execute("select count(*) from keys").fetchone()[0])
-
     def keys(self) -> Iterator[tuple[str, int]]:
         """Every payload key (for checks and tests; streamed from SQLite)."""
         yield from self._db.execute(
             "select streams.stream, keys.seq from keys join streams on streams.id = keys.stream"
         )
-
-
-def index_size(lake: Path) -> int:
-    """Bytes of the index file (0 when there is none)."""
-    path = lake / INDEX_FILE
-    return path.stat().st_size if path.exists() else 0
