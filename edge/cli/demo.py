@@ -34,7 +34,7 @@ def add_subparser(subparsers: Any) -> None:
 def demo_config(workdir: Path, channel: str) -> dict[str, Any]:
     """The embedded default: the demo vehicle on a virtual bus, into a local outbox, with
     diagnostics enabled (OBD-II PIDs and VIN, UDS DTCs and DIDs, J1939 DM1)."""
-    from edge.simulator.vehicle import DEMO_DBC, OBD2_DBC
+    from edge.bundled import DEMO_DBC, OBD2_DBC
 
     return {
         "vehicle_id": "demo-vehicle",

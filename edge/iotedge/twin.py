@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeGuard
 
 from edge import __version__
+from edge.bundled import bundled_databases_dir
 from edge.config.model import Config, parse_config
 from edge.errors import ConfigError, DatabaseLoadError, TelemetryError, scrub_secrets
 from edge.processing.database import load_databases
@@ -97,14 +98,6 @@ SAVED_CONFIG = "twin-config.json"
 _DATABASE_SUFFIXES = (".dbc", ".arxml", ".kcd", ".sym")
 
 ConfigSource = Literal["twin", "saved", "file"]
-
-
-def bundled_databases_dir() -> Path:
-    """The folder of the databases shipped with the package (``edge.dbc``, or the repository's
-    ``dbc/`` in a source tree)."""
-    from edge.simulator.vehicle import DEMO_DBC
-
-    return DEMO_DBC.parent
 
 
 def iso_time(timestamp: float) -> str:

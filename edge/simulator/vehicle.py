@@ -29,39 +29,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import can
 from cantools.database.can import Database, Message, Signal
 from cantools.database.errors import Error as CantoolsError
 
+from edge.bundled import DEMO_DBC, OBD2_DBC
+
 if TYPE_CHECKING:
     from edge.simulator.ecus import SimulatedEcus
 
 __all__ = ["DEMO_DBC", "OBD2_DBC", "VehicleSimulator", "run_simulation", "simulated_ecus"]
-
-
-def _packaged_file(package: str, name: str, fallback: Path) -> Path:
-    """``name`` inside an installed ``package`` if it is there as a real file, else ``fallback``."""
-    try:
-        candidate = resources.files(package) / name
-    except ModuleNotFoundError:
-        return fallback
-    return candidate if isinstance(candidate, Path) and candidate.is_file() else fallback
-
-
-#: The demo car's database: ``edge.dbc`` when installed, the repository's ``dbc/`` otherwise.
-DEMO_DBC: Path = _packaged_file(
-    "edge.dbc",
-    "demo_vehicle.dbc",
-    Path(__file__).resolve().parents[2] / "dbc" / "demo_vehicle.dbc",
-)
-#: CSS Electronics' OBD-II database (MIT, dbc/README.md): decodes the answers to mode 01 requests.
-OBD2_DBC: Path = _packaged_file(
-    "edge.dbc", "obd2_css.dbc", Path(__file__).resolve().parents[2] / "dbc" / "obd2_css.dbc"
-)
 
 _DEFAULT_CYCLE_TIME = 0.1  # s, for messages without GenMsgCycleTime
 _JITTER = 0.01  # standard deviation of the send time, as a fraction of the cycle time

@@ -32,6 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge.bundled import bundled_mappings_dir
 from edge.errors import ConfigError
 from edge.vss.transform import Transform, TransformError, compile_spec, linear
 from edge.vss.tree import NUMERIC_TYPES, VssNode, VssTree, VssTreeError, load_tree, walk
@@ -253,14 +254,6 @@ def _read(file: Path, mtime: float, field: str) -> tuple[MappingEntry, ...]:
     if not entries:
         raise VssMappingError(field, name, "", "no dbc2vss entry in the file")
     return tuple(entries)
-
-
-def bundled_mappings_dir() -> Path:
-    """The mappings shipped with the package: ``vss/`` beside the bundled databases (the
-    repository's ``dbc/vss/``, installed as part of ``edge.dbc``)."""
-    from edge.simulator.vehicle import DEMO_DBC
-
-    return DEMO_DBC.parent / "vss"
 
 
 def find_mapping_file(name: str) -> Path:

@@ -46,7 +46,7 @@ import msgpack
 import zstandard
 
 from edge.errors import PayloadError, SchemaMissingError
-from edge.processing.batch import EPOCH_THRESHOLD, Batch
+from edge.wire.columns import EPOCH_THRESHOLD, Batch
 from edge.wire.payload import Payload
 from edge.wire.schema import Schema, SignalInfo
 

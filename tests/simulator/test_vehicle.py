@@ -9,7 +9,6 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import can
@@ -17,7 +16,7 @@ import cantools
 import pytest
 from cantools.database.can import Database, Message
 
-from edge.simulator.vehicle import DEMO_DBC, VehicleSimulator, _packaged_file, run_simulation
+from edge.simulator.vehicle import DEMO_DBC, VehicleSimulator, run_simulation
 from tests.support.corpus import require_corpus
 
 CYCLE_TIMES_MS = {10, 20, 50, 100, 1000}
@@ -128,21 +127,6 @@ def _key(frame: can.Message) -> tuple[float, int, bool, bool, bytes]:
 def test_demo_dbc_is_found_in_the_repository() -> None:
     assert DEMO_DBC.is_file()
     assert DEMO_DBC.name == "demo_vehicle.dbc"
-
-
-def test_packaged_file_prefers_the_installed_package(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    package = tmp_path / "fake_dbc_pkg"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "car.dbc").write_text('VERSION ""\n')
-    monkeypatch.syspath_prepend(str(tmp_path))
-    fallback = tmp_path / "elsewhere.dbc"
-
-    assert _packaged_file("fake_dbc_pkg", "car.dbc", fallback) == package / "car.dbc"
-    assert _packaged_file("fake_dbc_pkg", "missing.dbc", fallback) == fallback
-    assert _packaged_file("no_such_pkg_for_dbc", "car.dbc", fallback) == fallback
 
 
 def test_demo_dbc_loads_strictly_with_the_expected_shape(db: Database) -> None:
