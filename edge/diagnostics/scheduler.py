@@ -13,7 +13,7 @@ signals through the bus's OBD-II database). One thread runs the schedule:
   to :data:`MAX_RETRY`.
 
 DTCs are tracked per ECU; an appearing, changing or clearing DTC (and a VIN or DID read) is
-handed to ``emit`` at once as :class:`~edge.diagnostics.records.DiagRecord` objects, which the
+handed to ``emit`` at once as :class:`~edge.wire.diagnostics.DiagRecord` objects, which the
 pipeline sends as a payload of its own.
 """
 
@@ -50,7 +50,6 @@ from edge.diagnostics.j1939 import (
     request_frame,
 )
 from edge.diagnostics.obd import RESPONSE_IDS, FunctionalObd, ObdClient, PhysicalObd
-from edge.diagnostics.records import DiagRecord
 from edge.diagnostics.transport import (
     DiagnosticError,
     DiagnosticTimeout,
@@ -59,6 +58,7 @@ from edge.diagnostics.transport import (
     TransportError,
 )
 from edge.diagnostics.uds import UdsEcu, did_text
+from edge.wire.diagnostics import DiagRecord
 
 __all__ = ["MAX_RETRY", "BusDiagnostics", "DtcTracker", "RateLimiter"]
 

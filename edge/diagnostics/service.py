@@ -17,11 +17,11 @@ import msgpack
 
 from edge.clock import Clock, SystemClock
 from edge.config.model import Config
-from edge.diagnostics.records import EXT_KEY, DiagRecord, records_to_wire
 from edge.diagnostics.scheduler import BusDiagnostics
 from edge.diagnostics.uds import did_text
 from edge.errors import ConfigError, SpoolError
 from edge.wire.codec import KIND_DATA, Codec
+from edge.wire.diagnostics import EXT_KEY, DiagRecord, records_to_wire
 from edge.wire.payload import Payload
 
 __all__ = ["DTC_PRIORITY", "Diagnostics", "DiagnosticsWriter"]

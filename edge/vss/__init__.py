@@ -1,10 +1,10 @@
 """COVESA VSS names for DBC signals (issue 16): the VSS tree in use (:mod:`edge.vss.tree`),
 Kuksa-format mapping files checked against it and the databases (:mod:`edge.vss.mapping`), and
-the transforms they define (:mod:`edge.vss.transform`). docs/vss.md tells how to use them."""
+the transforms they define (:mod:`edge.wire.transform`). docs/vss.md tells how to use them."""
 
 from edge.vss.mapping import VssLink, VssMapping, VssMappingError, load_vss_mapping
-from edge.vss.transform import Transform, TransformError, compile_spec, parse_math
 from edge.vss.tree import VssNode, VssTree, VssTreeError, default_tree, load_tree
+from edge.wire.transform import Transform, TransformError, compile_spec, parse_math
 
 __all__ = [
     "Transform",

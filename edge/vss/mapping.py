@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 from edge.bundled import bundled_mappings_dir
 from edge.errors import ConfigError
-from edge.vss.transform import Transform, TransformError, compile_spec, linear
 from edge.vss.tree import NUMERIC_TYPES, VssNode, VssTree, VssTreeError, load_tree, walk
 from edge.wire.schema import Schema, VssInfo
+from edge.wire.transform import Transform, TransformError, compile_spec, linear
 
 if TYPE_CHECKING:
     from cantools.database.can import Database

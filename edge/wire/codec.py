@@ -47,8 +47,10 @@ import zstandard
 
 from edge.errors import PayloadError, SchemaMissingError
 from edge.wire.columns import EPOCH_THRESHOLD, Batch
+from edge.wire.diagnostics import records_from_wire
 from edge.wire.payload import Payload
 from edge.wire.schema import Schema, SignalInfo
+from edge.wire.transform import TransformError, compile_spec
 
 __all__ = [
     "FORMAT_VERSION",
@@ -630,8 +632,6 @@ def _diagnostics_rows(envelope: Mapping[str, Any], items: object) -> list[Row]:
     """The rows of an envelope's ``ext["diag"]`` records (docs/diagnostics.md): message
     ``DTC``/``VIN``/``DID``, signal the DTC text or the DID's name, the event or text in
     ``choice``."""
-    from edge.diagnostics.records import records_from_wire
-
     try:
         records = records_from_wire(items, envelope["t0"], envelope["res"])
     except ValueError as exc:
@@ -655,8 +655,6 @@ def _diagnostics_rows(envelope: Mapping[str, Any], items: object) -> list[Row]:
 
 def _vss_columns(schema: Schema) -> dict[tuple[int, int], list[tuple[str, str, Any]]]:
     """The schema's VSS links by (message, signal) index, their transforms compiled."""
-    from edge.vss.transform import TransformError, compile_spec
-
     columns: dict[tuple[int, int], list[tuple[str, str, Any]]] = {}
     for link in schema.vss:
         try:

@@ -107,7 +107,7 @@ class MessageInfo:
 @dataclass(frozen=True, slots=True)
 class VssInfo:
     """A VSS path fed by one series of the schema (edge/vss/): its value is ``transform``
-    (a spec for :func:`edge.vss.transform.compile_spec`) of the series' physical value."""
+    (a spec for :func:`edge.wire.transform.compile_spec`) of the series' physical value."""
 
     message: int
     signal: int

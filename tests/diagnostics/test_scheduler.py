@@ -14,7 +14,6 @@ import pytest
 
 from edge.clock import FakeClock
 from edge.config.model import parse_config
-from edge.diagnostics.records import DiagRecord
 from edge.diagnostics.scheduler import BusDiagnostics, RateLimiter
 from edge.diagnostics.service import Diagnostics
 from edge.diagnostics.transport import DiagnosticTimeout, NegativeResponse, TransportError
@@ -26,6 +25,7 @@ from edge.simulator.ecus import (
     TRANSMISSION_PIDS,
     SimulatedEcus,
 )
+from edge.wire.diagnostics import DiagRecord
 from tests.support.diagnostics import diag_config
 from tests.support.waiting import wait_for
 

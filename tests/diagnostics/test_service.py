@@ -15,12 +15,12 @@ import can
 import pytest
 
 from edge.config.model import parse_config
-from edge.diagnostics.records import DiagRecord
 from edge.diagnostics.service import DTC_PRIORITY, DiagnosticsWriter
 from edge.pipeline import Pipeline
 from edge.simulator.ecus import DEMO_VIN, SimulatedEcus
 from edge.simulator.vehicle import OBD2_DBC
 from edge.wire.codec import PayloadReader, Row
+from edge.wire.diagnostics import DiagRecord
 from tests.support.diagnostics import diag_config
 from tests.support.waiting import wait_for
 

@@ -22,7 +22,6 @@ import pytest
 
 from edge.config.model import parse_config
 from edge.diagnostics.j1939 import PGN_DM1, J1939Reassembler
-from edge.diagnostics.records import DiagRecord
 from edge.diagnostics.service import Diagnostics
 from edge.pipeline import Pipeline
 from edge.simulator.ecus import (
@@ -33,6 +32,7 @@ from edge.simulator.ecus import (
     dm1_bytes,
 )
 from edge.simulator.vehicle import DEMO_DBC
+from edge.wire.diagnostics import DiagRecord
 from tests.support.waiting import wait_for
 
 pytestmark = [

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from edge.vss.transform import TransformError, compile_spec, linear, parse_math
+from edge.wire.transform import TransformError, compile_spec, linear, parse_math
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""edge.diagnostics.records: the ``ext["diag"]`` wire form; the codec refuses a malformed one."""
+"""edge.wire.diagnostics: the ``ext["diag"]`` wire form; the codec refuses a malformed one."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from edge.diagnostics.records import DiagRecord, records_from_wire, records_to_wire
+from edge.wire.diagnostics import DiagRecord, records_from_wire, records_to_wire
 
 RES = 1_000_000  # 1 ms
 

@@ -7,8 +7,8 @@ Each record travels as an array::
     [time, bus, ecu, kind, name, value, text, first_seen | nil, source | nil]
 
 ``time`` and ``first_seen`` are integer ticks of the envelope's ``res`` relative to its ``t0``;
-``kind`` is ``dtc``, ``vin`` or ``did``. This module has no dependency on the codec so the codec
-(the cloud's reader) can use it.
+``kind`` is ``dtc``, ``vin`` or ``did``. The diagnostics stage (edge/diagnostics/) makes the
+records; the codec's reader turns them back into rows.
 """
 
 from __future__ import annotations
