@@ -60,7 +60,7 @@ from edge.clock import Clock, SystemClock
 from edge.config.model import Config
 from edge.delivery.appender import Append, PayloadAppender
 from edge.errors import ConfigError, SpoolError, TelemetryError
-from edge.processing.batch import Batch, Batcher
+from edge.processing.batch import Batch
 from edge.processing.decode import (
     MAX_CACHED_UNKNOWN,
     dict_decoder,
@@ -130,12 +130,15 @@ class _Decoding:
         self.by_dict = dict_decoder(db)  # a frame of ``length`` bytes -> {name: raw}
         self.plain = plain_decoder(db)  # any frame: cantools itself
 
-    def one(self, db: DbMessage, name: str) -> Callable[[Any], Any] | None:
+    def one(
+        self, db: DbMessage, name: str
+    ) -> tuple[Callable[[Any], Any], IntegerLayout | None] | None:
         """``read(data)``: the raw value of signal ``name`` in a frame of ``length`` bytes, for a
-        message that is not multiplexed: for an integer signal, a shift and a mask of the
-        payload as one integer (no value made but the one wanted); else a layout of that
-        signal alone. None when neither gives what cantools gives for the whole message on
-        probe payloads (then the whole message is decoded)."""
+        message that is not multiplexed, and its :data:`IntegerLayout` when it is an integer
+        read by a shift and a mask of the payload as one integer (no value made but the one
+        wanted; the engine's loop does that inline); else a layout of that signal alone. None
+        when neither gives what cantools gives for the whole message on probe payloads (then
+        the whole message is decoded)."""
         if self.unpack is None:
             return None
         try:
@@ -143,9 +146,14 @@ class _Decoding:
             rng = random.Random(db.length)
             probes = [bytes(db.length), b"\xff" * db.length, b"\x55" * db.length]
             probes += [rng.randbytes(db.length) for _ in range(16)]
-            for read in (_integer_reader(signal, db.length), _lone_reader(db, signal)):
-                if read is not None and _reads_as_cantools(read, db, name, probes):
-                    return read
+            layout = _integer_layout(signal, db.length)
+            if layout is not None:
+                read = _integer_reader(layout)
+                if _reads_as_cantools(read, db, name, probes):
+                    return read, layout
+            lone = _lone_reader(db, signal)
+            if lone is not None and _reads_as_cantools(lone, db, name, probes):
+                return lone, None
         except Exception:  # cantools refuses the lone signal: the whole message it is
             return None
         return None
@@ -159,15 +167,19 @@ class _Decoding:
         return self.by_dict(data)
 
 
-def _integer_reader(signal: Any, length: int) -> Callable[[Any], int] | None:
-    """The raw value of an integer ``signal`` as a shift and a mask of the payload read as one
-    integer (little-endian signals from the payload read little-endian; big-endian ones, whose
-    start bit cantools counts in network order, from the payload read big-endian)."""
+#: How an integer signal is read from a payload of its message's length:
+#: ``int.from_bytes(data, order) >> shift & mask``, minus ``2 * sign`` when the sign bit is set.
+IntegerLayout = tuple[Literal["little", "big"], int, int, int]
+
+
+def _integer_layout(signal: Any, length: int) -> IntegerLayout | None:
+    """The :data:`IntegerLayout` of an integer ``signal`` in a ``length``-byte payload (a
+    little-endian signal from the payload read little-endian; a big-endian one, whose start bit
+    cantools counts in network order, from the payload read big-endian); None for a float."""
     if signal.conversion.is_float or signal.length <= 0:
         return None
-    bits, mask = signal.length, (1 << signal.length) - 1
+    bits = signal.length
     sign = 1 << (bits - 1) if signal.is_signed else 0
-    order: Literal["little", "big"]
     if signal.byte_order == "little_endian":
         shift, order = signal.start, "little"
     else:
@@ -175,21 +187,18 @@ def _integer_reader(signal: Any, length: int) -> Callable[[Any], int] | None:
         shift, order = 8 * length - (8 * (start // 8) + (7 - start % 8) + bits), "big"
     if shift < 0:
         return None
-    from_bytes = int.from_bytes
+    return ("little" if order == "little" else "big"), shift, (1 << bits) - 1, sign
 
-    if not sign:
 
-        def unsigned(data: Any) -> int:
-            value: int = from_bytes(data, order) >> shift & mask
-            return value
+def _integer_reader(layout: IntegerLayout) -> Callable[[Any], int]:
+    """``read(data)`` by an :data:`IntegerLayout` (what the engine's loop does inline)."""
+    order, shift, mask, sign = layout
 
-        return unsigned
-
-    def signed(data: Any) -> int:
-        value: int = from_bytes(data, order) >> shift & mask
+    def read(data: Any) -> int:
+        value: int = int.from_bytes(data, order) >> shift & mask
         return value - (value & sign) * 2
 
-    return signed
+    return read
 
 
 def _lone_reader(db: DbMessage, signal: Any) -> Callable[[Any], Any] | None:
@@ -279,9 +288,9 @@ class _Entry:
         self.scaled: list[tuple[str, tuple[str, str, str], float, float, bool]] = []
         self.input_keys: list[int] = []  # tuple positions of the inputs (fast path)
         self.input_last: list[Any] = []  # raw value of each input in the previous payload
-        #: one input read on its own, recorded only when it changes: (read, frame length,
-        #: state key, scale, offset); None: the general path
-        self.quick: tuple[Callable[[Any], Any], int, Any, float, float] | None = None
+        #: one input read on its own, recorded only when it changes (see _Quick); None: the
+        #: general path
+        self.quick: _Quick | None = None
         self.schema_index: int | None = None
         self.decode_errors = 0
         #: a campaign reads, captures or snapshots it (see CampaignEngine._wire)
@@ -312,6 +321,12 @@ class _Entry:
             view.ring = FrameRing(*self.keep)
         self.views.append(view)
         return view
+
+
+#: The quick path of a condition input (CampaignEngine.process): frame length, state key,
+#: scale, offset, then either ``read`` (None) and the :data:`IntegerLayout` (order, shift, mask,
+#: sign) read inline, or ``read(data)`` (a layout of the signal alone) and placeholders.
+_Quick = tuple[int, Any, float, float, "Callable[[Any], Any] | None", Any, int, int, int]
 
 
 class _Table(dict[int, "_Entry | None"]):
@@ -576,7 +591,19 @@ class CampaignEngine:
                 signal, key, scale, offset, every = entry.scaled[0]
                 one = None if every else decoding.one(entry.db, signal)
                 if one is not None:
-                    entry.quick = (one, decoding.length, key, scale, offset)
+                    read, layout = one
+                    order, shift, mask, sign = layout or ("", 0, 0, 0)
+                    entry.quick = (
+                        decoding.length,
+                        key,
+                        scale,
+                        offset,
+                        None if layout else read,
+                        order,
+                        shift,
+                        mask,
+                        sign,
+                    )
             if not entry.j1939:  # its own only view (J1939 ones get one per source address)
                 entry.views = [entry]
                 if entry.keep is not None:
@@ -599,6 +626,9 @@ class CampaignEngine:
             extended: dict[int, _Entry | None] = {}
             t = self.now
             due = self._due
+            state = self.state
+            values, changed = state.values, state.changed
+            from_bytes = int.from_bytes
             for msg in frames:
                 channel = msg.channel
                 if channel is not last_channel:
@@ -627,16 +657,31 @@ class CampaignEngine:
                         if entry.watched or data != entry.payload:
                             self._inputs(entry, data, t)
                     elif data != entry.payload:
-                        if len(data) != quick[1]:
+                        # One input read alone, inline (_Quick): what _inputs does for it, a
+                        # call only to evaluate when its value changed.
+                        length, key, scale, offset, read, order, shift, mask, sign = quick
+                        if len(data) != length:
                             self._inputs(entry, data, t)
-                        else:  # one input read alone: a method call only on a change
-                            # (a reference: a frame's data is not changed once received)
+                        else:
+                            # a reference: a frame's data is not changed once received
                             entry.payload = data
-                            value = quick[0](data)
+                            if read is None:
+                                value = from_bytes(data, order) >> shift & mask
+                                value -= (value & sign) * 2
+                            else:
+                                value = read(data)
                             last = entry.input_last
                             if value != last[0]:
                                 last[0] = value
-                                self._input(entry, quick, value, t)
+                                physical = value * scale + offset
+                                # state.update(), for a key without history
+                                if values.get(key) != physical or physical != physical:
+                                    values[key] = physical
+                                    state.now = t
+                                    changed.clear()
+                                    changed.add(key)
+                                    for campaign in entry.campaigns:
+                                        self._evaluate(campaign, t)
                 if t > due:  # a capture ended or a snapshot is due (exact per frame)
                     self._run_due(t)
                     due = self._due
@@ -681,16 +726,6 @@ class CampaignEngine:
                 if update(key, t, value * scale + offset):
                     changed = True
         if changed:
-            for campaign in entry.campaigns:
-                self._evaluate(campaign, t)
-
-    def _input(self, entry: _Entry, quick: Any, value: Any, t: float) -> None:
-        """The one input of ``entry`` (its quick path) changed to raw ``value``: record it and
-        evaluate the conditions that read it (as :meth:`_inputs` does)."""
-        state = self.state
-        state.now = t
-        state.changed.clear()
-        if state.update(quick[2], t, value * quick[3] + quick[4]):
             for campaign in entry.campaigns:
                 self._evaluate(campaign, t)
 
@@ -827,15 +862,7 @@ class CampaignEngine:
         capture never holds more than one payload's rows in memory."""
         stats = campaign.stats if campaign is not None else self.adhoc
         raw: dict[tuple[int, int | None, int], list[bytes]] = {}
-        batcher = Batcher(
-            budget=self.config.batch.max_bytes,
-            max_age=float("inf"),
-            ticks_per_second=self._ticks,
-            measure=lambda batch: sum(
-                self.codec.size(KIND_DATA, e, b) for e, b in self._parts(batch, ext, raw)
-            ),
-            clock=self._clock,
-        )
+        batch = Batch(self._clock.monotonic())
         ticks = self._ticks
         state = {"rows": 0, "cut": False}
         picked: tuple[Any, list[tuple[int, int]]] = (None, [])  # columns -> tuple positions
@@ -865,15 +892,14 @@ class CampaignEngine:
             if raw_wanted:
                 raw.setdefault((entry.schema_index, entry.source_address, tick), []).append(data)
             state["rows"] += 1
-            # A part closes when full, or at _PART_VALUES values: what a capture holds in memory
-            # at once stays a few MB whatever its length (60 s of a whole bus compresses so well
-            # that a full payload would hold millions of values).
-            if (
-                batcher.add(entry.schema_index, entry.source_address, tick, items)
-                or batcher.batch.values >= _PART_VALUES
-            ):
-                self._write(campaign, batcher.take(), ext, priority, raw, state)
-        self._write(campaign, batcher.take(), ext, priority, raw, state)
+            # A part closes at _PART_VALUES values: what a capture holds in memory at once stays
+            # a few MB whatever its length. _write splits a part that encodes larger than
+            # max_bytes: a part is encoded once (or a few times), not measured as it grows.
+            batch.add(entry.schema_index, entry.source_address, tick, items)
+            if batch.values >= _PART_VALUES:
+                self._write(campaign, batch, ext, priority, raw, state)
+                batch = Batch(self._clock.monotonic())
+        self._write(campaign, batch if batch.groups else None, ext, priority, raw, state)
         if state["rows"]:
             if state["cut"]:
                 stats.budget_dropped += 1
