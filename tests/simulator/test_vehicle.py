@@ -424,11 +424,12 @@ def test_run_simulation_paces_frames_in_real_time(
 def test_run_simulation_stops_when_asked(virtual_pair: tuple[can.BusABC, can.BusABC]) -> None:
     sender, _ = virtual_pair
     stop = threading.Event()
+    simulator = VehicleSimulator(seed=6)  # built first: under load it may take the whole 0.3 s
     timer = threading.Timer(0.3, stop.set)
     timer.start()
     started = time.monotonic()
     try:
-        sent = run_simulation(sender, VehicleSimulator(seed=6), 60.0, speed=1.0, stop=stop)
+        sent = run_simulation(sender, simulator, 60.0, speed=1.0, stop=stop)
     finally:
         timer.cancel()
     assert time.monotonic() - started < 5.0
