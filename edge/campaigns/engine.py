@@ -307,6 +307,7 @@ class _Entry:
             "input_keys",
             "inputs",
             "keep",
+            "quick",
             "scaled",
             "schema_index",
             "used",
@@ -587,7 +588,7 @@ class CampaignEngine:
             if decoding.unpack is not None and all(s in decoding.position for s, _ in entry.inputs):
                 entry.input_keys = [decoding.position[s] for s, _ in entry.inputs]
             entry.input_last = [None] * len(entry.scaled)
-            if len(entry.scaled) == 1 and not entry.watched and not entry.j1939:
+            if len(entry.scaled) == 1 and not entry.watched:
                 signal, key, scale, offset, every = entry.scaled[0]
                 one = None if every else decoding.one(entry.db, signal)
                 if one is not None:
@@ -670,18 +671,16 @@ class CampaignEngine:
                                 value -= (value & sign) * 2
                             else:
                                 value = read(data)
-                            last = entry.input_last
-                            if value != last[0]:
-                                last[0] = value
-                                physical = value * scale + offset
-                                # state.update(), for a key without history
-                                if values.get(key) != physical or physical != physical:
-                                    values[key] = physical
-                                    state.now = t
-                                    changed.clear()
-                                    changed.add(key)
-                                    for campaign in entry.campaigns:
-                                        self._evaluate(campaign, t)
+                            physical = value * scale + offset
+                            # state.update() for a key without history: the state's value,
+                            # which every source address of a J1939 message writes
+                            if values.get(key) != physical or physical != physical:
+                                values[key] = physical
+                                state.now = t
+                                changed.clear()
+                                changed.add(key)
+                                for campaign in entry.campaigns:
+                                    self._evaluate(campaign, t)
                 if t > due:  # a capture ended or a snapshot is due (exact per frame)
                     self._run_due(t)
                     due = self._due
