@@ -729,11 +729,12 @@ class CampaignEngine:
                 self._evaluate(campaign, t)
 
     def _evaluate(self, campaign: _Campaign, t: float) -> None:
-        if not campaign.active or campaign.expression is None:
+        expression = campaign.expression
+        if not campaign.active or expression is None:
             return
-        truth = campaign.expression(self.state)
+        truth = expression.test(self.state)
         cfg = campaign.config
-        fire = truth and (cfg.trigger == "while_true" or not campaign.was_true)
+        fire = truth and (not campaign.was_true or cfg.trigger == "while_true")
         campaign.was_true = truth
         if not fire:
             return

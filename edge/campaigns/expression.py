@@ -158,6 +158,9 @@ class Expression:
     messages: frozenset[tuple[str, str]]
     windows: Mapping[Key, float]
     _root: Node
+    #: ``test(state)``: whether the condition holds, as :meth:`__call__` says, in one call less
+    #: (the root itself when it gives a bool: a comparison, and/or/not)
+    test: Callable[[ConditionState], bool]
 
     def __call__(self, state: ConditionState) -> bool:
         """Whether the condition holds in ``state``."""
@@ -238,12 +241,21 @@ def compile_expression(
             raise ExpressionError(f"{type(node).__name__} is not allowed", _column(node))
     compiler = _Compiler(resolve_signal, resolve_message)
     root = compiler.node(tree.body)
+    body = tree.body
+    boolean = isinstance(body, ast.Compare | ast.BoolOp) or (
+        isinstance(body, ast.UnaryOp) and isinstance(body.op, ast.Not)
+    )
+
+    def test(state: ConditionState) -> bool:
+        return _truth(root(state))
+
     return Expression(
         text,
         frozenset(compiler.inputs),
         frozenset(compiler.messages),
         dict(compiler.windows),
         root,
+        root if boolean else test,
     )
 
 
