@@ -72,12 +72,11 @@ def run(p: Processor, frames: Sequence[can.Message]) -> None:
     bus: Any = None
     frames_left = iter(frames)
     msg: Any = None
-    track: Any = None
+    track: Any  # a Track, a skip reason, or None (annotated only: no store per frame)
     try:
         while True:
             try:
                 for msg in frames_left:
-                    track = None
                     if msg.is_error_frame or msg.is_remote_frame:
                         p._reserved += spent
                         spent = 0
@@ -175,7 +174,7 @@ def run(p: Processor, frames: Sequence[can.Message]) -> None:
             except Exception as exc:  # a fault of ours: this frame only
                 p._reserved += spent
                 spent = 0
-                p._lose(msg, track, exc)
+                p._lose(msg, p._track_of(msg), exc)  # looked up again: no store per frame
                 room, age_due = p._room - p._reserved, batcher.age_due
     finally:
         p._reserved += spent

@@ -192,6 +192,15 @@ class Processor:
                 decoder.decoded -= 1
             raise
 
+    def _track_of(self, msg: can.Message) -> Track | None:
+        """The fast path's track of a data frame's message, if it has one by now."""
+        entry = self._tracks_by_bus.get(msg.channel)  # type: ignore[arg-type]
+        if entry is None or msg.is_error_frame or msg.is_remote_frame:
+            return None
+        standard, extended, _ = entry
+        track = (extended if msg.is_extended_id else standard).get(msg.arbitration_id)
+        return track if isinstance(track, Track) else None
+
     def _lose(self, msg: can.Message, track: Track | None, exc: Exception) -> None:
         """A frame whose handling raised: count it lost and, when it has a track on the fast
         path, settle what is pending and switch the message to cantools' own path for good."""
