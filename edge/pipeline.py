@@ -22,10 +22,11 @@ from dataclasses import replace
 from typing import Any
 
 from edge.clock import Clock, SystemClock
+from edge.config.campaigns import DEFAULT_PRIORITY
 from edge.config.model import Config
 from edge.delivery.backend import Backend, BackendSettings
 from edge.delivery.forwarder import Forwarder
-from edge.delivery.spool import DEFAULT_PRIORITY, Spool
+from edge.delivery.spool import Spool
 from edge.delivery.uplinks.base import Uplink
 from edge.ingest.source import (
     CHUNK,

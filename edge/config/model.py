@@ -19,9 +19,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from edge.campaigns.config import ALWAYS, CampaignConfig, parse_campaigns
+from edge.config.campaigns import ALWAYS, CampaignConfig, parse_campaigns
+from edge.config.diagnostics import DiagnosticsConfig, parse_diagnostics
 from edge.config.table import Table
-from edge.diagnostics.config import DiagnosticsConfig, parse_diagnostics
+from edge.config.uplinks import parse_uplink_options
 from edge.errors import ConfigError
 
 __all__ = [
@@ -161,9 +162,9 @@ class Config:
     base_dir: str = "."
     #: The VSS tree mappings are checked against (None: the bundled VSS 6.0 catalog).
     vss_tree: str | None = None
-    #: ``[diagnostics]`` (edge/diagnostics/config.py); empty: listen-only on every bus.
+    #: ``[diagnostics]`` (edge/config/diagnostics.py); empty: listen-only on every bus.
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
-    #: ``[[campaigns]]`` (edge/campaigns/config.py); ``[signals]`` is the default ``always`` one.
+    #: ``[[campaigns]]`` (edge/config/campaigns.py); ``[signals]`` is the default ``always`` one.
     campaigns: tuple[CampaignConfig, ...] = ()
 
     def bus(self, name: str) -> BusConfig:
@@ -394,8 +395,6 @@ def _spool(t: Table, resolve: Any) -> SpoolConfig:
 
 
 def _uplink(t: Table, resolve: Any) -> tuple[ForwarderConfig, UplinkConfig]:
-    from edge.delivery.uplinks import uplink_class
-
     forwarder = ForwarderConfig(
         send_timeout=t.float("send_timeout", 30.0, min=0.1),
         backoff_initial=t.float("backoff_initial", 1.0, min=0.01),
@@ -404,12 +403,11 @@ def _uplink(t: Table, resolve: Any) -> tuple[ForwarderConfig, UplinkConfig]:
     if forwarder.backoff_max < forwarder.backoff_initial:
         raise t.error("backoff_max", "must not be smaller than backoff_initial")
     kind = t.str("type", "file")
-    cls = uplink_class(kind)
     table = t.rest()
     if kind == "file":
         table.setdefault("path", "outbox")
     for key in ("path", "ca_file", "cert_file", "key_file"):
         if isinstance(table.get(key), str):
             table[key] = resolve(table[key])
-    options = cls.parse_options(table, t.path)
+    options = parse_uplink_options(kind, table, t.path)
     return forwarder, UplinkConfig(kind=kind, options=options)

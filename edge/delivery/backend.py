@@ -28,7 +28,7 @@ from edge.delivery.spool import Spool, SpoolStats
 from edge.delivery.uplinks import uplink_class
 from edge.delivery.uplinks.base import Uplink
 
-if TYPE_CHECKING:  # types only: the configuration model imports the uplink registry
+if TYPE_CHECKING:  # types only
     from edge.config.model import Config, ForwarderConfig, SpoolConfig, UplinkConfig
 
 __all__ = ["Backend", "BackendSettings", "UplinkFactory", "configured_uplink"]

@@ -95,6 +95,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from edge.clock import Clock, SystemClock
+from edge.config.campaigns import DEFAULT_PRIORITY
 from edge.errors import SpoolError
 from edge.wire.payload import Payload
 
@@ -119,10 +120,6 @@ _WAL_MAX_BYTES = 4 * 1024 * 1024
 
 #: Estimated bytes a row costs on top of its payload (cell header, pointers, page slack).
 ROW_OVERHEAD = 64
-
-#: Delivery priority of a payload appended without one (0 is the most urgent, 9 the least).
-#: The forwarder reads by priority, then seq (issue 11, docs/delivery.md).
-DEFAULT_PRIORITY = 5
 
 #: Bytes of the file system left free by the spool: room for SQLite's -shm index, the
 #: transaction in progress beyond the WAL's budget, and a checkpoint growing the file.

@@ -17,9 +17,9 @@ import can
 import cantools
 import pytest
 
-from edge.campaigns.config import CampaignConfig
 from edge.campaigns.engine import raw_frames
 from edge.clock import FakeClock
+from edge.config.campaigns import CampaignConfig
 from edge.config.model import parse_config
 from edge.errors import ConfigError
 from edge.processing.processor import Processor
@@ -718,3 +718,43 @@ def test_j1939_corpus_truck_campaign_captures_by_pgn() -> None:
             for name, value in eec1.decode(bytes(m.data), decode_choices=False).items()
         )
         assert sorted((r.time, r.source, r.signal, r.value) for r in rows) == want
+
+
+def test_a_capture_larger_than_a_payload_is_split_and_complete() -> None:
+    """A 10 s window of every message does not fit in one 4 KB payload: it goes as several,
+    each within max_bytes, each saying the same trigger, together exactly cantools' rows."""
+    frames = drive(40)
+    wide = {**FAST, "signals": ["*"], "before": 5.0, "after": 5.0}
+    _, collector = run(config(wide, batch={"max_bytes": 4096}), frames)
+    sizes = [
+        len(p.body)
+        for _, p in collector.payloads
+        if p.properties.get("campaign") == "fast" and p.properties["kind"] == "data"
+    ]
+    by_trigger: dict[float, list[Row]] = defaultdict(list)
+    for ext, rows in collector.captures("fast"):
+        by_trigger[ext["trigger"]].extend(rows)
+    assert list(by_trigger) == speed_edges(frames, 20)
+    assert max(sizes) <= 4096 and len(sizes) > 3 * len(by_trigger)  # split, within the limit
+    messages = {m.name for m in DB.messages}
+    for t, rows in by_trigger.items():
+        assert actual_rows(rows) == expected_rows(DB, frames, messages, t - 5.0, t + 5.0)
+
+
+def test_history_over_a_cap_is_counted_and_the_capture_says_so() -> None:
+    """buffer_frames smaller than the window: the ring keeps its newest frames, counts those it
+    pushed out, and the capture that wanted them is counted truncated, holding what was kept."""
+    frames = drive(60)
+    capped = {**FAST, "before": 5.0, "after": 0.5, "buffer_frames": 100}
+    processor, collector = run(config(capped), frames)
+    engine = processor.campaigns
+    assert engine is not None
+    assert engine.ring_stats()["overflow"] > 0
+    counters = engine.counters()["fast"]
+    assert counters["truncated"] == counters["captures"] >= 1
+    for ext, rows in collector.captures("fast"):
+        t = ext["trigger"]
+        want = expected_rows(DB, frames, {"ESC_Status", "ESC_BrakeStatus"}, t - 5.0, t + 0.5)
+        got = actual_rows(rows)
+        assert got and set(got) < set(want)  # a later start, nothing invented
+        assert max(got) == max(want)  # the end of the window is all there

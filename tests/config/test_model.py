@@ -30,9 +30,8 @@ from edge.config.model import (
     parse_config,
     parse_speed,
 )
-from edge.delivery.uplinks.azure import AzureDeviceOptions, AzureEdgeOptions
+from edge.config.uplinks import AzureDeviceOptions, AzureEdgeOptions, MqttOptions
 from edge.delivery.uplinks.file import FileUplink
-from edge.delivery.uplinks.mqtt import MqttOptions
 from edge.errors import ConfigError
 from edge.processing.database import load_databases
 

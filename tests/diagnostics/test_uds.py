@@ -3,7 +3,7 @@ ECUs in tests/diagnostics/test_scheduler.py and tests/iotedge/test_methods.py)."
 
 from __future__ import annotations
 
-from edge.diagnostics.config import DidConfig
+from edge.config.diagnostics import DidConfig
 from edge.diagnostics.uds import did_text
 
 

@@ -11,17 +11,18 @@ Built-in names win over entry points of the same name.
 
 An uplink is an :class:`~edge.delivery.uplinks.base.Uplink` with a ``kind`` (its registry name)
 and an ``Options`` class: a frozen dataclass deriving from
-:class:`~edge.delivery.uplinks.base.UplinkOptions` whose fields are its options. The base class
-reads the ``[uplink]`` table into it once, at configuration load (``parse_options``, errors
-naming ``uplink.<key>``), and builds the uplink from it later (``from_options``: cheap, no
-network I/O; connecting happens in ``send``, which may raise TransientUplinkError).
+:class:`~edge.config.uplinks.UplinkOptions` whose fields are its options (the built-ins' are
+declared in :mod:`edge.config.uplinks`, whose ``BUILT_IN_OPTIONS`` has the names of
+``BACKENDS``). The configuration reads the ``[uplink]`` table into it once, at load (errors
+naming ``uplink.<key>``); ``from_options`` builds the uplink from it later (cheap, no network
+I/O; connecting happens in ``send``, which may raise TransientUplinkError).
 """
 
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import EntryPoint, entry_points
 
+from edge.config.uplinks import ENTRY_POINT_GROUP, plugin_uplinks
 from edge.delivery.uplinks.base import Uplink
 from edge.errors import ConfigError
 
@@ -35,21 +36,14 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "azure-device": ("edge.delivery.uplinks.azure", "AzureDeviceUplink"),
 }
 
-#: Entry-point group through which other packages register uplinks.
-ENTRY_POINT_GROUP = "can_telemetry.uplinks"
-
 _FIELD = "uplink.type"
-
-
-def _plugins() -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in BACKENDS}
 
 
 def _load(kind: str) -> object:
     if kind in BACKENDS:
         module_name, class_name = BACKENDS[kind]
         return getattr(importlib.import_module(module_name), class_name)
-    plugin = _plugins().get(kind)
+    plugin = plugin_uplinks().get(kind)
     if plugin is None:
         known = ", ".join(available_uplinks())
         raise ConfigError(_FIELD, f"unknown uplink {kind!r}; known: {known}")
@@ -58,7 +52,7 @@ def _load(kind: str) -> object:
 
 def available_uplinks() -> list[str]:
     """Names of every uplink that can be configured: built-ins and entry points, sorted."""
-    return sorted({*BACKENDS, *_plugins()})
+    return sorted({*BACKENDS, *plugin_uplinks()})
 
 
 def uplink_class(kind: str) -> type[Uplink]:

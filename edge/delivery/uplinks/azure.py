@@ -40,25 +40,24 @@ other ``ClientError`` such as an untrusted certificate, a failing IoT Edge workl
 
 Options of ``azure-edge``: ``output`` (default ``"telemetry"``), ``keep_alive`` (seconds, default
 60). Options of ``azure-device``: ``connection_string`` (required, a secret: never logged, shown
-or echoed in errors), ``ca_file`` (PEM file, optional), ``keep_alive``.
+or echoed in errors), ``ca_file`` (PEM file, optional), ``keep_alive``. Both are declared in
+:mod:`edge.config.uplinks`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import threading
 import time
 from abc import abstractmethod
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 from azure.iot.device import IoTHubDeviceClient, Message
 
+from edge.config.uplinks import AzureDeviceOptions, AzureEdgeOptions
 from edge.delivery.uplinks.azure_sdk import classify, edge_module_client, shutdown_client
-from edge.delivery.uplinks.base import Rule, Uplink, UplinkOptions
+from edge.delivery.uplinks.base import Uplink
 from edge.errors import PermanentUplinkError, TransientUplinkError
 from edge.wire.payload import Payload
 
@@ -70,59 +69,6 @@ _log = logging.getLogger(__name__)
 MAX_RETIRING = 3
 #: How long ``close()`` waits for the clients to shut down.
 CLOSE_TIMEOUT = 5.0
-
-_KEEP_ALIVE = Rule(min=5, max=1740)  # the SDK refuses more than 29 minutes
-
-
-def _connection_string_problem(value: object) -> str | None:
-    """Why ``value`` is not a device connection string with a shared access key, or None.
-    The reason never contains the value."""
-    if not isinstance(value, str) or not value:
-        return "expected a non-empty string (HostName=...;DeviceId=...;SharedAccessKey=...)"
-    parts: dict[str, str] = {}
-    known = ("HostName", "DeviceId", "SharedAccessKey", "GatewayHostName", "ModuleId")
-    for number, item in enumerate(value.split(";"), 1):
-        key, sep, val = item.partition("=")
-        if not sep or not val or key in parts:
-            return "not a connection string: expected Key=value pairs separated by ';'"
-        if key not in known:
-            # Never quote it: a key pasted after a stray ';' ("...==") parses as a Key=value.
-            return (
-                f"part {number} has an unsupported key (expected {', '.join(known[:4])};"
-                " a device connection string with SharedAccessKey)"
-            )
-        parts[key] = val
-    missing = [k for k in ("HostName", "DeviceId", "SharedAccessKey") if k not in parts]
-    if missing:
-        return f"missing {missing[0]}"
-    if "ModuleId" in parts:
-        return "is a module connection string; azure-device needs a device's"
-    try:
-        base64.b64decode(parts["SharedAccessKey"], validate=True)
-    except binascii.Error:
-        return "SharedAccessKey is not valid base64"
-    return None
-
-
-_CONNECTION_STRING = Rule(secret=True, check=_connection_string_problem)
-
-
-@dataclass(frozen=True, slots=True)
-class AzureEdgeOptions(UplinkOptions):
-    """Validated options of the ``azure-edge`` uplink."""
-
-    output: str = "telemetry"
-    keep_alive: Annotated[int, _KEEP_ALIVE] = 60
-
-
-@dataclass(frozen=True, slots=True)
-class AzureDeviceOptions(UplinkOptions):
-    """Validated options of the ``azure-device`` uplink. The connection string is not shown in
-    the repr, nor quoted in an error."""
-
-    connection_string: Annotated[str, _CONNECTION_STRING] = field(repr=False)
-    ca_file: Annotated[str | None, Rule(file=True)] = None
-    keep_alive: Annotated[int, _KEEP_ALIVE] = 60
 
 
 class _Attempt:

@@ -10,7 +10,7 @@ same folder, fsynced, renamed into place with ``os.replace``, and the folder is 
 consumer should ignore names starting with a dot. Temporary files left by a crash are removed when
 the uplink is created.
 
-Options (``[uplink]`` with ``type = "file"``):
+Options (``[uplink]`` with ``type = "file"``; declared in :mod:`edge.config.uplinks`):
 
 * ``path`` (required): the outbox folder, created if missing.
 * ``fsync`` (default true): make each file durable before confirming it; false only for tmpfs or
@@ -26,11 +26,10 @@ import contextlib
 import os
 import re
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
-from edge.delivery.uplinks.base import Rule, Uplink, UplinkOptions
+from edge.config.uplinks import FileOptions
+from edge.delivery.uplinks.base import Uplink
 from edge.errors import ConfigError, RejectedPayloadError, TransientUplinkError
 from edge.wire.payload import Payload
 
@@ -45,17 +44,10 @@ class FileUplink(Uplink):
     """Writes each payload atomically to its own file in an outbox folder."""
 
     kind = "file"
-
-    @dataclass(frozen=True, slots=True)
-    class Options(UplinkOptions):
-        """Validated options of the file uplink."""
-
-        path: str
-        fsync: bool = True
-        max_files: Annotated[int | None, Rule(min=1)] = None
+    Options = FileOptions
 
     @classmethod
-    def from_options(cls, options: FileUplink.Options) -> FileUplink:
+    def from_options(cls, options: FileOptions) -> FileUplink:
         """Build the uplink from parsed options (its constructor takes them one by one)."""
         return cls(options.path, fsync=options.fsync, max_files=options.max_files)
 

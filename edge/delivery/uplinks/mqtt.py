@@ -24,7 +24,7 @@ unusable TLS files and payloads lacking a topic property raise
 or certificate failure, lost connection, timeout) raises
 :class:`~edge.errors.TransientUplinkError`. Passwords never appear in reprs, logs or messages.
 
-Options (``[uplink]`` with ``type = "mqtt"``):
+Options (``[uplink]`` with ``type = "mqtt"``; declared in :mod:`edge.config.uplinks`):
 
 * ``host`` (required); ``port`` (default 8883 with TLS, 1883 without)
 * ``tls`` (default true); ``ca_file`` (PEM; default: the system's CAs); ``cert_file`` and
@@ -43,15 +43,14 @@ import ssl
 import string
 import threading
 import time
-from dataclasses import dataclass, field, replace
-from typing import Annotated, Any
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.config.table import Table
-from edge.delivery.uplinks.base import Rule, Uplink, UplinkOptions
+from edge.config.uplinks import MqttOptions
+from edge.delivery.uplinks.base import Uplink
 from edge.errors import (
     PermanentUplinkError,
     RejectedPayloadError,
@@ -62,64 +61,11 @@ from edge.wire.payload import Payload
 
 __all__ = ["MqttOptions", "MqttUplink"]
 
-#: Payload properties a topic template may use.
-TOPIC_FIELDS = ("kind", "stream", "seq", "schema", "vehicle", "compression", "format")
-PROTOCOLS = ("5", "3.1.1")
-DEFAULT_TOPIC = "vehicles/{vehicle}/telemetry/{kind}"
-
 #: CONNACK codes that retrying with the same settings will not change.
 _REFUSED_FOR_GOOD = {
     "3.1.1": {1, 2, 4, 5},  # protocol version, identifier rejected, bad credentials, not authorized
     "5": {0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C},  # version, client id, credentials, auth, banned
 }
-
-
-def _topic_problem(template: str) -> str | None:
-    """Why ``template`` is not a usable topic template, or None."""
-    try:
-        parts = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        return f"bad placeholder syntax: {exc}"
-    for literal, name, spec, conversion in parts:
-        if "+" in literal or "#" in literal or "\0" in literal:
-            return "must not contain the wildcards + and # (nor NUL)"
-        if name is not None and (name not in TOPIC_FIELDS or spec or conversion):
-            return f"unknown placeholder {{{name}}}; known: {', '.join(TOPIC_FIELDS)}"
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class MqttOptions(UplinkOptions):
-    """Validated options of the ``mqtt`` uplink (see the module docstring). The password is not
-    shown in the repr, nor quoted in an error."""
-
-    host: str
-    port: Annotated[int, Rule(min=1, max=65535)] = 8883  # 1883 without TLS (cross_check)
-    tls: bool = True
-    ca_file: Annotated[str | None, Rule(file=True)] = None
-    cert_file: Annotated[str | None, Rule(file=True)] = None
-    key_file: Annotated[str | None, Rule(file=True)] = None
-    username: str | None = None
-    password: Annotated[str | None, Rule(secret=True)] = field(default=None, repr=False)
-    client_id: str = ""
-    topic: Annotated[str, Rule(check=_topic_problem)] = DEFAULT_TOPIC
-    qos: Annotated[int, Rule(min=0, max=1)] = 1
-    keepalive: Annotated[int, Rule(min=5, max=65535)] = 60
-    protocol: Annotated[str, Rule(choices=PROTOCOLS)] = "5"
-
-    def cross_check(self, table: Table) -> MqttOptions:
-        """TLS files only with TLS, a client certificate with its key, a password with a
-        username; port 1883 without TLS unless given."""
-        for key in ("ca_file", "cert_file", "key_file"):
-            if getattr(self, key) is not None and not self.tls:
-                raise table.error(key, "only applies with tls = true")
-        if (self.cert_file is None) != (self.key_file is None):
-            raise table.error("cert_file", "cert_file and key_file go together")
-        if self.password is not None and self.username is None:
-            raise table.error("password", "needs a username")
-        if not self.tls and not table.has("port"):
-            return replace(self, port=1883)
-        return self
 
 
 class MqttUplink(Uplink):

@@ -1,6 +1,5 @@
-"""edge.diagnostics.config: the [diagnostics] table, through edge.config.model.parse_config (the
-same
-parser serves the TOML file and the twin)."""
+"""edge.config.diagnostics: the [diagnostics] table, through edge.config.model.parse_config (the
+same parser serves the TOML file and the twin)."""
 
 from __future__ import annotations
 
@@ -10,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from edge.config.diagnostics import DiagBusConfig, ObdPid
 from edge.config.model import parse_config
-from edge.diagnostics.config import DiagBusConfig, ObdPid
 from edge.errors import ConfigError
 from edge.simulator.vehicle import DEMO_DBC
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from edge.campaigns.config import CampaignConfig, describe
+from edge.config.campaigns import CampaignConfig, describe
 from edge.config.model import parse_config
 from edge.errors import ConfigError
 
