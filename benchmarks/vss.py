@@ -3,7 +3,7 @@ series feed VSS paths.
 
     .venv/bin/python benchmarks/vss.py
 
-Prints markdown. Start-up: ``load_vss_mapping`` of each bundled mapping (tree, file, checks), cold
+Prints markdown. Start-up: ``link_config`` of each bundled mapping (tree, file, checks), cold
 (first in the process) and warm (cached tree and file, what a twin update costs). Decode: the demo
 car's simulated traffic (60 s, every signal, ``PayloadReader``) with the demo mapping, rows per
 second with VSS rows and with ``vss=False``; best of 5.
@@ -22,7 +22,7 @@ from edge.config.model import parse_config
 from edge.processing.database import load_databases
 from edge.processing.processor import Processor
 from edge.simulator.vehicle import DEMO_DBC, VehicleSimulator
-from edge.vss.mapping import load_vss_mapping
+from edge.vss.mapping import link_config
 from edge.wire.codec import PayloadReader
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "dbc_corpus" / "opendbc"
@@ -40,10 +40,10 @@ def startup() -> None:
         )  # fmt: skip
         databases = [load_databases([str(dbc)], strict=False)]
         t0 = time.perf_counter()
-        vss = load_vss_mapping(config, databases)
+        vss = link_config(config, databases)
         cold = time.perf_counter() - t0
         t0 = time.perf_counter()
-        load_vss_mapping(config, databases)
+        link_config(config, databases)
         warm = time.perf_counter() - t0
         print(f"| {mapping} | {len(vss.links)} | {cold * 1e3:.1f} | {warm * 1e3:.1f} |")
 

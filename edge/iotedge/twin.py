@@ -69,8 +69,7 @@ from edge import __version__
 from edge.bundled import bundled_databases_dir
 from edge.config.model import Config, parse_config
 from edge.errors import ConfigError, DatabaseLoadError, TelemetryError, scrub_secrets
-from edge.processing.database import load_databases
-from edge.vss.mapping import load_vss_mapping
+from edge.processing.database import load_databases, load_vss_mapping
 
 __all__ = [
     "ConfigOrigin",

@@ -28,8 +28,10 @@ from typing import NamedTuple
 import cantools
 from cantools.database.can import Database
 
+from edge.config.model import Config
 from edge.errors import DatabaseLoadError
 from edge.processing.repair import Repair, repair_dbc
+from edge.vss.mapping import VssMapping, link_config
 
 __all__ = [
     "CACHE_MIN_SECONDS",
@@ -39,6 +41,7 @@ __all__ = [
     "load_database",
     "load_database_repaired",
     "load_databases",
+    "load_vss_mapping",
 ]
 
 log = logging.getLogger(__name__)
@@ -296,3 +299,12 @@ def load_databases(paths: Sequence[str], *, strict: bool = True) -> Database:
     except Exception as exc:
         raise DatabaseLoadError(", ".join(paths), f"databases conflict: {exc}") from exc
     return merged
+
+
+def load_vss_mapping(config: Config, databases: Sequence[Database] | None = None) -> VssMapping:
+    """Every bus's VSS mapping files of ``config`` (:mod:`edge.vss.mapping`), checked against its
+    databases (loaded here unless given, in bus order) and the configured VSS tree. Raises
+    ConfigError (a VssMappingError naming file, path and reason for a bad entry)."""
+    if databases is None and any(b.vss_mapping for b in config.buses):
+        databases = [load_databases(b.databases, strict=b.strict) for b in config.buses]
+    return link_config(config, databases or ())

@@ -2,7 +2,7 @@
 Kuksa-format mapping files checked against it and the databases (:mod:`edge.vss.mapping`), and
 the transforms they define (:mod:`edge.wire.transform`). docs/vss.md tells how to use them."""
 
-from edge.vss.mapping import VssLink, VssMapping, VssMappingError, load_vss_mapping
+from edge.vss.mapping import VssLink, VssMapping, VssMappingError, link_config
 from edge.vss.tree import VssNode, VssTree, VssTreeError, default_tree, load_tree
 from edge.wire.transform import Transform, TransformError, compile_spec, parse_math
 
@@ -17,7 +17,7 @@ __all__ = [
     "VssTreeError",
     "compile_spec",
     "default_tree",
+    "link_config",
     "load_tree",
-    "load_vss_mapping",
     "parse_math",
 ]

@@ -17,9 +17,11 @@ suit the datatype (and the leaf's ``allowed`` list), and the units agree, or con
 definitions, conversion factors from pint) when the entry has no transform of its own. Errors
 name the file, the VSS path and the reason.
 
-:func:`load_vss_mapping` is the resolver other features use (campaign conditions, selection,
-``getSignals``): ``load_vss_mapping(config).resolve("Vehicle.Speed")`` gives the
-``(bus, message, signal, transform)`` links that feed a path.
+:class:`VssMapping` is the resolver other features use (campaign conditions, selection,
+``getSignals``): ``link_config(config, databases).resolve("Vehicle.Speed")`` gives the
+``(bus, message, signal, transform)`` links that feed a path. The databases are the processing
+stage's to load (:func:`edge.processing.database.load_vss_mapping` loads them and calls
+:func:`link_config`): this folder imports nothing of it.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ __all__ = [
     "VssMapping",
     "VssMappingError",
     "bundled_mappings_dir",
+    "link_config",
     "link_mapping",
     "load_vss_mapping",
     "read_mapping",
@@ -506,10 +509,12 @@ def _definition(signal: Signal) -> tuple[Any, ...]:
     )
 
 
-def load_vss_mapping(config: Config, databases: Sequence[Database] | None = None) -> VssMapping:
-    """Every bus's mapping files of ``config``, checked against its databases (loaded here
-    unless given, in bus order) and the configured VSS tree. Raises :class:`ConfigError`
-    (a :class:`VssMappingError` naming file, path and reason for a bad entry)."""
+def link_config(config: Config, databases: Sequence[Database]) -> VssMapping:
+    """Every bus's mapping files of ``config``, checked against its databases (one per bus, in
+    bus order: the processing stage loads them, see
+    :func:`edge.processing.database.load_vss_mapping`) and the configured VSS tree. Raises
+    :class:`ConfigError` (a :class:`VssMappingError` naming file, path and reason for a bad
+    entry)."""
     buses = config.buses
     if not any(b.vss_mapping for b in buses):
         return VssMapping()
@@ -517,10 +522,6 @@ def load_vss_mapping(config: Config, databases: Sequence[Database] | None = None
         tree = load_tree(config.vss_tree)
     except VssTreeError as exc:
         raise ConfigError("vss_tree", str(exc)) from exc
-    if databases is None:
-        from edge.processing.database import load_databases
-
-        databases = [load_databases(b.databases, strict=b.strict) for b in buses]
     links: list[VssLink] = []
     for i, (bus, db) in enumerate(zip(buses, databases, strict=True)):
         field = f"buses[{i}].vss_mapping"
@@ -541,3 +542,8 @@ def schema_with_vss(schema: Schema, mapping: VssMapping) -> Schema:
                 spec = dict(link.transform.spec)
                 infos.append(VssInfo(m, s, link.path, link.datatype, link.unit, spec))
     return replace(schema, vss=tuple(infos))
+
+
+#: The name the processor imports until it calls :func:`link_config` (it passes its databases);
+#: :func:`edge.processing.database.load_vss_mapping` loads them when not given.
+load_vss_mapping = link_config

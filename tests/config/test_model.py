@@ -934,7 +934,7 @@ def test_example_campaigns_loads_and_compiles() -> None:
 def test_example_vss_tesla_loads_and_its_mapping_holds() -> None:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} is absent: the VSS example uses the shared corpus")
-    from edge.vss.mapping import load_vss_mapping
+    from edge.processing.database import load_vss_mapping
 
     config = load_config(EXAMPLES / "vss_tesla.toml")
     assert config.vss_tree is not None and Path(config.vss_tree).is_file()

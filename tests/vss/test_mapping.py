@@ -21,7 +21,7 @@ from edge.config.model import ReplayConfig, parse_config
 from edge.errors import ConfigError
 from edge.ingest.source import ReplaySource
 from edge.iotedge.twin import parse_desired
-from edge.processing.database import load_databases
+from edge.processing.database import load_databases, load_vss_mapping
 from edge.processing.processor import Processor
 from edge.processing.sample import Selection
 from edge.simulator.vehicle import DEMO_DBC
@@ -29,7 +29,6 @@ from edge.vss.mapping import (
     VssMappingError,
     bundled_mappings_dir,
     link_mapping,
-    load_vss_mapping,
     read_mapping,
 )
 from edge.vss.tree import default_tree, load_tree
