@@ -147,3 +147,28 @@ def test_a_plugin_without_options_is_refused_when_configured() -> None:
     with pytest.raises(ConfigError, match=r"'half' .*declares no Options") as info:
         parse_config({"buses": [bus], "uplink": {"type": "half"}})
     assert info.value.field == "uplink.type"
+
+
+@pytest.mark.usefixtures("plugin")
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("bogus", "not an Uplink subclass"),
+        ("broken", "cannot be loaded"),
+        ("carrier-pigeon", "unknown uplink 'carrier-pigeon'; known: azure-device, azure-edge"),
+    ],
+)
+def test_bad_plugins_are_refused_when_configured(kind: str, reason: str) -> None:
+    # The configuration reads a plugin's options through its entry point
+    # (edge/config/uplinks.py), without the registry: the same errors, on the same field.
+    bus = {"name": "can0", "dbc": str(REPO / "dbc" / "demo_vehicle.dbc")}
+    with pytest.raises(ConfigError, match=reason) as info:
+        parse_config({"buses": [bus], "uplink": {"type": kind}})
+    assert info.value.field == "uplink.type"
+
+
+@pytest.mark.usefixtures("plugin")
+def test_a_plugins_own_parse_options_reads_its_table() -> None:
+    bus = {"name": "can0", "dbc": str(REPO / "dbc" / "demo_vehicle.dbc")}
+    config = parse_config({"buses": [bus], "uplink": {"type": "echo", "anything": 1}})
+    assert (config.uplink.kind, config.uplink.options) == ("echo", {"anything": 1})
