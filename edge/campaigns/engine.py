@@ -71,7 +71,7 @@ from edge.processing.decode import (
 from edge.wire.codec import KIND_DATA, KIND_SCHEMA, Codec
 from edge.wire.schema import Schema, build_schema
 
-__all__ = ["SCHEMA_PRIORITY", "Append", "CampaignEngine", "CampaignStats", "raw_frames"]
+__all__ = ["SCHEMA_PRIORITY", "CampaignEngine", "CampaignStats", "raw_frames"]
 
 log = logging.getLogger(__name__)
 
