@@ -1,4 +1,4 @@
-"""The lake's commands: ``can-telemetry lake ingest|stream`` and ``can-telemetry plot``.
+"""The lake's commands: ``can-telemetry lake ingest|stream|repair`` and ``can-telemetry plot``.
 
 :func:`register` adds them to the CLI's parser; nothing heavy is imported until a command runs
 (pyarrow, Spark and matplotlib come with the ``lake`` extra).
@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from edge.errors import ConfigError
@@ -55,6 +57,22 @@ def register(sub: Any) -> None:
         "--available-now", action="store_true", help="take what is there, then stop"
     )
     stream.set_defaults(func=_cmd_stream)
+    repair = lake_sub.add_parser(
+        "repair",
+        help="remove the (stream, seq) duplicates that got past the stream's watermark, "
+        "rewriting only the partitions that hold them (run daily, after the stream)",
+    )
+    repair.add_argument("--lake", required=True)
+    repair.add_argument(
+        "--engine",
+        choices=("spark", "local"),
+        default="spark",
+        help="spark: find and remove (default); local: find and count only, no JVM",
+    )
+    repair.add_argument("--master", default="local[2]", help="Spark master (--engine spark)")
+    repair.add_argument("--from", dest="start", help="first event date looked at (YYYY-MM-DD)")
+    repair.add_argument("--to", dest="end", help="last event date looked at (YYYY-MM-DD)")
+    repair.set_defaults(func=_cmd_repair)
 
     plot = sub.add_parser("plot", help="draw signals over time (PNG or SVG)")
     plot.add_argument("sources", nargs="+", help="a lake folder, an outbox, payload/Avro files")
@@ -69,8 +87,6 @@ def register(sub: Any) -> None:
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     if args.engine == "spark":
-        import datetime as dt
-
         from edge.lake.spark import run_batch, session
 
         label = "b" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
@@ -102,6 +118,40 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         available_now=args.available_now,
     )
     query.awaitTermination()
+    return 0
+
+
+def _date(text: str | None, option: str) -> dt.date | None:
+    if text is None:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError as exc:
+        raise ConfigError(option, f"not a date (YYYY-MM-DD): {text!r}") from exc
+
+
+def _cmd_repair(args: argparse.Namespace) -> int:
+    start, end = _date(args.start, "--from"), _date(args.end, "--to")
+    if not Path(args.lake, "payloads").is_dir():
+        raise ConfigError("--lake", f"no lake (no payloads table) at {args.lake}")
+    if args.engine == "local":
+        from edge.lake.repair import check_local
+
+        report = check_local(args.lake, start, end)
+        print(json.dumps(report.as_dict()))
+        if report.duplicate_keys:
+            print(
+                f"can-telemetry: {report.duplicate_keys} (stream, seq) keys are in payloads more "
+                "than once; the local engine only counts them: run with --engine spark",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    from edge.lake.repair import repair
+    from edge.lake.spark import session
+
+    report = repair(session(args.master), args.lake, start=start, end=end)
+    print(json.dumps(report.as_dict()))
     return 0
 
 

@@ -53,7 +53,7 @@ from edge.lake.tables import (
     STREAMS,
 )
 
-__all__ = ["IngestReport", "gaps", "ingest", "publish", "read_table", "recover"]
+__all__ = ["IngestReport", "gaps", "ingest", "locked", "publish", "read_table", "recover"]
 
 #: Rows staged in memory before a sorted file is written.
 _FLUSH_ROWS = 1_000_000
@@ -203,7 +203,8 @@ def _run_id() -> str:
 
 
 @contextlib.contextmanager
-def _locked(lake: Path) -> Iterator[None]:
+def locked(lake: Path) -> Iterator[None]:
+    """Hold the lake's exclusive lock (``flock`` on ``_lock``): one ingest or repair at a time."""
     lake.mkdir(parents=True, exist_ok=True)
     with (lake / "_lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -227,7 +228,7 @@ def ingest(
     """
     root = Path(lake)
     files = source_files(sources)
-    with _locked(root):
+    with locked(root):
         recover(root)
         return _ingest(files, root, on_file)
 

@@ -61,6 +61,7 @@ __all__ = [
     "run_batch",
     "session",
     "start_stream",
+    "write_streams",
 ]
 
 #: The schema of Spark's ``binaryFile`` source.
@@ -215,7 +216,7 @@ def process_batch(payloads: DataFrame, label: str, lake: str | os.PathLike[str])
         pq.write_table(
             pa.Table.from_pylist(new_schemas, SCHEMAS), staging / "schemas" / "part-0.parquet"
         )
-    _write_streams(spark, root, staging)
+    write_streams(spark, root, staging)
     counts = {row["status"]: row["count"] for row in outcomes.groupBy("status").count().collect()}
     frame.unpersist()
     outcomes.unpersist()
@@ -224,12 +225,16 @@ def process_batch(payloads: DataFrame, label: str, lake: str | os.PathLike[str])
     return counts
 
 
-def _write_streams(spark: SparkSession, root: Path, staging: Path) -> None:
-    """The ``streams`` table from every payload (published and staged): gaps with a window."""
+def write_streams(
+    spark: SparkSession, root: Path, staging: Path, replaced: Iterable[Path] = ()
+) -> None:
+    """Stage the ``streams`` table from every payload (published, except the ``replaced``
+    files, and staged): gaps with a window."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    sources = [str(p) for p in (root / "payloads").rglob("*.parquet")]
+    gone = set(replaced)
+    sources = [str(p) for p in (root / "payloads").rglob("*.parquet") if p not in gone]
     sources += [str(p) for p in (staging / "payloads").rglob("*.parquet")]
     schema = _spark_type(PAYLOADS).fields
     columns = [f for f in schema if f.name != "date"]
@@ -358,10 +363,9 @@ def start_stream(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``spark-submit .../edge/lake/spark.py stream|batch ...``: the jobs on the master
+    """``spark-submit .../edge/lake/spark.py stream|batch|repair ...``: the jobs on the master
     spark-submit gives (see docs/lake.md)."""
     import argparse
-    import datetime as dt
 
     parser = argparse.ArgumentParser(prog="edge/lake/spark.py")
     sub = parser.add_subparsers(dest="job", required=True)
@@ -374,8 +378,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     batch = sub.add_parser("batch")
     batch.add_argument("sources", nargs="+")
     batch.add_argument("--lake", required=True)
+    fix = sub.add_parser("repair")
+    fix.add_argument("--lake", required=True)
+    fix.add_argument("--from", dest="start", type=dt.date.fromisoformat)
+    fix.add_argument("--to", dest="end", type=dt.date.fromisoformat)
     args = parser.parse_args(argv)
     spark = session(None)
+    if args.job == "repair":
+        from edge.lake.repair import repair
+
+        print(repair(spark, args.lake, start=args.start, end=args.end).as_dict())
+        return 0
     if args.job == "stream":
         start_stream(
             spark,

@@ -6,7 +6,6 @@ shuffled arrival, late schemas, a file ingested twice and a streaming query kill
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import os
 import random
 import shutil
@@ -14,8 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,20 +29,6 @@ pytestmark = [
     # and checks the pyarrow version with distutils' LooseVersion.
     pytest.mark.filterwarnings("ignore:distutils Version classes:DeprecationWarning"),
 ]
-
-
-@pytest.fixture(scope="module")
-def spark() -> Iterator[Any]:
-    """One local[2] session for the module (a JVM start costs seconds)."""
-    from edge.lake.spark import session
-
-    spark = session("local[2]", "test-lake-spark")
-    spark.sparkContext.setLogLevel("ERROR")
-    yield spark
-    spark.stop()
-    with warnings.catch_warnings():  # finalize those sockets here, not in another module's test
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
 
 
 def test_batch_job_equals_the_edge_and_a_rerun_adds_nothing(

@@ -5,9 +5,11 @@ the hubs' exact schemas)."""
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import itertools
 import shutil
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ __all__ = [
     "fleet",
     "hub_messages",
     "lake_rows",
+    "spark",
     "write_avro",
 ]
 
@@ -146,6 +149,20 @@ class Fleet:
             folder = root / "hub" / str(partition) / when.strftime("%Y/%m/%d/%H/%M")
             write_avro(folder / "00.avro", items)
         return root / "hub"
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[Any]:
+    """One local[2] Spark session per test module (a JVM start costs seconds)."""
+    from edge.lake.spark import session
+
+    spark = session("local[2]", "test-lake-spark")
+    spark.sparkContext.setLogLevel("ERROR")
+    yield spark
+    spark.stop()
+    with warnings.catch_warnings():  # finalize those sockets here, not in another module's test
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 @pytest.fixture(scope="session")
