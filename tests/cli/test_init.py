@@ -47,7 +47,7 @@ OPTIONS: dict[str, set[str]] = {
         "--no-edge",
         "--log-level",
     },
-    "lake": {"-h", "--help", "{ingest,stream}"},
+    "lake": {"-h", "--help", "{ingest,stream,repair}"},  # repair: issue 14, after the split
     "lake ingest": {"-h", "--help", "sources", "--lake", "--engine", "--master"},
     "lake stream": {
         "-h",
@@ -59,6 +59,7 @@ OPTIONS: dict[str, set[str]] = {
         "--watermark",
         "--available-now",
     },
+    "lake repair": {"-h", "--help", "--lake", "--engine", "--master", "--from", "--to"},
     "plot": {
         "-h",
         "--help",
