@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from edge.cli import main
-from edge.lake.local import read_table
+from edge.lake.local import ingest, read_table
 from tests.support.lake import Fleet, edge_rows, lake_rows, write_avro
 
 pytestmark = [
@@ -46,6 +46,7 @@ class LateLake:
 
     path: Path
     late: list[tuple[str, int]]  # keys published twice
+    files: list[Path]  # the Avro files the stream took
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def late_lake(spark: Any, fleet: Fleet, tmp_path_factory: pytest.TempPathFactory
     dates = {p.name for p in (lake / "payloads").iterdir()}
     # (the truck's schema payload is placed by its arrival)
     assert dates == {f"date={d}" for d in ("2026-12-06", TRUCK_DATE, KONA_DATE, RESENT_DATE)}
-    return LateLake(lake, late)
+    return LateLake(lake, late, sorted(incoming.glob("*.avro")))
 
 
 def _keys(lake: Path) -> list[tuple[str, int]]:
@@ -119,6 +120,8 @@ def test_repair_keeps_each_key_once_and_rewrites_only_partitions_with_copies(
 
     lake = _copy(late_lake, tmp_path)
     assert check_local(lake).duplicate_keys == len(late_lake.late)
+    # The single-machine ingest shares the lake: its index is built from the stream's files.
+    assert ingest(late_lake.files, lake).new == 0
     first_arrival = {
         (r["stream"], r["seq"]): r["enqueued"]
         for r in sorted(
@@ -162,6 +165,10 @@ def test_repair_keeps_each_key_once_and_rewrites_only_partitions_with_copies(
     again = repair(spark, lake)
     assert (again.duplicate_keys, again.partitions, again.payloads_removed) == (0, [], 0)
     assert _files(lake) == after
+    # Its index follows the rewritten files: the same files again add nothing.
+    report_again = ingest(late_lake.files, lake)
+    assert (report_again.new, report_again.duplicates) == (0, len(fleet.messages) + 5)
+    assert lake_rows(lake) == edge_rows(fleet)
 
 
 def test_a_repair_failing_between_partitions_loses_nothing_and_a_rerun_finishes(
