@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from edge.lake.local import locked, publish, read_table, recover
 from edge.lake.tables import PAYLOADS, SIGNALS
@@ -159,6 +160,10 @@ def copies_to_remove(copies: DataFrame) -> tuple[DataFrame, DataFrame]:
     return remove, ambiguous
 
 
+def _row_count(files: Iterable[Path]) -> int:
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in files)
+
+
 def _write_staged(frame: DataFrame, folder: Path, order: Sequence[str]) -> None:
     frame.drop("run").orderBy(*order).write.mode("overwrite").option("compression", "zstd").parquet(
         str(folder)
@@ -225,22 +230,26 @@ def repair(
                 files = (payload_files if table == "payloads" else signal_files).get(date, [])
                 if not files:
                     continue
-                rows = _read_partition(spark, schema, files)
-                kept = rows.join(doomed, [*_KEY, "run"], "left_anti")
-                total, left = rows.count(), kept.count()
+                folder = staging / table / f"date={date}"
+                kept = _read_partition(spark, schema, files).join(
+                    doomed, [*_KEY, "run"], "left_anti"
+                )
+                _write_staged(kept, folder, order)
+                # Counted from the Parquet footers, not by more Spark jobs.
+                removed = _row_count(files) - _row_count(folder.glob("*.parquet"))
                 if table == "payloads":
-                    report.payloads_removed += total - left
+                    report.payloads_removed += removed
                 else:
-                    report.signals_removed += total - left
-                if left:
-                    _write_staged(kept, staging / table / f"date={date}", order)
+                    report.signals_removed += removed
             write_streams(spark, root, staging, replaced=old)
             moves = [
                 (
                     str(staged.relative_to(root)),
                     str(staged.parent.relative_to(staging) / f"part-{label}-{n:05d}.parquet"),
                 )
-                for n, staged in enumerate(sorted(staging.rglob("*.parquet")))
+                for n, staged in enumerate(
+                    p for p in sorted(staging.rglob("*.parquet")) if _row_count([p])
+                )
             ]
             old += sorted((root / "streams").glob("*.parquet"))
             publish(root, label, moves, old)
