@@ -17,12 +17,12 @@ import msgpack
 
 from edge.clock import Clock, SystemClock
 from edge.config.model import Config
+from edge.delivery.appender import Append, PayloadAppender
 from edge.diagnostics.scheduler import BusDiagnostics
 from edge.diagnostics.uds import did_text
 from edge.errors import ConfigError, SpoolError
 from edge.wire.codec import KIND_DATA, Codec
 from edge.wire.diagnostics import EXT_KEY, DiagRecord, records_to_wire
-from edge.wire.payload import Payload
 
 __all__ = ["DTC_PRIORITY", "Diagnostics", "DiagnosticsWriter"]
 
@@ -35,18 +35,14 @@ DTC_PRIORITY = 1
 
 
 class DiagnosticsWriter:
-    """Appends records to the spool as one data payload per call; ``append(build, priority)``
-    is the pipeline's (priority None: the default)."""
+    """Appends records to the spool as one data payload per call, through a
+    :class:`~edge.delivery.appender.PayloadAppender` on ``append`` (the pipeline's: the
+    spool's ``append(build)`` or ``append(build, priority=p)``)."""
 
-    def __init__(
-        self,
-        codec: Codec,
-        schema_id: Callable[[], str],
-        append: Callable[[Callable[[str, int], Payload], int | None], int],
-    ) -> None:
+    def __init__(self, codec: Codec, schema_id: Callable[[], str], append: Append) -> None:
         self._codec = codec
         self._schema_id = schema_id
-        self._append = append
+        self._appender = PayloadAppender(append, codec)
         self._empty_body = codec.compress(msgpack.packb([], use_bin_type=True))
         self.payloads = 0
         self.records = 0
@@ -68,14 +64,11 @@ class DiagnosticsWriter:
             "res": res,
             "ext": {EXT_KEY: records_to_wire(records, t0, res)},
         }
-        body = self._empty_body
-
-        def build(stream: str, seq: int) -> Payload:
-            return self._codec.payload(KIND_DATA, envelope, body, stream, seq)
-
         urgent = any(r.kind == "dtc" for r in records)
         try:
-            self._append(build, DTC_PRIORITY if urgent else None)
+            self._appender.append(
+                KIND_DATA, envelope, self._empty_body, priority=DTC_PRIORITY if urgent else None
+            )
         except SpoolError as exc:
             self.spool_errors += 1
             log.error("spool refused a diagnostics payload (%d records): %s", len(records), exc)

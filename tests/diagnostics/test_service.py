@@ -138,7 +138,7 @@ def test_writer_payload_round_trips_through_the_codec(tmp_path: Path) -> None:
     payloads: list[bytes] = []
     priorities: list[int | None] = []
 
-    def append(build: Any, priority: int | None) -> int:
+    def append(build: Any, priority: int | None = None) -> int:
         payloads.append(build("ab" * 16, len(payloads)).body)
         priorities.append(priority)
         return len(payloads)
