@@ -46,6 +46,8 @@ __all__ = ["RepairReport", "check_local", "copies_to_remove", "find_copies", "re
 
 #: The run that published a lake file, from its name (``part-{run}-{n}.parquet``).
 _RUN_OF_FILE = r"part-(.+)-[0-9]+\.parquet$"
+#: The event date of a partitioned table's file, from its folder (``date=YYYY-MM-DD``).
+_DATE_OF_FILE = r"/date=([0-9]{4}-[0-9]{2}-[0-9]{2})/[^/]+$"
 _KEY = ["stream", "seq"]
 
 
@@ -116,7 +118,8 @@ def _spark_schema(schema: pa.Schema, without: Sequence[str] = ("date",)) -> Any:
 
 
 def _read_partition(spark: SparkSession, schema: pa.Schema, files: Sequence[Path]) -> DataFrame:
-    """One partition's files with the run that published each row (``run``)."""
+    """Files of a partitioned table (without ``date``) with the run that published each row
+    (``run``)."""
     from pyspark.sql import functions as F
 
     return (
@@ -195,13 +198,11 @@ def repair(
         payload_files = partition_files(root, "payloads", start, end)
         if not payload_files:
             return report
-        frames = [
-            _read_partition(spark, PAYLOADS, files).withColumn("date", F.lit(date))
-            for date, files in payload_files.items()
-        ]
-        payloads = frames[0]
-        for frame in frames[1:]:
-            payloads = payloads.unionByName(frame)
+        # One read of every file in the range (key columns only), the date from each path.
+        every_file = [p for date_files in payload_files.values() for p in date_files]
+        payloads = _read_partition(spark, PAYLOADS, every_file).withColumn(
+            "date", F.to_date(F.regexp_extract(F.input_file_name(), _DATE_OF_FILE, 1))
+        )
         copies = find_copies(payloads).persist()
         remove_frame, ambiguous = copies_to_remove(copies)
         report.duplicate_keys = copies.select(*_KEY).distinct().count()
