@@ -137,10 +137,13 @@ def by_id(db: Any, frame_id: int, extended: bool, j1939: bool) -> Any:
 def throughput(log: Any, frames: list[Any], campaigns: list[dict[str, Any]]) -> tuple[float, int]:
     """Seconds to process ``frames`` (chunks of benchmarks/run.py's CHUNK), and the rows the
     captures held."""
+    from edge.campaigns.engine import CampaignEngine
     from edge.config.model import parse_config
     from edge.processing.processor import Processor
 
-    processor = Processor(parse_config(log.config(campaigns=campaigns)), collector())
+    processor = Processor(
+        parse_config(log.config(campaigns=campaigns)), collector(), campaigns=CampaignEngine
+    )
     gc.collect()
     started = time.perf_counter()
     for i in range(0, len(frames), base.CHUNK):
@@ -156,6 +159,7 @@ def throughput(log: Any, frames: list[Any], campaigns: list[dict[str, Any]]) -> 
 def child_memory(with_campaign: str) -> dict[str, Any]:
     """``vw_mqb.dbc``, every signal, VW_SECONDS of traffic; with a 60 s pre-trigger campaign on
     every signal when ``with_campaign`` is ``yes``."""
+    from edge.campaigns.engine import CampaignEngine
     from edge.config.model import parse_config
     from edge.delivery.spool import Spool
     from edge.processing.processor import Processor
@@ -177,7 +181,11 @@ def child_memory(with_campaign: str) -> dict[str, Any]:
             ]
         config = parse_config(data)
         spool = Spool(config.spool.path, max_bytes=200_000_000)
-        processor = Processor(config, lambda b, priority=5: spool.append(b, priority=priority))
+        processor = Processor(
+            config,
+            lambda b, priority=5: spool.append(b, priority=priority),
+            campaigns=CampaignEngine,
+        )
         db = processor.bus_decoders[0]._db
         base.feed(processor, base.vw_traffic(db, VW_SECONDS))
         engine = processor.campaigns
@@ -213,6 +221,7 @@ def child_instructions(log_id: str, with_campaigns: str) -> dict[str, Any]:
     processed (``callgrind_control -i``); the parent reads the count from callgrind's output."""
     import os
 
+    from edge.campaigns.engine import CampaignEngine
     from edge.config.model import parse_config
     from edge.processing.processor import Processor
     from tests.support.corpus import LOGS
@@ -220,7 +229,9 @@ def child_instructions(log_id: str, with_campaigns: str) -> dict[str, Any]:
     log = next(log for log in LOGS if log.id == log_id)
     frames = base.corpus_frames(log)
     campaigns = log_campaigns(log, frames) if with_campaigns == "yes" else []
-    processor = Processor(parse_config(log.config(campaigns=campaigns)), collector())
+    processor = Processor(
+        parse_config(log.config(campaigns=campaigns)), collector(), campaigns=CampaignEngine
+    )
     gc.collect()
     control = ["callgrind_control", "-i"]
     subprocess.run([*control, "on", str(os.getpid())], capture_output=True, check=False)

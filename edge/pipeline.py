@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from edge.campaigns.engine import CampaignEngine
 from edge.clock import Clock, SystemClock
 from edge.config.campaigns import DEFAULT_PRIORITY
 from edge.config.model import Config
@@ -94,7 +95,9 @@ class Pipeline:
         self._priority = next(
             (c.priority for c in config.campaigns if c.collect == "always"), DEFAULT_PRIORITY
         )
-        self.processor = Processor(config, self._append, clock=self._clock)
+        self.processor = Processor(
+            config, self._append, clock=self._clock, campaigns=CampaignEngine
+        )
         #: Diagnostic requests (edge/diagnostics/), on live buses that enable them; None when
         #: every bus is listen-only. Imported only then (can-isotp, udsoncan).
         self.diagnostics: Any = None

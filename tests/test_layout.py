@@ -8,7 +8,12 @@ Rules that hold and must keep holding:
   level: the cloud side reads payloads with it alone;
 - the cloud half (``edge/lake/``) imports only the wire format and ``edge.errors`` besides itself;
 - nothing imports the simulator but the commands that run it (``edge/cli/``);
-- nothing imports the command line or the IoT Edge control plane but the layers above them.
+- nothing imports the command line or the IoT Edge control plane but the layers above them;
+- the folders of ``edge/`` import each other one way (every import, lazy ones inside functions
+  included; those under ``if TYPE_CHECKING:`` are types only). From the bottom up: ``errors``,
+  ``clock``, ``bundled``; ``config``, ``wire``, ``simulator``; ``ingest``, ``delivery``, ``vss``,
+  ``lake``; ``processing``; ``campaigns``, ``metrics``; ``diagnostics``, ``runloop``;
+  ``pipeline``; ``iotedge``; ``cli`` (the README's Development section says so too).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import ast
 from collections import defaultdict
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -29,6 +35,7 @@ class Import:
     importer: str  # the importing module, e.g. edge.wire.codec
     imported: str  # the project module it names (resolved to an existing module)
     at_import_time: bool  # module level, not under TYPE_CHECKING
+    type_only: bool = False  # under TYPE_CHECKING: never runs
 
 
 def _module_name(path: Path) -> str:
@@ -49,9 +56,11 @@ def _resolve(name: str) -> str | None:
 def _imports(module: str, path: Path) -> list[Import]:
     tree = ast.parse(path.read_text(), str(path))
     deferred: set[int] = set()  # nodes that do not run at import time
+    types_only: set[int] = set()  # nodes that never run
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             deferred.update(id(n) for n in ast.walk(node))
+            types_only.update(id(n) for n in ast.walk(node))
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             deferred.update(id(n) for n in ast.walk(node) if n is not node)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
@@ -71,7 +80,9 @@ def _imports(module: str, path: Path) -> list[Import]:
                 continue
             target = _resolve(name)
             if target is not None and target != module:
-                found.append(Import(module, target, id(node) not in deferred))
+                found.append(
+                    Import(module, target, id(node) not in deferred, id(node) in types_only)
+                )
     return found
 
 
@@ -155,3 +166,41 @@ def test_the_command_line_and_the_control_plane_are_on_top() -> None:
         )
     )
     assert wrong == []
+
+
+def _folder(module: str) -> str:
+    """The folder of ``edge/`` a module is in (``edge.processing.decode`` -> ``processing``); a
+    module at the top (``edge.pipeline``) is one of its own, the package's ``__init__`` too."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "edge"
+
+
+def test_the_folders_import_each_other_one_way() -> None:
+    graph: dict[str, set[str]] = defaultdict(set)
+    why: dict[tuple[str, str], str] = {}
+    for i in IMPORTS:
+        importer, imported = _folder(i.importer), _folder(i.imported)
+        if importer != imported and not i.type_only:
+            graph[importer].add(imported)
+            why.setdefault((importer, imported), f"{i.importer} imports {i.imported}")
+    assert {"config", "processing", "campaigns", "vss"} <= set(graph)  # the graph was read
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(folder: str) -> None:
+        if folder in path:
+            cycle = [*path[path.index(folder) :], folder]
+            steps = [why[(a, b)] for a, b in pairwise(cycle)]
+            pytest.fail(
+                "folders import each other: " + " -> ".join(cycle) + f" ({'; '.join(steps)})"
+            )
+        if folder in done:
+            return
+        path.append(folder)
+        for target in sorted(graph[folder]):
+            visit(target)
+        path.pop()
+        done.add(folder)
+
+    for folder in sorted(graph):
+        visit(folder)

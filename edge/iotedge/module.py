@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from edge import __version__
+from edge.campaigns.engine import CampaignEngine
 from edge.clock import Clock, SystemClock
 from edge.config.model import Config, UplinkConfig, load_config
 from edge.delivery.backend import Backend, BackendSettings, configured_uplink
@@ -233,7 +234,7 @@ class EdgeModule:
             new_backend = backend is None or backend.settings != settings
             if new_backend:
                 # Fail here, before anything stops: databases, schema, uplink options.
-                Processor(config, lambda build: 0, clock=self._clock)
+                Processor(config, lambda build: 0, clock=self._clock, campaigns=CampaignEngine)
                 uplink_class(config.uplink.kind)
                 if config.diagnostics.buses:  # a gate on a signal the bus does not have
                     from edge.diagnostics.service import Diagnostics

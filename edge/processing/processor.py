@@ -12,12 +12,11 @@ import operator
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import can
+from cantools.database.can import Database
 
-from edge.campaigns.engine import CampaignEngine
-from edge.campaigns.latest import LatestFrame, latest_signals
 from edge.clock import Clock, SystemClock, WallClockWatch
 from edge.config.model import Config
 from edge.delivery.appender import PayloadAppender
@@ -26,8 +25,9 @@ from edge.processing import fused
 from edge.processing.batch import COLUMN_BOUND, TIME_BOUND, Batch, Batcher, value_bound
 from edge.processing.database import load_databases
 from edge.processing.decode import BusDecoder, Decoder, DecodeStats, Track
+from edge.processing.latest import LatestFrame, latest_signals
 from edge.processing.sample import Selection
-from edge.vss.mapping import load_vss_mapping, schema_with_vss
+from edge.vss.mapping import link_config, schema_with_vss
 from edge.wire.codec import FORMAT_VERSION, KIND_DATA, KIND_SCHEMA, Codec
 from edge.wire.schema import Schema, build_schema
 
@@ -61,6 +61,45 @@ class PipelineStats:
     forwarder: Any = None
 
 
+class CampaignStage(Protocol):
+    """What runs beside the processor on its thread and sees every chunk of frames: the campaign
+    engine (:class:`edge.campaigns.engine.CampaignEngine`). Declared here so that the processing
+    stage imports nothing of the campaigns, which are built on it."""
+
+    def process(self, frames: Sequence[can.Message]) -> None:
+        """Take the chunk of frames the processor just took."""
+
+    def tick(self) -> None:
+        """Time passed without frames (start and expiry go by the wall clock)."""
+
+    def flush(self) -> None:
+        """Send what is open (at stop)."""
+
+    def latest_frames(self) -> list[LatestFrame]:
+        """The latest frame of the messages only this stage decodes (the last-known state)."""
+
+    def all_counters(self) -> dict[str, dict[str, int]]:
+        """Counters by campaign, and ``history`` (PipelineStats.campaigns)."""
+
+
+class CampaignFactory(Protocol):
+    """Builds the campaign stage of a processor: the composition root (edge/pipeline.py) passes
+    :class:`edge.campaigns.engine.CampaignEngine`."""
+
+    def __call__(
+        self,
+        config: Config,
+        databases: Sequence[tuple[str, Database, bool]],
+        append: Callable[..., int],
+        *,
+        clock: Clock | None = ...,
+        vss: Any = ...,
+        latest: Callable[[], list[LatestFrame]] | None = ...,
+    ) -> CampaignStage:
+        """The stage for ``config``'s campaigns over the processor's databases."""
+        ...
+
+
 class Processor:
     """Decode, sample and batch frames; hand closed batches to ``emit`` as payload builders.
 
@@ -74,7 +113,10 @@ class Processor:
         append: Callable[[Callable[[str, int], Any]], int],
         *,
         clock: Clock | None = None,
+        campaigns: CampaignFactory | None = None,
     ) -> None:
+        """``campaigns`` builds the campaign engine when ``config`` has condition or periodic
+        campaigns (``CampaignEngine``; ValueError when it is needed and not given)."""
         self.config = config
         self._append = append
         self._clock = clock or SystemClock()
@@ -84,7 +126,7 @@ class Processor:
             for bus in config.buses
         ]
         #: the VSS paths mapped signals feed (edge/vss/); raises ConfigError for a bad mapping
-        self.vss = load_vss_mapping(config, [db for _, db, _ in databases])
+        self.vss = link_config(config, [db for _, db, _ in databases])
         selection = Selection(config.signals, self.vss)
         schema = build_schema(databases, selection.selects)
         self.schema: Schema = schema_with_vss(schema, self.vss)
@@ -97,9 +139,14 @@ class Processor:
         self.decoder = Decoder(self.bus_decoders)
         # Campaigns (issue 11): condition/periodic campaigns see every chunk too (process());
         # ``append`` then takes ``priority=``. None without such campaigns.
-        self.campaigns: CampaignEngine | None = None
+        self.campaigns: CampaignStage | None = None
         if any(c.collect != "always" for c in config.campaigns):
-            self.campaigns = CampaignEngine(
+            if campaigns is None:
+                raise ValueError(
+                    "the configuration has campaigns: build the processor with"
+                    " campaigns=CampaignEngine (edge.campaigns.engine)"
+                )
+            self.campaigns = campaigns(
                 config, databases, append, clock=self._clock, vss=self.vss, latest=self.latest
             )
         # Values typed Any: the hot loop tells a Track from a skip reason by class, which

@@ -54,7 +54,6 @@ __all__ = [
     "bundled_mappings_dir",
     "link_config",
     "link_mapping",
-    "load_vss_mapping",
     "read_mapping",
     "schema_with_vss",
 ]
@@ -542,8 +541,3 @@ def schema_with_vss(schema: Schema, mapping: VssMapping) -> Schema:
                 spec = dict(link.transform.spec)
                 infos.append(VssInfo(m, s, link.path, link.datatype, link.unit, spec))
     return replace(schema, vss=tuple(infos))
-
-
-#: The name the processor imports until it calls :func:`link_config` (it passes its databases);
-#: :func:`edge.processing.database.load_vss_mapping` loads them when not given.
-load_vss_mapping = link_config

@@ -17,7 +17,7 @@ import can
 import cantools
 import pytest
 
-from edge.campaigns.engine import raw_frames
+from edge.campaigns.engine import CampaignEngine, raw_frames
 from edge.clock import FakeClock
 from edge.config.campaigns import CampaignConfig
 from edge.config.model import parse_config
@@ -81,7 +81,7 @@ def run(
     cfg: Any, frames: Sequence[can.Message], chunk: int = 500, clock: Any = None
 ) -> tuple[Processor, Collector]:
     collector = Collector()
-    processor = Processor(cfg, collector, clock=clock)
+    processor = Processor(cfg, collector, clock=clock, campaigns=CampaignEngine)
     for start in range(0, len(frames), chunk):
         processor.process(frames[start : start + chunk])
     processor.flush()
@@ -211,7 +211,7 @@ def test_expiry_stops_a_campaign_by_the_wall_clock() -> None:
     campaign = {**FAST, "trigger": "while_true", "min_interval": 1.0, "expiry": expiry}
     frames = drive(60)
     collector = Collector()
-    processor = Processor(config(campaign), collector, clock=clock)
+    processor = Processor(config(campaign), collector, clock=clock, campaigns=CampaignEngine)
     engine = processor.campaigns
     assert engine is not None
     for start in range(0, len(frames), 500):
@@ -230,12 +230,12 @@ def test_a_capture_across_a_restart_keeps_what_was_spooled(tmp_path: Path) -> No
     edges = speed_edges(frames, 20)
     cut = next(i for i, m in enumerate(frames) if m.timestamp > edges[0] + 0.5)  # inside after
     first = Collector()
-    processor = Processor(config(FAST), first)
+    processor = Processor(config(FAST), first, campaigns=CampaignEngine)
     processor.process(frames[:cut])  # then the process dies: no flush
     assert processor.campaigns is not None and len(processor.campaigns._open) == 1
     assert first.captures("fast") == []
     second = Collector()
-    processor = Processor(config(FAST), second)
+    processor = Processor(config(FAST), second, campaigns=CampaignEngine)
     processor.process(frames[cut:])
     processor.flush()
     triggers = [ext["trigger"] for ext, _ in second.captures("fast")]
@@ -293,7 +293,7 @@ def test_periodic_snapshots_hold_the_latest_values() -> None:
 def test_get_signals_and_trigger_by_name() -> None:
     frames = drive(20)
     collector = Collector()
-    processor = Processor(config(FAST), collector)
+    processor = Processor(config(FAST), collector, campaigns=CampaignEngine)
     engine = processor.campaigns
     assert engine is not None
     processor.process(frames)
@@ -326,7 +326,7 @@ def test_a_bad_condition_stops_start_up_naming_the_field(
     condition: str, column: int, reason: str
 ) -> None:
     with pytest.raises(ConfigError) as info:
-        Processor(config({**FAST, "condition": condition}), Collector())
+        Processor(config({**FAST, "condition": condition}), Collector(), campaigns=CampaignEngine)
     assert info.value.field == "campaigns[0].condition"
     assert f"column {column}" in info.value.reason and reason in info.value.reason
 
@@ -430,6 +430,7 @@ def test_a_capture_goes_first_behind_an_hour_of_routine_backlog(
     processor = Processor(
         config({**FAST, "after": 0.5}, batch={"max_age": 5.0}),
         lambda build, priority=5: spool.append(build, priority=priority),
+        campaigns=CampaignEngine,
     )
     # The uplink is down: nothing listens where it connects until the proxy opens there.
     port = free_port()
@@ -575,7 +576,7 @@ def test_conditions_name_vss_paths_the_configuration_maps() -> None:
 
     example = Path(__file__).resolve().parents[2] / "examples" / "vss_tesla.toml"
     base = load_config(example)
-    probe = Processor(base, Collector())
+    probe = Processor(base, Collector(), campaigns=CampaignEngine)
     (link,) = probe.vss.resolve("Vehicle.Speed")
     assert dict(link.transform.spec) == {}  # km/h both: the same threshold on both names
     log = next(log for log in LOGS if log.id == "tesla")
@@ -610,7 +611,7 @@ def test_conditions_name_vss_paths_the_configuration_maps() -> None:
     assert answer["Vehicle.Speed"]["signal"] == dbc_name
     with pytest.raises(ConfigError, match=r"no signal 'Vehicle\.Nope'"):
         bad = replace(campaigns[0], condition="Vehicle.Nope > 1")
-        Processor(replace(base, campaigns=(bad,)), Collector())
+        Processor(replace(base, campaigns=(bad,)), Collector(), campaigns=CampaignEngine)
 
 
 # -- J1939: campaigns match by PGN, whatever the priority and source address -----------------

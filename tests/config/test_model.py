@@ -923,11 +923,14 @@ def test_example_replay_loads() -> None:
 
 
 def test_example_campaigns_loads_and_compiles() -> None:
+    from edge.campaigns.engine import CampaignEngine
     from edge.processing.processor import Processor
 
     config = load_config(EXAMPLES / "campaigns.toml")
     assert [c.name for c in config.campaigns] == ["harsh-braking", "reverse", "battery"]
-    processor = Processor(config, lambda build, priority=5: 0)  # conditions resolve
+    processor = Processor(
+        config, lambda build, priority=5: 0, campaigns=CampaignEngine
+    )  # conditions resolve
     assert processor.campaigns is not None
 
 

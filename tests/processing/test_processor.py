@@ -410,3 +410,20 @@ def test_unknown_ids_are_remembered_up_to_a_bound(monkeypatch: pytest.MonkeyPatc
     processor.process(frames)
     assert len(processor.bus_decoders[0].extended) == 100
     assert processor.stats().decode.skipped == {"unknown_id": 2000}
+
+
+def test_campaigns_need_the_engine_handed_in() -> None:
+    """The processing stage imports nothing of the campaigns (tests/test_layout.py): whoever
+    builds a processor for a configuration with campaigns hands it the engine, and one that
+    forgets is told so at once, before any frame."""
+    from edge.campaigns.engine import CampaignEngine
+    from edge.simulator.vehicle import DEMO_DBC
+
+    bus = {"name": "can0", "dbc": [str(DEMO_DBC)]}
+    campaign = {"name": "fast", "condition": "ESC_Status.ESC_VehicleSpeed > 20"}
+    config = parse_config({"vehicle_id": "test", "buses": [bus], "campaigns": [campaign]})
+    with pytest.raises(ValueError, match="campaigns=CampaignEngine"):
+        Processor(config, Collector())
+    processor = Processor(config, Collector(), campaigns=CampaignEngine)
+    assert isinstance(processor.campaigns, CampaignEngine)
+    assert Processor(parse_config({"buses": [bus]}), Collector()).campaigns is None
