@@ -1,7 +1,7 @@
 """Campaigns: what each car collects, when, at what rate and with what priority.
 
 * :mod:`edge.config.campaigns`: ``[[campaigns]]`` settings, validated once with the rest of the
-  configuration (``edge.campaigns.config`` re-exports them);
+  configuration;
 * :mod:`edge.campaigns.expression`: conditions, parsed once and compiled into closures;
 * :mod:`edge.campaigns.capture`: rings of raw frames and capture windows;
 * :mod:`edge.campaigns.engine`: the engine the Processor hands every chunk of frames to.

@@ -47,7 +47,6 @@ from cantools.database.can import Database
 from cantools.database.can import Message as DbMessage
 
 from edge.campaigns.capture import BLOCK_FRAMES, Capture, FrameRing
-from edge.campaigns.config import ALWAYS, CampaignConfig, describe, field_name
 from edge.campaigns.expression import (
     ConditionState,
     Expression,
@@ -55,8 +54,8 @@ from edge.campaigns.expression import (
     SignalRef,
     compile_expression,
 )
-from edge.campaigns.latest import LatestFrame, latest_signals, matcher
 from edge.clock import Clock, SystemClock
+from edge.config.campaigns import ALWAYS, CampaignConfig, describe, field_name
 from edge.config.model import Config
 from edge.delivery.appender import Append, PayloadAppender
 from edge.errors import ConfigError, SpoolError, TelemetryError
@@ -68,6 +67,7 @@ from edge.processing.decode import (
     plain_decoder,
     tuple_decoder,
 )
+from edge.processing.latest import LatestFrame, latest_signals, matcher
 from edge.wire.codec import KIND_DATA, KIND_SCHEMA, Codec
 from edge.wire.schema import Schema, build_schema
 
@@ -1038,7 +1038,7 @@ class CampaignEngine:
 
     def signals(self, globs: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Latest value and time of every signal matching ``globs`` (``getSignals``): the
-        last-known state (edge.campaigns.latest), of every decoded message."""
+        last-known state (edge.processing.latest), of every decoded message."""
         return latest_signals(self._latest(), globs, self._vss)
 
     def latest_frames(self) -> list[LatestFrame]:

@@ -39,8 +39,8 @@ from edge.campaigns.expression import (
     compile_expression,
 )
 from edge.clock import Clock, SystemClock
+from edge.config.diagnostics import DiagBusConfig
 from edge.config.model import BusConfig
-from edge.diagnostics.config import DiagBusConfig
 from edge.diagnostics.dtc import j1939_dtc_text, uds_dtc_text
 from edge.diagnostics.j1939 import (
     PGN_DM1,

@@ -14,7 +14,7 @@ import isotp
 import udsoncan
 from udsoncan.client import Client
 
-from edge.diagnostics.config import DidConfig, UdsEcuConfig
+from edge.config.diagnostics import DidConfig, UdsEcuConfig
 from edge.diagnostics.transport import (
     DiagnosticError,
     DiagnosticTimeout,
