@@ -33,15 +33,25 @@ def _boot_id() -> str:
 BOOT_ID = _boot_id()
 
 
+def _adjtimex() -> Any:
+    """libc's ``adjtimex``, looked up once (a ``CDLL`` per call would dlopen and make a ctypes
+    class each time: asked for every payload); None where there is none."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).adjtimex
+    except (OSError, AttributeError):
+        return None
+
+
+_ADJTIMEX = _adjtimex()
+_Timex = ctypes.c_char * 512  # struct timex is about 208 bytes; all zero: modes = 0, a read
+
+
 def kernel_clock_synced() -> bool | None:
     """Whether the kernel says the wall clock is synchronized (an NTP/PTP daemon keeps it so),
     read with ``adjtimex(2)`` changing nothing; None where that cannot be asked."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        timex = ctypes.create_string_buffer(512)  # struct timex is about 208 bytes; modes = 0
-        state = libc.adjtimex(timex)
-    except (OSError, AttributeError):
+    if _ADJTIMEX is None:
         return None
+    state = _ADJTIMEX(_Timex())
     return None if state < 0 else state != _TIME_ERROR
 
 

@@ -209,3 +209,43 @@ def test_deferred_settle_treats_nan_like_the_full_evaluation() -> None:
     rows, sent = group.columns[0]
     assert [str(v) for v in sent] == ["nan", "2.0", "nan", "inf"]
     assert rows == [0, 2, 3, 4]
+
+
+SHARED_NAN = float("nan")  # one NaN object: settle's unchanged-column check compares by identity
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([1.0, 2.0, math.inf, NAN, SHARED_NAN]),
+            st.integers(0, 2),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_deferred_settle_sends_what_frame_by_frame_sampling_sends(
+    rows: list[tuple[float, int]],
+) -> None:
+    """Settling pending rows (unchanged columns skipped in one pass) gives every column the
+    values the full evaluation gives frame by frame."""
+    policies = (Policy("on_change"), Policy("on_change"))
+    rows = [(SHARED_NAN, 0), *rows]
+    rows = [r for i, r in enumerate(rows) if i == 0 or r != rows[i - 1]]  # what the loop defers
+    reference = TrackSampler(FLOAT_INFO, policies)
+    expected: dict[int, list[tuple[int, str]]] = {0: [], 1: []}
+    for n, row in enumerate(rows):
+        for column, value in reference.sample_raw(float(n), row, False):
+            expected[column].append((n, str(value)))
+    deferred = TrackSampler(FLOAT_INFO, policies)
+    deferred.sample_raw(0.0, rows[0], False)
+    group = Group()
+    group.times.append(0)
+    deferred.pending_times = [float(n) for n in range(1, len(rows))]
+    deferred.pending_rows = rows[1:]
+    if deferred.pending_rows:
+        deferred.settle(group, 1)
+    got: dict[int, list[tuple[int, str]]] = {0: [(0, str(rows[0][0]))], 1: [(0, "0")]}
+    for column, (numbers, values) in group.columns.items():
+        got[column] += [(n, str(v)) for n, v in zip(numbers, values, strict=True)]
+    assert got == expected
