@@ -158,6 +158,20 @@ class _Decoding:
             return None
         return None
 
+    def multiplexed(self, db: DbMessage, name: str) -> Callable[[Any], Any] | None:
+        """``read(data)`` of signal ``name`` in a multiplexed message (see
+        :func:`_multiplexed_reader`) for frames of ``length`` bytes, when it reads what cantools
+        reads on probe payloads; None otherwise."""
+        if self.unpack is not None:
+            return None
+        try:
+            read = _multiplexed_reader(db, name)
+            if read is not None and _reads_multiplexed_as_cantools(read, db, name):
+                return read
+        except Exception:  # a tree cantools builds but this reader does not follow
+            return None
+        return None
+
     def values(self, data: bytes | bytearray) -> dict[str, Any]:
         """Raw values by signal name; raises for a frame cantools refuses."""
         if len(data) != self.length:
@@ -222,6 +236,122 @@ def _lone_reader(db: DbMessage, signal: Any) -> Callable[[Any], Any] | None:
     return read
 
 
+class _Undefined(ValueError):
+    """A multiplexer value the message does not define: cantools refuses the frame."""
+
+
+def _multiplexed_reader(db: DbMessage, name: str) -> Callable[[Any], Any] | None:
+    """``read(data)``: the raw value of integer signal ``name`` of a multiplexed message, None
+    when the frame's multiplexer values leave it out, raising :class:`_Undefined` where
+    cantools refuses the frame (a multiplexer value no branch defines), every multiplexer of
+    the message checked as cantools checks them (nested ones included). Reads only the
+    multiplexers and the signal, by their :data:`IntegerLayout`; None when one of them has
+    none (then the whole message is decoded)."""
+    tree = db.signal_tree
+    layouts: dict[str, IntegerLayout] = {}
+
+    def layout_of(signal_name: str) -> IntegerLayout | None:
+        layout = _integer_layout(db.get_signal_by_name(signal_name), db.length)
+        if layout is not None:
+            layouts[signal_name] = layout
+        return layout
+
+    if layout_of(name) is None:
+        return None
+    read_value = _integer_reader(layouts[name])
+    Level = Sequence[Any]  # signal names, and {multiplexer: {value: level}}
+
+    def compile_level(level: Level) -> Callable[[Any], bool] | None:
+        """``present(data)`` for the signals of ``level`` and below (raises _Undefined)."""
+        here = name in [item for item in level if isinstance(item, str)]
+        branches: list[tuple[Callable[[Any], int], dict[int, Callable[[Any], bool]]]] = []
+        for item in level:
+            if isinstance(item, str):
+                continue
+            for mux, children in item.items():
+                here = here or mux == name
+                if layout_of(mux) is None:
+                    return None
+                compiled: dict[int, Callable[[Any], bool]] = {}
+                for value, child in children.items():
+                    sub = compile_level(child)
+                    if sub is None:
+                        return None
+                    compiled[value] = sub
+                branches.append((_integer_reader(layouts[mux]), compiled))
+
+        def present(data: Any) -> bool:
+            found = here
+            for read_mux, compiled in branches:
+                branch = compiled.get(read_mux(data))
+                if branch is None:
+                    raise _Undefined(db.name)
+                found = branch(data) or found
+            return found
+
+        return present
+
+    present = compile_level(tree)
+    if present is None:
+        return None
+
+    def read(data: Any) -> Any:
+        return read_value(data) if present(data) else None
+
+    return read
+
+
+def _multiplexed_probes(db: DbMessage) -> list[bytes]:
+    """Payloads that reach every branch of ``db``'s multiplexers, and one undefined value of
+    each (random bits elsewhere)."""
+    rng = random.Random(db.length)
+    probes = [bytes(db.length), b"\xff" * db.length]
+    probes += [rng.randbytes(db.length) for _ in range(8)]
+
+    def put(data: bytes, signal_name: str, value: int) -> bytes:
+        layout = _integer_layout(db.get_signal_by_name(signal_name), db.length)
+        if layout is None:
+            return data
+        order, shift, mask, _ = layout
+        whole = int.from_bytes(data, order) & ~(mask << shift) | (value & mask) << shift
+        return whole.to_bytes(db.length, order)
+
+    def walk(level: Sequence[Any], data: bytes) -> None:
+        for item in level:
+            if isinstance(item, str):
+                continue
+            for mux, children in item.items():
+                values = list(children)
+                undefined = min(set(range(len(values) + 1)) - set(values))
+                for value in [*values, undefined]:
+                    reached = put(data, mux, value)
+                    probes.append(reached)
+                    if value in children:
+                        walk(children[value], put(rng.randbytes(db.length), mux, value))
+                        walk(children[value], reached)
+
+    walk(db.signal_tree, rng.randbytes(db.length))
+    return probes[:512]
+
+
+def _reads_multiplexed_as_cantools(read: Callable[[Any], Any], db: DbMessage, name: str) -> bool:
+    """Whether ``read`` gives what cantools' decode of the whole message gives for ``name`` on
+    every probe (:func:`_multiplexed_probes`): the value, None when left out, a refusal."""
+    for data in _multiplexed_probes(db):
+        try:
+            decoded: Any = db.decode(data, False, False)
+            want = decoded.get(name)
+        except Exception:
+            want = _Undefined
+        try:
+            got = read(data)
+        except _Undefined:
+            got = _Undefined
+        if got is not want and (type(got) is not type(want) or got != want):
+            return False
+    return True
+
+
 def _reads_as_cantools(
     read: Callable[[Any], Any], db: DbMessage, name: str, probes: Sequence[bytes]
 ) -> bool:
@@ -257,6 +387,7 @@ class _Entry:
         "last",
         "payload",
         "quick",
+        "readers",
         "ring",
         "scaled",
         "schema_index",
@@ -287,6 +418,8 @@ class _Entry:
         #: the inputs with their scaling: (signal, state key, scale, offset, record every value)
         self.scaled: list[tuple[str, tuple[str, str, str], float, float, bool]] = []
         self.input_keys: list[int] = []  # tuple positions of the inputs (fast path)
+        #: the inputs' readers of a multiplexed message (Decoding.multiplexed); [] otherwise
+        self.readers: list[Callable[[Any], Any]] = []
         self.input_last: list[Any] = []  # raw value of each input in the previous payload
         #: one input read on its own, recorded only when it changes (see _Quick); None: the
         #: general path
@@ -308,6 +441,7 @@ class _Entry:
             "inputs",
             "keep",
             "quick",
+            "readers",
             "scaled",
             "schema_index",
             "used",
@@ -356,6 +490,9 @@ class _Campaign:
     stats: CampaignStats = field(default_factory=CampaignStats)
     active: bool = False
     was_true: bool = False
+    #: ``(fn, constant)`` of a rising-edge condition that is one signal against a number: the
+    #: engine evaluates it only when ``fn(value, constant)`` differs from ``was_true``
+    edge: tuple[Callable[[Any, Any], bool], Any] | None = None
     last_trigger: float = -float("inf")
     next_snapshot: float | None = None
     day: int = -1
@@ -438,6 +575,9 @@ class CampaignEngine:
             self.campaigns.append(
                 _Campaign(campaign, index, expression, self._columns(campaign.signals))
             )
+            threshold = expression.threshold if expression is not None else None
+            if threshold is not None and campaign.trigger == "rising_edge":
+                self.campaigns[-1].edge = threshold[1:]
         self.state = ConditionState(windows)
         self._wire()
         self._open: list[tuple[_Campaign | None, Capture, list[tuple[_Entry, list[Any]]]]] = []
@@ -587,6 +727,11 @@ class CampaignEngine:
                 entry.scaled.append((signal, key, info.scale, info.offset, key in history))
             if decoding.unpack is not None and all(s in decoding.position for s, _ in entry.inputs):
                 entry.input_keys = [decoding.position[s] for s, _ in entry.inputs]
+            elif decoding.unpack is None and entry.inputs:
+                readers = [decoding.multiplexed(entry.db, s) for s, _ in entry.inputs]
+                entry.readers = [r for r in readers if r is not None]
+                if len(entry.readers) < len(readers):
+                    entry.readers = []  # one input cannot: the whole message is decoded
             entry.input_last = [None] * len(entry.scaled)
             if len(entry.scaled) == 1 and not entry.watched:
                 signal, key, scale, offset, every = entry.scaled[0]
@@ -680,6 +825,13 @@ class CampaignEngine:
                                 changed.clear()
                                 changed.add(key)
                                 for campaign in entry.campaigns:
+                                    edge = campaign.edge
+                                    # a rising edge needs the truth to change: else
+                                    # _evaluate would find nothing to do
+                                    if edge is not None and (
+                                        edge[0](physical, edge[1]) is campaign.was_true
+                                    ):
+                                        continue
                                     self._evaluate(campaign, t)
                 if t > due:  # a capture ended or a snapshot is due (exact per frame)
                     self._run_due(t)
@@ -706,6 +858,8 @@ class CampaignEngine:
                     assert decoding.unpack is not None
                     raw = decoding.unpack(data)
                     values = [raw[i] for i in entry.input_keys]
+                elif entry.readers and len(data) == decoding.length:
+                    values = [read(data) for read in entry.readers]
                 else:
                     by_name = decoding.values(data)
                     values = [by_name.get(signal) for signal, _ in entry.inputs]

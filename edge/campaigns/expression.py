@@ -161,6 +161,10 @@ class Expression:
     #: ``test(state)``: whether the condition holds, as :meth:`__call__` says, in one call less
     #: (the root itself when it gives a bool: a comparison, and/or/not)
     test: Callable[[ConditionState], bool]
+    #: ``(key, fn, constant)`` when the condition is one signal compared with a number: it holds
+    #: exactly when the signal's value ``v`` is known and ``fn(v, constant)`` (the engine tests
+    #: that inline); None otherwise
+    threshold: tuple[Key, Callable[[Any, Any], bool], Any] | None = None
 
     def __call__(self, state: ConditionState) -> bool:
         """Whether the condition holds in ``state``."""
@@ -214,6 +218,15 @@ _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
     ast.Gt: operator.gt,
     ast.GtE: operator.ge,
 }
+#: ``fn(a, b) == _REFLECTED[fn](b, a)``
+_REFLECTED: dict[Callable[[Any, Any], bool], Callable[[Any, Any], bool]] = {
+    operator.eq: operator.eq,
+    operator.ne: operator.ne,
+    operator.lt: operator.gt,
+    operator.le: operator.ge,
+    operator.gt: operator.lt,
+    operator.ge: operator.le,
+}
 _FUNCTIONS = ("min", "max", "avg", "prev", "changed", "stale", "abs")
 
 
@@ -256,6 +269,7 @@ def compile_expression(
         dict(compiler.windows),
         root,
         root if boolean else test,
+        compiler.thresholds.get(root),
     )
 
 
@@ -285,6 +299,8 @@ class _Compiler:
         #: nodes that read a signal's latest value as it is, or a constant: ("signal", key) or
         #: ("constant", value), for comparisons that need no node calls (_compare_two)
         self.simple: dict[Node, tuple[str, Any]] = {}
+        #: comparisons of one signal with a number: (key, fn, constant), the signal on the left
+        self.thresholds: dict[Node, tuple[Key, Callable[[Any, Any], bool], Any]] = {}
 
     def _constant(self, value: Any) -> Node:
         def constant(_state: ConditionState) -> Any:
@@ -332,6 +348,10 @@ class _Compiler:
                 return lambda state: all(_truth(p(state)) for p in parts)
             return lambda state: any(_truth(p(state)) for p in parts)
         if isinstance(node, ast.UnaryOp):
+            if isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant):
+                value = node.operand.value  # a negative number: a constant, not a negation
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    return self._constant(-value)
             operand = self.node(node.operand)
             if isinstance(node.op, ast.Not):
                 return lambda state: not _truth(operand(state))
@@ -376,7 +396,13 @@ class _Compiler:
             ops.append(fn)
 
         if len(ops) == 1:  # the common case, in one call: a signal against a constant
-            return _compare_two(ops[0], compiled[0], compiled[1], self.simple)
+            root = _compare_two(ops[0], compiled[0], compiled[1], self.simple)
+            kinds = [self.simple.get(n, ("", None)) for n in compiled]
+            if [k for k, _ in kinds] == ["signal", "constant"]:
+                self.thresholds[root] = (kinds[0][1], ops[0], kinds[1][1])
+            elif [k for k, _ in kinds] == ["constant", "signal"]:  # c < s: s > c
+                self.thresholds[root] = (kinds[1][1], _REFLECTED[ops[0]], kinds[0][1])
+            return root
 
         def compare(state: ConditionState) -> bool:
             left = compiled[0](state)

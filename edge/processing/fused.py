@@ -13,7 +13,7 @@ the stage's, not an API: the tables of each bus (``Processor._tracks_by_bus``; a
 :class:`~edge.processing.decode.Track` for a message being decoded, a skip reason, or nothing yet),
 the
 tracks with pending rows (``_pending``), the size reservations (``_room``, ``_reserved``,
-``_row_bounds``), and the plain steps it falls back on (``_process_one``, ``_update``,
+``_row_bounds``), and the plain steps it falls back on (``_process_one``, ``_sample``,
 ``_sample_now``, ``_settle_all``, ``_join``, ``_check``, ``_lose``).
 """
 
@@ -71,6 +71,7 @@ def run(p: Processor, frames: Sequence[can.Message]) -> None:
     extended: dict[int, Any] = {}
     bus: Any = None
     frames_left = iter(frames)
+    sampling: Track | None = None  # a track the plain steps are sampling (see the handler)
     msg: Any = None
     track: Any  # a Track, a skip reason, or None (annotated only: no store per frame)
     try:
@@ -125,7 +126,11 @@ def run(p: Processor, frames: Sequence[can.Message]) -> None:
                     if not track.deferred or len(data) != track.length:
                         p._reserved += spent
                         spent = 0
-                        p._update(track, msg)
+                        if decoder.update(track, msg):  # the plain steps, inlined
+                            track.sampler.seen = t
+                            sampling = track  # counted: uncounted again if sampling raises
+                            p._sample(track, t)
+                            sampling = None
                         room, age_due = p._room - p._reserved, batcher.age_due
                         continue
                     sampler = track.sampler
@@ -174,6 +179,12 @@ def run(p: Processor, frames: Sequence[can.Message]) -> None:
             except Exception as exc:  # a fault of ours: this frame only
                 p._reserved += spent
                 spent = 0
+                if sampling is not None:  # decoded (or repeated) and counted, not sampled
+                    if sampling.repeated:
+                        decoder.repeated -= 1
+                    else:
+                        decoder.decoded -= 1
+                    sampling = None
                 p._lose(msg, p._track_of(msg), exc)  # looked up again: no store per frame
                 room, age_due = p._room - p._reserved, batcher.age_due
     finally:

@@ -223,22 +223,6 @@ class Processor:
         """Decode, sample and batch ``frames`` on the fused path (:mod:`edge.processing.fused`)."""
         fused.run(self, frames)
 
-    def _update(self, track: Track, msg: can.Message) -> None:
-        """Decode and sample a frame of ``track`` the plain way (:meth:`Decoder.update`). If
-        sampling raises, the frame is not left counted as decoded: :meth:`_lose` counts it."""
-        decoder = self.decoder
-        if not decoder.update(track, msg):
-            return
-        track.sampler.seen = msg.timestamp  # the last-known state's time (latest())
-        try:
-            self._sample(track, msg.timestamp)
-        except Exception:
-            if track.repeated:
-                decoder.repeated -= 1
-            else:
-                decoder.decoded -= 1
-            raise
-
     def _track_of(self, msg: can.Message) -> Track | None:
         """The fast path's track of a data frame's message, if it has one by now."""
         entry = self._tracks_by_bus.get(msg.channel)  # type: ignore[arg-type]

@@ -281,7 +281,9 @@ class TrackSampler:
         n = len(rows)
         for i, cells in enumerate(zip(*rows, strict=True)):
             previous = last[i]
-            if cells.count(previous) == n:  # unchanged all along (most columns): one C pass
+            # Unchanged all along (most columns): seen in one C pass. A column whose last value
+            # differs has changed: no pass (a counter, a GNSS fix).
+            if cells[-1] == previous and cells.count(previous) == n:
                 sent.append(0)
                 continue
             row_numbers: list[int] = []

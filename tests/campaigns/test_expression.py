@@ -138,3 +138,27 @@ def test_refused_with_the_position_and_the_reason(text: str, column: int, reason
         compile_(text)
     assert reason in info.value.reason
     assert info.value.column == column, info.value
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["speed > 20", "20 < speed", "speed <= 20.5", "-3 >= speed", "gear == 'R'", "1 != speed"],
+)
+@pytest.mark.parametrize("value", [-5, 0, 1, 3, 20, 20.5, 21, float("nan"), float("inf")])
+def test_threshold_holds_exactly_when_the_condition_does(text: str, value: float) -> None:
+    """One signal against a number: the engine tests ``fn(value, constant)`` inline instead of
+    evaluating the condition (the signal on the left, whichever side it was written on)."""
+    expr = compile_(text)
+    assert expr.threshold is not None
+    key, fn, constant = expr.threshold
+    assert key in expr.inputs
+    state = state_for(expr)
+    state.update(key, 1.0, value)
+    assert fn(value, constant) is expr(state)
+
+
+@pytest.mark.parametrize(
+    "text", ["speed + 1 > 20", "speed > brake", "0 < speed < 5", "abs(speed) > 3", "not speed > 2"]
+)
+def test_anything_else_has_no_threshold(text: str) -> None:
+    assert compile_(text).threshold is None
