@@ -27,8 +27,6 @@ import argparse
 import fnmatch
 import gc
 import json
-import os
-import re
 import statistics
 import subprocess
 import sys
@@ -218,9 +216,7 @@ def memory_child(with_campaign: str) -> dict[str, Any]:
 
 def child_instructions(log_id: str, with_campaigns: str) -> dict[str, Any]:
     """Processes one log under callgrind, with instrumentation on only while frames are
-    processed (``callgrind_control -i``); the parent reads the count from callgrind's output."""
-    import os
-
+    processed (benchmarks/run.py's ``instrumented``)."""
     from edge.campaigns.engine import CampaignEngine
     from edge.config.model import parse_config
     from edge.processing.processor import Processor
@@ -233,39 +229,19 @@ def child_instructions(log_id: str, with_campaigns: str) -> dict[str, Any]:
         parse_config(log.config(campaigns=campaigns)), collector(), campaigns=CampaignEngine
     )
     gc.collect()
-    control = ["callgrind_control", "-i"]
-    subprocess.run([*control, "on", str(os.getpid())], capture_output=True, check=False)
-    for i in range(0, len(frames), base.CHUNK):
-        processor.process(frames[i : i + base.CHUNK])
-    processor.flush()
-    if processor.campaigns is not None:
-        processor.campaigns.flush()
-    subprocess.run([*control, "off", str(os.getpid())], capture_output=True, check=False)
+    with base.instrumented():
+        for i in range(0, len(frames), base.CHUNK):
+            processor.process(frames[i : i + base.CHUNK])
+        processor.flush()
+        if processor.campaigns is not None:
+            processor.campaigns.flush()
     return {"frames": len(frames)}
 
 
 def instructions(log_id: str, with_campaigns: str) -> int:
-    """Instructions executed processing ``log_id`` (callgrind, PYTHONHASHSEED=0): deterministic,
-    unlike times on a shared machine."""
-    with tempfile.TemporaryDirectory() as tmp:
-        command = [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={tmp}/out",
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--child",
-            "instructions",
-            log_id,
-            with_campaigns,
-        ]
-        env = {**os.environ, "PYTHONHASHSEED": "0"}
-        out = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
-        found = re.search(r"Collected : (\d+)", out.stderr)
-        if out.returncode != 0 or found is None:
-            raise RuntimeError(f"callgrind run failed:\n{out.stderr[-2000:]}")
-        return int(found[1])
+    """Instructions executed processing ``log_id`` (see benchmarks/run.py's
+    ``count_instructions``)."""
+    return base.count_instructions(Path(__file__).resolve(), "instructions", log_id, with_campaigns)
 
 
 def main() -> int:

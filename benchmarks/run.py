@@ -1,6 +1,7 @@
 """Benchmark of the processing path on the real-vehicle corpus (issue 6). Prints markdown.
 
     .venv/bin/python benchmarks/run.py [--quick]
+    .venv/bin/python benchmarks/run.py --instructions   # bare decode and ours, as instructions
 
 Needs the shared corpus beside the checkout (``../shared/corpus``); without it, it says so and
 exits 0. See benchmarks/README.md for what each figure means and how it is measured; in short,
@@ -15,17 +16,24 @@ for each corpus log, frames already in memory, in one process:
 Times are ``time.perf_counter`` best-of-N, alternating the contenders so that load from other
 processes hits all of them alike. Peak memory and start-up time are measured in fresh child
 processes (this script re-run with a hidden ``--child`` argument).
+
+``--instructions`` counts instead of timing (callgrind, deterministic: what to compare across
+commits on a shared machine): for each log, the instructions of the bare decode loop and of the
+``Processor`` over every frame (payloads built in memory, no spool), each in a child process
+with instrumentation on only around that loop.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
 import os
 import platform
 import random
+import re
 import resource
 import statistics
 import subprocess
@@ -357,10 +365,95 @@ def child_startup(dbc: str) -> dict[str, Any]:
     return {"ready": ready, "signals": processor.schema.signal_count}
 
 
+def child_instructions(which: str) -> dict[str, Any]:
+    """``bare:LOG`` or ``ours:LOG``, with callgrind's instrumentation on only around the loop
+    (see :func:`count_instructions`)."""
+    from edge.config.model import parse_config
+    from edge.processing.processor import Processor
+    from tests.support.corpus import LOGS
+
+    contender, log_id = which.split(":", 1)
+    log = next(log for log in LOGS if log.id == log_id)
+    frames = corpus_frames(log)
+    if contender == "bare":
+        known = known_frames(log, frames)
+        with instrumented():
+            bare_decode(known)
+        return {"frames": len(known)}
+    payloads: list[int] = []
+
+    def append(build: Callable[[str, int], Any], priority: int = 5) -> int:
+        payloads.append(len(build("ab" * 16, len(payloads)).body))
+        return len(payloads)
+
+    processor = Processor(parse_config(log.config()), append)
+    gc.collect()
+    with instrumented():
+        for i in range(0, len(frames), CHUNK):
+            processor.process(frames[i : i + CHUNK])
+        processor.flush()
+    return {"frames": len(frames), "payloads": len(payloads)}
+
+
+@contextlib.contextmanager
+def instrumented() -> Iterator[None]:
+    """Callgrind counts only inside (``callgrind_control -i``; nothing outside valgrind)."""
+    control = ["callgrind_control", "-i"]
+    subprocess.run([*control, "on", str(os.getpid())], capture_output=True, check=False)
+    try:
+        yield
+    finally:
+        subprocess.run([*control, "off", str(os.getpid())], capture_output=True, check=False)
+
+
+def count_instructions(script: Path, *child_args: str) -> int:
+    """Instructions ``script --child *child_args`` executes while :func:`instrumented`
+    (callgrind, ``PYTHONHASHSEED=0``): deterministic, unlike times on a shared machine."""
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={tmp}/out",
+            sys.executable,
+            str(script),
+            "--child",
+            *child_args,
+        ]
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        out = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+        found = re.search(r"Collected : (\d+)", out.stderr)
+        if out.returncode != 0 or found is None:
+            raise RuntimeError(f"callgrind run failed:\n{out.stderr[-2000:]}")
+        return int(found[1])
+
+
 def child(args: list[str]) -> None:
     kind, value = args
-    result = {"replay": child_replay, "vw": child_vw, "startup": child_startup}[kind](value)
-    print(json.dumps(result))
+    children = {
+        "replay": child_replay,
+        "vw": child_vw,
+        "startup": child_startup,
+        "instructions": child_instructions,
+    }
+    print(json.dumps(children[kind](value)))
+
+
+def instruction_report() -> None:
+    """``--instructions``: per log, bare decode and ours as instructions, and their ratio (the
+    throughput ratio's counterpart: bare / ours, higher is better)."""
+    from tests.support.corpus import LOGS
+
+    print("## Processing stage: instructions (callgrind)\n")
+    print("| log | bare decode | ours | bare / ours |")
+    print("|---|---:|---:|---:|")
+    ratios = []
+    for log in LOGS:
+        bare = count_instructions(Path(__file__).resolve(), "instructions", f"bare:{log.id}")
+        mine = count_instructions(Path(__file__).resolve(), "instructions", f"ours:{log.id}")
+        ratios.append(bare / mine)
+        print(f"| {log.id} | {bare:,} | {mine:,} | {bare / mine:.3f} |")
+    print(f"\nGeometric mean {geomean(ratios):.3f}.")
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -412,6 +505,11 @@ def _read(path: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="bare decode and ours as instructions executed (valgrind's callgrind; minutes)",
+    )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -419,6 +517,9 @@ def main() -> int:
         return 0
     if not CORPUS.is_dir():
         print(f"benchmark skipped: the real-vehicle corpus is not at {CORPUS} (../shared absent)")
+        return 0
+    if args.instructions:
+        instruction_report()
         return 0
     import logging
 
