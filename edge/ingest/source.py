@@ -545,12 +545,15 @@ class ReplaySource(FrameSource):
         self._guard = TimeGuard()
 
     def _bus_of(self, channel: object) -> str:
+        """The bus name of a log channel: the configured name itself (one string object per bus,
+        so that the processing stage tells a frame's bus by identity, as it does live)."""
         key = str(channel)
+        names = {name: name for name in self._bus_names}
         mapped = self.config.channels.get(key)
         if mapped is not None:
-            return mapped
-        if key in self._bus_names:
-            return key
+            return names.get(mapped, mapped)
+        if key in names:
+            return names[key]
         if len(self._bus_names) == 1 and not self.config.channels:
             return self._bus_names[0]
         if key not in self.unmapped:

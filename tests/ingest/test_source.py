@@ -169,6 +169,22 @@ def test_replay_maps_log_channels_to_buses_and_skips_unmapped(tmp_path: Path) ->
     assert replay.unmapped == {"can9"}
 
 
+def test_replay_names_each_bus_with_the_configured_name_object(tmp_path: Path) -> None:
+    """Frames of one bus carry the configured name itself, whichever log channel they came
+    from, so that the processing stage tells buses apart by identity (one table lookup per run
+    of frames of a bus, not per frame)."""
+    path = tmp_path / "two.log"
+    with can.Logger(str(path)) as writer:
+        for i, msg in enumerate(frames(30)):
+            msg.channel = ("can0", "can1")[i % 2]
+            writer.on_message_received(msg)
+    names = ["".join(["c", "an0"]), "".join(["bo", "dy"])]  # not interned: made at run time
+    mapped = ReplaySource(ReplayConfig(str(path), None, {"can1": "body"}), names)
+    assert {id(m.channel) for m in mapped.messages()} == {id(n) for n in names}
+    single = ReplaySource(ReplayConfig(str(path), None), names[:1])  # both channels: one bus
+    assert {id(m.channel) for m in single.messages()} == {id(names[0])}
+
+
 def test_replay_paces_at_the_requested_speed(tmp_path: Path) -> None:
     path = tmp_path / "paced.log"
     with can.Logger(str(path)) as writer:
