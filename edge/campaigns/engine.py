@@ -301,9 +301,14 @@ def _multiplexed_reader(db: DbMessage, name: str) -> Callable[[Any], Any] | None
     return read
 
 
+#: At most this many probe payloads per multiplexed input (enough for every branch of the
+#: corpus's OBD-II PID trees; the walk stops there however wide or deep a tree is).
+_MAX_PROBES = 512
+
+
 def _multiplexed_probes(db: DbMessage) -> list[bytes]:
     """Payloads that reach every branch of ``db``'s multiplexers, and one undefined value of
-    each (random bits elsewhere)."""
+    each (random bits elsewhere), up to :data:`_MAX_PROBES`."""
     rng = random.Random(db.length)
     probes = [bytes(db.length), b"\xff" * db.length]
     probes += [rng.randbytes(db.length) for _ in range(8)]
@@ -324,6 +329,8 @@ def _multiplexed_probes(db: DbMessage) -> list[bytes]:
                 values = list(children)
                 undefined = min(set(range(len(values) + 1)) - set(values))
                 for value in [*values, undefined]:
+                    if len(probes) >= _MAX_PROBES:
+                        return
                     reached = put(data, mux, value)
                     probes.append(reached)
                     if value in children:
@@ -331,7 +338,7 @@ def _multiplexed_probes(db: DbMessage) -> list[bytes]:
                         walk(children[value], reached)
 
     walk(db.signal_tree, rng.randbytes(db.length))
-    return probes[:512]
+    return probes[:_MAX_PROBES]
 
 
 def _reads_multiplexed_as_cantools(read: Callable[[Any], Any], db: DbMessage, name: str) -> bool:
