@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -99,28 +100,41 @@ def test_the_graph_was_read() -> None:
     assert any(not i.at_import_time for i in IMPORTS)  # lazy imports are seen too
 
 
+def first_cycle(graph: Mapping[str, set[str]], nodes: Iterable[str]) -> list[str] | None:
+    """The first cycle of ``graph`` met by a depth-first walk from ``nodes`` in name order
+    (``[a, b, a]``), None when there is none."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        if node in path:
+            return [*path[path.index(node) :], node]
+        if node in done:
+            return None
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            cycle = visit(target)
+            if cycle:
+                return cycle
+        path.pop()
+        done.add(node)
+        return None
+
+    for node in sorted(nodes):
+        cycle = visit(node)
+        if cycle:
+            return cycle
+    return None
+
+
 def test_no_import_cycle_at_import_time() -> None:
     graph: dict[str, set[str]] = defaultdict(set)
     for i in IMPORTS:
         if i.at_import_time:
             graph[i.importer].add(i.imported)
-    done: set[str] = set()
-    path: list[str] = []
-
-    def visit(module: str) -> None:
-        if module in path:
-            cycle = [*path[path.index(module) :], module]
-            pytest.fail("import cycle: " + " -> ".join(cycle))
-        if module in done:
-            return
-        path.append(module)
-        for target in sorted(graph[module]):
-            visit(target)
-        path.pop()
-        done.add(module)
-
-    for module in sorted(MODULES):
-        visit(module)
+    cycle = first_cycle(graph, MODULES)
+    if cycle:
+        pytest.fail("import cycle: " + " -> ".join(cycle))
 
 
 @pytest.mark.parametrize(
@@ -184,23 +198,7 @@ def test_the_folders_import_each_other_one_way() -> None:
             graph[importer].add(imported)
             why.setdefault((importer, imported), f"{i.importer} imports {i.imported}")
     assert {"config", "processing", "campaigns", "vss"} <= set(graph)  # the graph was read
-    done: set[str] = set()
-    path: list[str] = []
-
-    def visit(folder: str) -> None:
-        if folder in path:
-            cycle = [*path[path.index(folder) :], folder]
-            steps = [why[(a, b)] for a, b in pairwise(cycle)]
-            pytest.fail(
-                "folders import each other: " + " -> ".join(cycle) + f" ({'; '.join(steps)})"
-            )
-        if folder in done:
-            return
-        path.append(folder)
-        for target in sorted(graph[folder]):
-            visit(target)
-        path.pop()
-        done.add(folder)
-
-    for folder in sorted(graph):
-        visit(folder)
+    cycle = first_cycle(graph, list(graph))
+    if cycle:
+        steps = [why[(a, b)] for a, b in pairwise(cycle)]
+        pytest.fail("folders import each other: " + " -> ".join(cycle) + f" ({'; '.join(steps)})")

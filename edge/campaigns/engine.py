@@ -166,7 +166,7 @@ class _Decoding:
             return None
         try:
             read = _multiplexed_reader(db, name)
-            if read is not None and _reads_multiplexed_as_cantools(read, db, name):
+            if read is not None and _reads_as_cantools(read, db, name, _multiplexed_probes(db)):
                 return read
         except Exception:  # a tree cantools builds but this reader does not follow
             return None
@@ -341,33 +341,30 @@ def _multiplexed_probes(db: DbMessage) -> list[bytes]:
     return probes[:_MAX_PROBES]
 
 
-def _reads_multiplexed_as_cantools(read: Callable[[Any], Any], db: DbMessage, name: str) -> bool:
-    """Whether ``read`` gives what cantools' decode of the whole message gives for ``name`` on
-    every probe (:func:`_multiplexed_probes`): the value, None when left out, a refusal."""
-    for data in _multiplexed_probes(db):
+def _reads_as_cantools(
+    read: Callable[[Any], Any], db: DbMessage, name: str, probes: Sequence[bytes]
+) -> bool:
+    """Whether ``read`` gives, on every probe payload, what cantools' decode of the whole
+    message gives for ``name``: the raw value (the same type, NaN as NaN), None when the frame
+    leaves it out, a refusal (:class:`_Undefined`) where cantools refuses the frame."""
+    for data in probes:
         try:
-            decoded: Any = db.decode(data, False, False)
-            want = decoded.get(name)
+            whole: Any = db.decode(data, False, False)
+            want = whole.get(name)
         except Exception:
             want = _Undefined
         try:
             got = read(data)
         except _Undefined:
             got = _Undefined
-        if got is not want and (type(got) is not type(want) or got != want):
-            return False
-    return True
-
-
-def _reads_as_cantools(
-    read: Callable[[Any], Any], db: DbMessage, name: str, probes: Sequence[bytes]
-) -> bool:
-    """Whether ``read`` gives, on every probe payload, cantools' raw value of ``name`` (the
-    same type, NaN as NaN)."""
-    for data in probes:
-        whole: Any = db.decode(data, False, False)
-        got, want = read(data), whole[name]
-        nan = isinstance(got, float) and math.isnan(got) and math.isnan(want)
+        if got is want:
+            continue
+        nan = (
+            isinstance(got, float)
+            and isinstance(want, float)
+            and math.isnan(got)
+            and math.isnan(want)
+        )
         if type(got) is not type(want) or not (got == want or nan):
             return False
     return True

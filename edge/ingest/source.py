@@ -535,6 +535,7 @@ class ReplaySource(FrameSource):
             raise ConfigError("replay.log", f"no such file: {config.path}")
         self.config = config
         self._bus_names = list(bus_names)
+        self._names = {name: name for name in self._bus_names}  # each name's own object
         self.frames = 0
         self.unmapped: set[str] = set()
         self.finished = threading.Event()
@@ -548,7 +549,7 @@ class ReplaySource(FrameSource):
         """The bus name of a log channel: the configured name itself (one string object per bus,
         so that the processing stage tells a frame's bus by identity, as it does live)."""
         key = str(channel)
-        names = {name: name for name in self._bus_names}
+        names = self._names
         mapped = self.config.channels.get(key)
         if mapped is not None:
             return names.get(mapped, mapped)
