@@ -38,7 +38,6 @@ from edge.ingest.source import (
     ReplaySource,
 )
 from edge.metrics import LossWatch, ProgressWatch, QueueLevel
-from edge.processing.decode import Track
 from edge.processing.processor import PipelineStats, Processor
 
 __all__ = ["Pipeline", "restart_after_step_back", "source_name"]
@@ -56,9 +55,8 @@ def restart_after_step_back(processor: Processor) -> None:
     every sampler's rate limits and heartbeats from the step (issue 12, item 5)."""
     processor.flush()
     for bus in processor.bus_decoders:
-        for track in (*bus.standard.values(), *bus.extended.values()):
-            if isinstance(track, Track):
-                track.sampler.restart_timers()
+        for track in bus.tracks():
+            track.sampler.restart_timers()
 
 
 def source_name(source: FrameSource) -> str:

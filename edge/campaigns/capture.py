@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate
+from operator import itemgetter
 
 __all__ = ["BLOCK_FRAMES", "FRAME_OVERHEAD", "Capture", "FrameRing"]
 
@@ -41,6 +42,8 @@ BLOCK_FRAMES = 64
 
 #: A frame of a window: its time and its data.
 Frame = tuple[float, bytes]
+#: The times and the data of frames, apart.
+Frames = tuple[list[float], list[bytes]]
 #: Data as a frame carries it (python-can gives a bytearray).
 Data = bytes | bytearray
 
@@ -65,6 +68,16 @@ class _Block:
         else:
             self.size = 0
             self.ends = array("I", accumulate(map(len, datas)))
+
+    def datas(self, first: int, stop: int) -> list[bytes]:
+        """The data of frames ``first`` to ``stop - 1`` (cut in C when of one length)."""
+        if self.ends is None:
+            size = self.size
+            if not size:
+                return [b""] * (stop - first)
+            cut = struct.iter_unpack(f"{size}s", self.blob[first * size : stop * size])
+            return list(map(itemgetter(0), cut))
+        return [self.blob[a:b] for a, b in map(self.span, range(first, stop))]
 
     def span(self, i: int) -> tuple[int, int]:
         """Start and end of frame ``i``'s data in ``blob``."""
@@ -207,8 +220,14 @@ class FrameRing:
         return dropped
 
     def window(self, start: float, end: float) -> Iterator[Frame]:
-        """The frames with ``start <= t <= end``, oldest first (read the ring, do not change it
-        while iterating)."""
+        """The frames with ``start <= t <= end``, oldest first."""
+        return zip(*self.cut(start, end), strict=True)
+
+    def cut(self, start: float, end: float) -> Frames:
+        """The times and the data of the frames with ``start <= t <= end``, oldest first (a
+        packed block in one slice each when its times are ordered)."""
+        times_out: list[float] = []
+        datas_out: list[bytes] = []
         head = self._head
         for block in self._blocks:
             times = block.times
@@ -218,26 +237,27 @@ class FrameRing:
                     continue
                 first = bisect_left(times, start, head)
                 stop = bisect_right(times, end, first)
-                for i in range(first, stop):
-                    a, b = block.span(i)
-                    yield times[i], block.blob[a:b]
+                times_out += times[first:stop]
+                datas_out += block.datas(first, stop)
                 if stop < len(times):
-                    return
+                    return times_out, datas_out
                 head = 0
                 continue
             for i in range(head, len(times)):
                 t = times[i]
                 if t > end:
-                    return
+                    return times_out, datas_out
                 if t >= start:
-                    a, b = block.span(i)
-                    yield t, block.blob[a:b]
+                    times_out.append(t)
+                    datas_out += block.datas(i, i + 1)
             head = 0
         for t, data in zip(self.times, self.datas, strict=True):
             if t > end:
-                return
+                break
             if t >= start:
-                yield t, bytes(data)
+                times_out.append(t)
+                datas_out.append(bytes(data))
+        return times_out, datas_out
 
     def oldest(self) -> float | None:
         """Time of the oldest frame kept."""

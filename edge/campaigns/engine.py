@@ -83,6 +83,8 @@ _RING_SLACK = 5.0
 
 #: Most values one capture payload holds (see CampaignEngine._emit).
 _PART_VALUES = 100_000
+#: A module global: the engine's per-frame path reads it faster than ``int.from_bytes``.
+_from_bytes = int.from_bytes
 
 
 @dataclass(slots=True)
@@ -527,7 +529,7 @@ class CampaignEngine:
         self._vss = vss  # edge.vss.mapping.VssMapping: VSS paths in conditions
         self._latest = latest or self.latest_frames
         self._clock = clock or SystemClock()
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()
         batch = config.batch
         self.codec = Codec(
             batch.compression, batch.compression_level, batch.time_resolution, config.vehicle_id
@@ -590,6 +592,7 @@ class CampaignEngine:
         #: the frame time after which a capture ends or a snapshot is due (-inf: look at once)
         self._due = -float("inf")
         self.frames = 0
+        self.faults = 0  # frames whose handling raised (see frame())
         self.schemas = 0
         self.adhoc = CampaignStats()  # captures the ``capture`` method asks for by signals
         self._refresh(self._clock.time())
@@ -767,19 +770,29 @@ class CampaignEngine:
 
     # -- the frames ----------------------------------------------------------------------------
 
+    def view(self, bus: str, arbitration_id: int, extended: bool) -> _Entry | None:
+        """The view of the message campaigns use that frames with this ID on ``bus`` belong to,
+        or None: no campaign uses them. The processing stage's tap (edge.processing.decode):
+        it asks once per frame ID and hands :meth:`frame` the frames of IDs with a view."""
+        pair = self._tables.get(bus)
+        if pair is None:
+            return None
+        return (pair[1] if extended else pair[0])[arbitration_id]
+
     def process(self, frames: Sequence[can.Message]) -> None:
-        """Look at a chunk of frames (the Processor's): rings, conditions, due captures."""
-        with self._lock:
+        """The engine on its own: each data frame of a chunk looked up in its own tables and
+        given to :meth:`frame`, then :meth:`chunk`. The Processor does not call this: its loop
+        hands the frames of the IDs :meth:`view` names to :meth:`frame` itself, which costs
+        nothing for the frames of other messages (tests/campaigns/test_taps.py: equal)."""
+        with self.lock:
             tables = self._tables
             last_channel: object = None
             standard: dict[int, _Entry | None] = {}
             extended: dict[int, _Entry | None] = {}
-            t = self.now
-            due = self._due
-            state = self.state
-            values, changed = state.values, state.changed
-            from_bytes = int.from_bytes
+            frame = self.frame
             for msg in frames:
+                if msg.is_error_frame or msg.is_remote_frame:
+                    continue
                 channel = msg.channel
                 if channel is not last_channel:
                     pair = tables.get(channel)  # type: ignore[arg-type]
@@ -788,62 +801,84 @@ class CampaignEngine:
                     standard, extended = pair
                     last_channel = channel
                 entry = (extended if msg.is_extended_id else standard)[msg.arbitration_id]
-                if entry is None or msg.is_error_frame or msg.is_remote_frame:
-                    continue
-                # only the frames of messages campaigns use move the engine's time
-                t = msg.timestamp
-                data: Any = msg.data
-                entry.last = msg
-                ring = entry.ring
-                if ring is not None:
-                    times = ring.times
-                    times.append(t)
-                    ring.datas.append(data)
-                    if len(times) >= BLOCK_FRAMES:
-                        ring.settle()
-                if entry.campaigns:
-                    quick = entry.quick
-                    if quick is None:
-                        if entry.watched or data != entry.payload:
-                            self._inputs(entry, data, t)
-                    elif data != entry.payload:
-                        # One input read alone, inline (_Quick): what _inputs does for it, a
-                        # call only to evaluate when its value changed.
-                        length, key, scale, offset, read, order, shift, mask, sign = quick
-                        if len(data) != length:
-                            self._inputs(entry, data, t)
+                if entry is not None:
+                    frame(entry, msg)
+            self.chunk(frames)
+
+    def frame(self, entry: _Entry, msg: can.Message) -> None:
+        """A data frame of a message campaigns use (``entry``: its :meth:`view`): into the
+        ring, its condition inputs read when its bytes changed, the captures that ended by its
+        time closed. Called with :attr:`lock` held (the Processor holds it over a chunk). A
+        fault here costs the engine this frame, counted in ``faults`` (``history``), and never
+        the processing stage."""
+        try:
+            t = msg.timestamp
+            data: Any = msg.data
+            entry.last = msg
+            ring = entry.ring
+            if ring is not None:
+                times = ring.times
+                times.append(t)
+                ring.datas.append(data)
+                if len(times) >= BLOCK_FRAMES:
+                    ring.settle()
+            if entry.campaigns:
+                quick = entry.quick
+                if quick is None:
+                    if entry.watched or data != entry.payload:
+                        self._inputs(entry, data, t)
+                elif data != entry.payload:
+                    # One input read alone, inline (_Quick): what _inputs does for it, a call
+                    # only to evaluate when its value changed.
+                    length, key, scale, offset, read, order, shift, mask, sign = quick
+                    if len(data) != length:
+                        self._inputs(entry, data, t)
+                    else:
+                        # a reference: a frame's data is not changed once received
+                        entry.payload = data
+                        if read is None:
+                            value = _from_bytes(data, order) >> shift & mask
+                            value -= (value & sign) * 2
                         else:
-                            # a reference: a frame's data is not changed once received
-                            entry.payload = data
-                            if read is None:
-                                value = from_bytes(data, order) >> shift & mask
-                                value -= (value & sign) * 2
-                            else:
-                                value = read(data)
-                            physical = value * scale + offset
-                            # state.update() for a key without history: the state's value,
-                            # which every source address of a J1939 message writes
-                            if values.get(key) != physical or physical != physical:
-                                values[key] = physical
-                                state.now = t
-                                changed.clear()
-                                changed.add(key)
-                                for campaign in entry.campaigns:
-                                    edge = campaign.edge
-                                    # a rising edge needs the truth to change: else
-                                    # _evaluate would find nothing to do
-                                    if edge is not None and (
-                                        edge[0](physical, edge[1]) is campaign.was_true
-                                    ):
-                                        continue
-                                    self._evaluate(campaign, t)
-                if t > due:  # a capture ended or a snapshot is due (exact per frame)
-                    self._run_due(t)
-                    due = self._due
-            self.frames += len(frames)
+                            value = read(data)
+                        physical = value * scale + offset
+                        # state.update() for a key without history: the state's value, which
+                        # every source address of a J1939 message writes
+                        state = self.state
+                        values = state.values
+                        if values.get(key) != physical or physical != physical:
+                            values[key] = physical
+                            state.now = t
+                            changed = state.changed
+                            changed.clear()
+                            changed.add(key)
+                            for campaign in entry.campaigns:
+                                edge = campaign.edge
+                                # a rising edge needs the truth to change: else _evaluate
+                                # would find nothing to do
+                                if edge is not None and (
+                                    edge[0](physical, edge[1]) is campaign.was_true
+                                ):
+                                    continue
+                                self._evaluate(campaign, t)
+            # only the frames of messages campaigns use move the engine's time
             if t > self.now:
                 self.now = t
-            self._after(self.now)
+            if t > self._due:  # a capture ended or a snapshot is due (exact per frame)
+                self._run_due(t)
+        except Exception as exc:  # a fault of ours: this frame, for the engine only
+            self.faults += 1
+            if self.faults == 1:
+                log.error("campaigns: handling a frame failed; counted in faults", exc_info=exc)
+            else:
+                log.debug("campaigns: handling a frame failed: %r", exc)
+
+    def chunk(self, frames: Sequence[can.Message]) -> None:
+        """After the frames of a chunk (:attr:`lock` held): start and expiry by the wall
+        clock, ``stale()`` conditions, the captures that ended and the snapshots due by the
+        newest frame time."""
+        self.frames += len(frames)
+        self._after(self.now)
 
     def _inputs(self, entry: _Entry, data: bytes | bytearray, t: float) -> None:
         """A frame of a message conditions read, whose payload changed (or whose arrival a
@@ -964,14 +999,14 @@ class CampaignEngine:
             return
         while campaign.next_snapshot <= now:
             campaign.next_snapshot += period
-        frames = []
+        groups = []
         for entry, columns in campaign.columns:
             for view in entry.views:  # each source address's latest frame, on J1939 buses
                 msg = view.last
                 if msg is not None:
-                    frames.append((view, columns, msg.timestamp, bytes(msg.data)))
+                    groups.append((view, columns, [msg.timestamp], [bytes(msg.data)]))
         ext = {"campaign": campaign.config.name, "snapshot": now}
-        self._emit(campaign, ext, campaign.config.priority, frames, raw_wanted=False)
+        self._emit(campaign, ext, campaign.config.priority, groups, raw_wanted=False)
 
     # -- captures into payloads ----------------------------------------------------------------
 
@@ -990,12 +1025,11 @@ class CampaignEngine:
                     capture.truncated = True
         if capture.truncated:
             counters.truncated += 1
-        frames = (
-            (view, cols, t, data)
+        groups = (
+            (view, cols, *view.ring.cut(capture.start, capture.end))
             for entry, cols in columns
             for view in entry.views
             if view.ring is not None
-            for t, data in view.ring.window(capture.start, capture.end)
         )
         ext: dict[str, Any] = {
             "campaign": capture.campaign,
@@ -1004,59 +1038,74 @@ class CampaignEngine:
         }
         priority = campaign.config.priority if campaign is not None else SCHEMA_PRIORITY
         raw_wanted = campaign is not None and campaign.config.raw_frames
-        self._emit(campaign, ext, priority, frames, raw_wanted=raw_wanted)
+        self._emit(campaign, ext, priority, groups, raw_wanted=raw_wanted)
 
     def _emit(
         self,
         campaign: _Campaign | None,
         ext: dict[str, Any],
         priority: int,
-        frames: Iterable[tuple[_Entry, list[tuple[str, int]], float, bytes]],
+        groups: Iterable[tuple[_Entry, list[tuple[str, int]], list[float], list[bytes]]],
         *,
         raw_wanted: bool,
     ) -> None:
-        """Decode ``frames`` into rows (every value cantools gives, as raw integers, floats as
-        they are) and spool them as payloads of at most ``max_bytes``, part by part: a long
-        capture never holds more than one payload's rows in memory."""
+        """Decode the frames of ``groups`` (a view, its columns, and its frames' times and data,
+        oldest first) into rows (every value cantools gives, as raw integers, floats as they
+        are) and spool them as payloads of at most ``max_bytes``, part by part: a long capture
+        never holds more than one payload's rows in memory."""
         stats = campaign.stats if campaign is not None else self.adhoc
         raw: dict[tuple[int, int | None, int], list[bytes]] = {}
         batch = Batch(self._clock.monotonic())
-        ticks = self._ticks
+        ticks = float(self._ticks)
         state = {"rows": 0, "cut": False}
-        picked: tuple[Any, list[tuple[int, int]]] = (None, [])  # columns -> tuple positions
-        for entry, columns, t, data in frames:
+        for entry, columns, times, datas in groups:
+            decoding = entry.decoding
+            index = entry.schema_index
             if state["cut"]:
                 break
-            decoding = entry.decoding
-            if decoding is None or entry.schema_index is None:
+            if decoding is None or index is None or not times:
                 continue
-            if picked[0] is not columns:
-                position = decoding.position
-                picked = (columns, [(position[n], c) for n, c in columns if n in position])
-            try:
-                if picked[1] and len(data) == decoding.length:
-                    assert decoding.unpack is not None
-                    tuple_values = decoding.unpack(data)
-                    items = [(column, tuple_values[i]) for i, column in picked[1]]
-                else:
-                    values = decoding.values(data)
-                    items = [(column, values[name]) for name, column in columns if name in values]
-            except Exception:  # a frame of another length, an undefined multiplexer value
-                entry.decode_errors += 1
+            source = entry.source_address
+            rows = self._columns_of(entry, decoding, columns, datas)
+            if rows is None:  # frame by frame: another length, a multiplexed message
+                for t, data in zip(times, datas, strict=True):
+                    items = self._items(entry, decoding, columns, data)
+                    if not items:
+                        continue
+                    tick = round(t * ticks)
+                    if raw_wanted:
+                        raw.setdefault((index, source, tick), []).append(data)
+                    state["rows"] += 1
+                    # A part closes at _PART_VALUES values: what a capture holds in memory at
+                    # once stays a few MB whatever its length. _write splits a part that
+                    # encodes larger than max_bytes: a part is encoded once (or a few times),
+                    # not measured as it grows.
+                    batch.add(index, source, tick, items)
+                    if batch.values >= _PART_VALUES:
+                        self._write(campaign, batch, ext, priority, raw, state)
+                        batch = Batch(self._clock.monotonic())
+                        if state.get("cut"):  # over the daily budget: no more rows
+                            break
                 continue
-            if not items:
-                continue
-            tick = round(t * ticks)
-            if raw_wanted:
-                raw.setdefault((entry.schema_index, entry.source_address, tick), []).append(data)
-            state["rows"] += 1
-            # A part closes at _PART_VALUES values: what a capture holds in memory at once stays
-            # a few MB whatever its length. _write splits a part that encodes larger than
-            # max_bytes: a part is encoded once (or a few times), not measured as it grows.
-            batch.add(entry.schema_index, entry.source_address, tick, items)
-            if batch.values >= _PART_VALUES:
-                self._write(campaign, batch, ext, priority, raw, state)
-                batch = Batch(self._clock.monotonic())
+            # Every frame decoded in one pass: the rows go in by column, cut into parts where
+            # frame by frame would cut them.
+            tick_list = list(map(round, map(ticks.__mul__, times)))
+            width = len(rows)
+            start = 0
+            while start < len(tick_list):
+                stop = min(len(tick_list), start - (batch.values - _PART_VALUES) // width)
+                part = [(column, values[start:stop]) for column, values in rows]
+                batch.add_rows(index, source, tick_list[start:stop], part)
+                if raw_wanted:
+                    for tick, data in zip(tick_list[start:stop], datas[start:stop], strict=True):
+                        raw.setdefault((index, source, tick), []).append(data)
+                state["rows"] += stop - start
+                start = stop
+                if batch.values >= _PART_VALUES:
+                    self._write(campaign, batch, ext, priority, raw, state)
+                    batch = Batch(self._clock.monotonic())
+                    if state.get("cut"):  # over the daily budget: no more rows
+                        break
         self._write(campaign, batch if batch.groups else None, ext, priority, raw, state)
         if state["rows"]:
             if state["cut"]:
@@ -1064,6 +1113,40 @@ class CampaignEngine:
             else:
                 stats.captures += 1
             stats.rows += state["rows"]
+
+    @staticmethod
+    def _columns_of(
+        entry: _Entry, decoding: _Decoding, columns: list[tuple[str, int]], datas: list[bytes]
+    ) -> list[tuple[int, tuple[Any, ...]]] | None:
+        """The values of ``columns`` in every frame of ``datas`` at once, (schema column,
+        values) each: one C call per frame and a transposition. None when a frame cannot go
+        that way (another length, a multiplexed message, a payload the layout refuses): then
+        the frames are decoded one by one (:meth:`_items`)."""
+        unpack = decoding.unpack
+        if unpack is None or set(map(len, datas)) != {decoding.length}:
+            return None
+        position = decoding.position
+        picked = [(position[n], c) for n, c in columns if n in position]
+        if not picked:
+            return None
+        try:
+            transposed = list(zip(*map(unpack, datas), strict=True))
+        except Exception:  # a payload the layout refuses: frame by frame, counted there
+            return None
+        return [(column, transposed[i]) for i, column in picked]
+
+    @staticmethod
+    def _items(
+        entry: _Entry, decoding: _Decoding, columns: list[tuple[str, int]], data: bytes
+    ) -> list[tuple[int, Any]]:
+        """(schema column, raw value) of ``columns`` in one frame; [] for a frame cantools
+        refuses (counted in ``decode_errors``)."""
+        try:
+            values = decoding.values(data)
+        except Exception:  # a frame of another length, an undefined multiplexer value
+            entry.decode_errors += 1
+            return []
+        return [(column, values[name]) for name, column in columns if name in values]
 
     def _write(
         self,
@@ -1157,19 +1240,19 @@ class CampaignEngine:
 
     def flush(self) -> None:
         """Close every open capture now with the frames it has (shutdown): nothing is lost."""
-        with self._lock:
+        with self.lock:
             open_, self._open = self._open, []
             for campaign, capture, columns in open_:
                 self._close(campaign, capture, columns)
 
     def tick(self) -> None:
         """Housekeeping without frames: start/expiry by the wall clock."""
-        with self._lock:
+        with self.lock:
             self._refresh(self._clock.time())
 
     def trigger(self, name: str) -> Capture:
         """Open a capture of campaign ``name`` now (the ``capture`` direct method)."""
-        with self._lock:
+        with self.lock:
             for campaign in self.campaigns:
                 if campaign.config.name == name:
                     if campaign.config.collect != "condition":
@@ -1184,7 +1267,7 @@ class CampaignEngine:
     def capture(self, signals: Sequence[str], before: float, after: float) -> Capture:
         """An ad hoc capture of ``signals`` (globs): only messages that already have a ring (a
         condition campaign collects them) have history; others have none before now."""
-        with self._lock:
+        with self.lock:
             columns = [(e, c) for e, c in self._columns(signals) if e.keep is not None]
             if not columns:
                 raise TelemetryError(
@@ -1201,7 +1284,7 @@ class CampaignEngine:
 
     def latest_frames(self) -> list[LatestFrame]:
         """The latest frame of each message (and source address) campaigns use."""
-        with self._lock:
+        with self.lock:
             return [
                 LatestFrame(v.bus, v.db, bytes(v.last.data), v.last.timestamp, v.source_address)
                 for v in self._views()
@@ -1212,7 +1295,7 @@ class CampaignEngine:
         """State, settings and counters per campaign (``listCampaigns``)."""
         wall = self._clock.time()
         out: dict[str, dict[str, Any]] = {}
-        with self._lock:
+        with self.lock:
             for campaign in self.campaigns:
                 cfg = campaign.config
                 if not cfg.enabled:
@@ -1234,7 +1317,7 @@ class CampaignEngine:
 
     def counters(self) -> dict[str, dict[str, int]]:
         """Counters per campaign (reported properties and /metrics)."""
-        with self._lock:
+        with self.lock:
             out = {c.config.name: c.stats.as_json() for c in self.campaigns}
             out["adhoc"] = self.adhoc.as_json()
             return out
@@ -1245,13 +1328,14 @@ class CampaignEngine:
 
     def ring_stats(self) -> dict[str, int]:
         """Frames and bytes held in the rings, and frames their caps pushed out."""
-        with self._lock:
+        with self.lock:
             rings = [v.ring for v in self._views() if v.ring is not None]
             return {
                 "frames": sum(len(r) for r in rings),
                 "bytes": sum(r.bytes for r in rings),
                 "overflow": sum(r.overflow for r in rings),
                 "decodeErrors": sum(v.decode_errors for v in self._views()),
+                "faults": self.faults,
             }
 
 

@@ -55,6 +55,8 @@ __all__ = [
     "BusDecoder",
     "DecodeStats",
     "Decoder",
+    "Tap",
+    "TapHook",
     "Track",
     "TupleLayout",
     "Unusable",
@@ -315,6 +317,21 @@ class Unusable:
         self.reason = reason
 
 
+class Tap:
+    """In a bus's tables in place of the ``entry`` (a :class:`Track`, a skip reason or an
+    :class:`Unusable`) of a frame ID whose frames a campaign uses: ``view`` is what the campaign
+    stage keeps of them (see :data:`TapHook`). The Processor's loop tells it apart by class, so
+    that the frames of every other ID pay nothing for campaigns, and tracks stay of one class
+    (the interpreter's attribute caches are per class: a second class of track at the loop's
+    attribute reads would slow every frame)."""
+
+    __slots__ = ("entry", "view")
+
+    def __init__(self, entry: Track | str | Unusable, view: object) -> None:
+        self.entry = entry
+        self.view = view
+
+
 class Track:
     """One message as seen on one bus (and one J1939 source address).
 
@@ -408,6 +425,11 @@ class Track:
         self.repeated = False
 
 
+#: What the processing stage asks the campaign stage once per new frame ID of a bus: (bus,
+#: frame ID, extended) -> what the stage keeps of its frames, or None (no campaign uses them).
+TapHook = Callable[[str, int, bool], object]
+
+
 @dataclass(frozen=True, slots=True)
 class DecodeStats:
     """Counters since start: ``frames = decoded + repeated + sum(skipped) + lost``."""
@@ -432,17 +454,23 @@ class BusDecoder:
         selection: Selection,
         *,
         j1939: bool = False,
+        tap: TapHook | None = None,
     ) -> None:
+        """``tap`` is asked once per new frame ID whether a campaign uses its frames (then its
+        table entry is a :class:`Tap`)."""
         self.name = name
+        self._tap = tap
         self._db = database
         self._j1939 = j1939
         self._selection = selection
         #: frame ID -> its track, or why its frames are skipped (a ``DecodeStats.skipped`` key),
-        #: or :class:`Unusable`, for 11-bit and 29-bit IDs apart; IDs not seen yet are absent
+        #: or :class:`Unusable`, any of them in a :class:`Tap` when a campaign uses the ID
+        #: (:meth:`entry` looks through it), for 11-bit and 29-bit IDs apart; IDs not seen yet
+        #: are absent
         #: (and unknown IDs past ``MAX_CACHED_UNKNOWN``). Read by the
         #: Processor's loop (two tables keyed by the ID itself: no key to compute per frame).
-        self.standard: dict[int, Track | str | Unusable] = {}
-        self.extended: dict[int, Track | str | Unusable] = {}
+        self.standard: dict[int, Track | str | Unusable | Tap] = {}
+        self.extended: dict[int, Track | str | Unusable | Tap] = {}
         self._decoders: dict[int, tuple[DictDecoder, TupleLayout | None]] = {}
         self._group_tracks: dict[tuple[int, int | None], Track] = {}
         # Schema index of each selected message of this bus, by cantools message, and the
@@ -488,7 +516,7 @@ class BusDecoder:
         """The track of a frame ID (created on first sight), or None: skipped (the reason is
         :meth:`skip_reason`) or lost (:meth:`unusable`)."""
         table = self.extended if extended else self.standard
-        known = table.get(arbitration_id)
+        known = self.entry(arbitration_id, extended)
         if known is not None:
             return known if isinstance(known, Track) else None
         message = self.message(arbitration_id, extended)
@@ -499,22 +527,34 @@ class BusDecoder:
             if len(table) < MAX_CACHED_UNKNOWN:
                 table[arbitration_id] = UNKNOWN_ID
             return None
+        entry: Track | str | Unusable
         if id(message) not in self._selected:
-            table[arbitration_id] = "not_selected"
-            return None
-        try:
-            track = self._new_track(message, source_address)
-        except Exception as exc:  # a bug of ours, or a message cantools cannot handle
-            log.error(
-                "message %s (%#x): cannot be decoded (%r); its frames are lost and counted",
-                message.name,
-                arbitration_id,
-                exc,
-            )
-            table[arbitration_id] = Unusable(f"setup:{type(exc).__name__}")
-            return None
-        table[arbitration_id] = track
-        return track
+            entry = "not_selected"
+        else:
+            try:
+                entry = self._new_track(message, source_address)
+            except Exception as exc:  # a bug of ours, or a message cantools cannot handle
+                log.error(
+                    "message %s (%#x): cannot be decoded (%r); its frames are lost and counted",
+                    message.name,
+                    arbitration_id,
+                    exc,
+                )
+                entry = Unusable(f"setup:{type(exc).__name__}")
+        view = self._tap(self.name, arbitration_id, extended) if self._tap is not None else None
+        table[arbitration_id] = entry if view is None else Tap(entry, view)
+        return entry if isinstance(entry, Track) else None
+
+    def entry(self, arbitration_id: int, extended: bool) -> Track | str | Unusable | None:
+        """The table entry of a frame ID (through a :class:`Tap`); None before first sight."""
+        entry = (self.extended if extended else self.standard).get(arbitration_id)
+        return entry.entry if isinstance(entry, Tap) else entry
+
+    def tracks(self) -> list[Track]:
+        """The tracks set up so far."""
+        entries = (*self.standard.values(), *self.extended.values())
+        unwrapped = (e.entry if isinstance(e, Tap) else e for e in entries)
+        return [e for e in unwrapped if isinstance(e, Track)]
 
     def message(self, arbitration_id: int, extended: bool) -> Message | None:
         """The message a frame ID stands for, as cantools finds it (ID and kind, frame ID mask),
@@ -567,12 +607,12 @@ class BusDecoder:
 
     def unusable(self, arbitration_id: int, extended: bool) -> Unusable | None:
         """The :class:`Unusable` entry of a frame ID, if its message could not be set up."""
-        entry = (self.extended if extended else self.standard).get(arbitration_id)
+        entry = self.entry(arbitration_id, extended)
         return entry if isinstance(entry, Unusable) else None
 
     def skip_reason(self, arbitration_id: int, extended: bool) -> str:
         """Why frames with this ID are skipped."""
-        reason = (self.extended if extended else self.standard).get(arbitration_id)
+        reason = self.entry(arbitration_id, extended)
         return reason if isinstance(reason, str) else UNKNOWN_ID
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import can
 
-from edge.processing.decode import UNKNOWN_ID, Track
+from edge.processing.decode import UNKNOWN_ID, Tap, Track
 
 if TYPE_CHECKING:
     from edge.processing.processor import Processor
@@ -70,10 +70,12 @@ def run(p: Processor, frames: Sequence[can.Message]) -> None:
     standard: dict[int, Any] = {}
     extended: dict[int, Any] = {}
     bus: Any = None
+    # The campaign stage's frame(), for the frames of the IDs it taps (a Tap in the tables)
+    see: Any = p.campaigns.frame if p.campaigns is not None else None
     frames_left = iter(frames)
     sampling: Track | None = None  # a track the plain steps are sampling (see the handler)
     msg: Any = None
-    track: Any  # a Track, a skip reason, or None (annotated only: no store per frame)
+    track: Any  # a Track, a skip reason, a Tap... (annotated only: no store per frame)
     try:
         while True:
             try:
@@ -104,23 +106,28 @@ def run(p: Processor, frames: Sequence[can.Message]) -> None:
                         if kind is str:
                             skips.append(track)
                             continue
-                        track = bus.track(arbitration_id, msg.is_extended_id)
-                        if track is None:  # skipped, or lost (an Unusable message)
-                            lost = bus.unusable(arbitration_id, msg.is_extended_id)
-                            if lost is not None:
-                                decoder.lose(lost.reason)
-                            else:
-                                reason = bus.skip_reason(arbitration_id, msg.is_extended_id)
-                                if reason is UNKNOWN_ID:
-                                    unknown += 1
-                                else:
-                                    skips.append(reason)
+                        if track is None:  # first sight of this ID: set it up, look again
+                            new = bus.track(arbitration_id, msg.is_extended_id)
+                            if new is not None and new.shared:
+                                p._reserved += spent
+                                spent = 0
+                                p._settle_all()  # its group's other track stops deferring
+                                room, age_due = p._room - p._reserved, batcher.age_due
+                            track = tracks.get(arbitration_id)
+                            if track is None or track is UNKNOWN_ID:  # None: past the cache
+                                unknown += 1
+                                continue
+                            kind = track.__class__
+                        if kind is Tap:  # a campaign uses this ID: its stage sees the frame
+                            see(track.view, msg)
+                            track = track.entry
+                            kind = track.__class__
+                        if kind is not Track:
+                            if kind is str:
+                                skips.append(track)
+                            else:  # an Unusable message: lost
+                                decoder.lose(track.reason)
                             continue
-                        if track.shared:
-                            p._reserved += spent
-                            spent = 0
-                            p._settle_all()  # its group's other track stops deferring
-                            room, age_due = p._room - p._reserved, batcher.age_due
                     data = msg.data
                     t = msg.timestamp
                     if not track.deferred or len(data) != track.length:

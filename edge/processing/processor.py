@@ -11,6 +11,7 @@ import logging
 import operator
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -62,12 +63,27 @@ class PipelineStats:
 
 
 class CampaignStage(Protocol):
-    """What runs beside the processor on its thread and sees every chunk of frames: the campaign
-    engine (:class:`edge.campaigns.engine.CampaignEngine`). Declared here so that the processing
-    stage imports nothing of the campaigns, which are built on it."""
+    """What runs beside the processor on its thread: the campaign engine
+    (:class:`edge.campaigns.engine.CampaignEngine`). Declared here so that the processing stage
+    imports nothing of the campaigns, which are built on it.
 
-    def process(self, frames: Sequence[can.Message]) -> None:
-        """Take the chunk of frames the processor just took."""
+    The processor taps it into its own loop: it asks :meth:`view` once per new frame ID of a bus
+    (:data:`edge.processing.decode.Tap`) and hands :meth:`frame` each data frame of the IDs it
+    has a view of, as the loop meets them (frames of other IDs cost the stage nothing), holding
+    :attr:`lock` over the chunk, then calls :meth:`chunk`."""
+
+    @property
+    def lock(self) -> AbstractContextManager[Any]:
+        """Held by the processor while its loop hands frames over (direct methods take it)."""
+
+    def view(self, bus: str, arbitration_id: int, extended: bool) -> object:
+        """What the stage keeps of frames with this ID (opaque), or None: it does not use them."""
+
+    def frame(self, view: Any, msg: can.Message) -> None:
+        """A data frame of an ID :meth:`view` gave ``view`` for; never raises."""
+
+    def chunk(self, frames: Sequence[can.Message]) -> None:
+        """After the processor's loop went through ``frames``."""
 
     def tick(self) -> None:
         """Time passed without frames (start and expiry go by the wall clock)."""
@@ -132,13 +148,8 @@ class Processor:
         self.schema: Schema = schema_with_vss(schema, self.vss)
         if not self.schema.messages:
             log.warning("no signal is selected: check signals.include / signals.exclude")
-        self.bus_decoders = [
-            BusDecoder(i, name, db, self.schema, selection, j1939=j1939)
-            for i, (name, db, j1939) in enumerate(databases)
-        ]
-        self.decoder = Decoder(self.bus_decoders)
-        # Campaigns (issue 11): condition/periodic campaigns see every chunk too (process());
-        # ``append`` then takes ``priority=``. None without such campaigns.
+        # Campaigns (issue 11): condition/periodic campaigns see the frames of the IDs they use
+        # (CampaignStage); ``append`` then takes ``priority=``. None without such campaigns.
         self.campaigns: CampaignStage | None = None
         if any(c.collect != "always" for c in config.campaigns):
             if campaigns is None:
@@ -149,6 +160,12 @@ class Processor:
             self.campaigns = campaigns(
                 config, databases, append, clock=self._clock, vss=self.vss, latest=self.latest
             )
+        tap = self.campaigns.view if self.campaigns is not None else None
+        self.bus_decoders = [
+            BusDecoder(i, name, db, self.schema, selection, j1939=j1939, tap=tap)
+            for i, (name, db, j1939) in enumerate(databases)
+        ]
+        self.decoder = Decoder(self.bus_decoders)
         # Values typed Any: the hot loop tells a Track from a skip reason by class, which
         # mypy does not narrow on (type() or isinstance() would cost a call per frame).
         self._tracks_by_bus: dict[str, tuple[dict[int, Any], dict[int, Any], BusDecoder]] = {
@@ -213,11 +230,15 @@ class Processor:
                     self._send_schema()
                 except Exception:  # a fault of ours: the frames are still processed
                     log.exception("the schema payload could not be made; retried next chunk")
-            self._run(frames)
+            campaigns = self.campaigns
+            if campaigns is None:
+                self._run(frames)
+            else:  # issue 11: the loop hands the campaign stage the frames it taps
+                with campaigns.lock:
+                    self._run(frames)
+                    campaigns.chunk(frames)
             if frames:
                 self.last_time = frames[-1].timestamp
-        if self.campaigns is not None:  # issue 11: the same chunk, to the campaign engine
-            self.campaigns.process(frames)
 
     def _run(self, frames: Sequence[can.Message]) -> None:
         """Decode, sample and batch ``frames`` on the fused path (:mod:`edge.processing.fused`)."""
@@ -228,8 +249,7 @@ class Processor:
         entry = self._tracks_by_bus.get(msg.channel)  # type: ignore[arg-type]
         if entry is None or msg.is_error_frame or msg.is_remote_frame:
             return None
-        standard, extended, _ = entry
-        track = (extended if msg.is_extended_id else standard).get(msg.arbitration_id)
+        track = entry[2].entry(msg.arbitration_id, msg.is_extended_id)
         return track if isinstance(track, Track) else None
 
     def _lose(self, msg: can.Message, track: Track | None, exc: Exception) -> None:
@@ -453,16 +473,15 @@ class Processor:
         frames: list[LatestFrame] = []
         with self._lock:
             for bus in self.bus_decoders:
-                for table in (bus.standard, bus.extended):
-                    for track in table.values():
-                        if not isinstance(track, Track) or track.payload is None:
-                            continue
-                        message = bus.messages_by_index[track.message_index]
-                        seen = track.sampler.seen
-                        payload = bytes(track.payload)
-                        frames.append(
-                            LatestFrame(bus.name, message, payload, seen, track.source_address)
-                        )
+                for track in bus.tracks():
+                    if track.payload is None:
+                        continue
+                    message = bus.messages_by_index[track.message_index]
+                    seen = track.sampler.seen
+                    payload = bytes(track.payload)
+                    frames.append(
+                        LatestFrame(bus.name, message, payload, seen, track.source_address)
+                    )
         if self.campaigns is not None:
             frames += self.campaigns.latest_frames()
         return frames

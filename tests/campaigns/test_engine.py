@@ -759,3 +759,33 @@ def test_history_over_a_cap_is_counted_and_the_capture_says_so() -> None:
         got = actual_rows(rows)
         assert got and set(got) < set(want)  # a later start, nothing invented
         assert max(got) == max(want)  # the end of the window is all there
+
+
+@pytest.mark.parametrize("budget", [None, 20_000])
+def test_captures_by_column_equal_captures_frame_by_frame(
+    monkeypatch: pytest.MonkeyPatch, budget: int | None
+) -> None:
+    """A capture decodes each message's frames of its window at once, by column; frame by frame
+    (the way of multiplexed messages and odd lengths) gives the same payloads, parts and
+    counters, with parts cut every few rows and a daily budget that cuts a capture short."""
+    import edge.campaigns.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "_PART_VALUES", 777)
+    frames = drive(60)
+    wide = {**FAST, "signals": ["*"], "before": 5.0, "after": 2.0, "raw_frames": True}
+    if budget is not None:
+        wide["daily_bytes"] = budget
+    first, by_column = run(config(wide), frames, clock=FakeClock())
+    monkeypatch.setattr(CampaignEngine, "_columns_of", staticmethod(lambda *args: None))
+    processor, by_frame = run(config(wide), frames, clock=FakeClock())
+    assert processor.campaigns is not None and first.campaigns is not None
+    assert first.campaigns.all_counters() == processor.campaigns.all_counters()
+    assert [p.properties for _, p in by_column.payloads] == [
+        p.properties for _, p in by_frame.payloads
+    ]
+    assert by_column.captures("fast") == by_frame.captures("fast")
+    assert len(by_column.captures("fast")) > len(speed_edges(frames, 20))  # in parts
+    counters = processor.campaigns.counters()["fast"]
+    assert counters["rows"] > 0
+    if budget is not None:
+        assert counters["budgetDropped"] > 0

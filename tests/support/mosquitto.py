@@ -54,12 +54,30 @@ __all__ = [
 AZURE_PORT = 8883
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now at ``host``."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_port(host: str = "127.0.0.1", attempts: int = 200) -> int:
+    """A TCP port nobody uses right now at ``host``, below the kernel's ephemeral range: a
+    client retrying a port where nothing listens yet (an uplink that is down) takes ephemeral
+    source ports, and one of them could be this port when a test then binds it (it once was:
+    ``Address already in use``)."""
+    low = _ephemeral_low()
+    rng = random.Random()
+    for _ in range(attempts):
+        port = rng.randrange(max(1024, low - 12_000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port below {low} at {host}")
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (32768 where it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def free_loopback_address(port: int = AZURE_PORT, attempts: int = 50) -> str:
