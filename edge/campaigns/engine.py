@@ -1,11 +1,15 @@
 """The campaign engine: conditions, captures and periodic snapshots next to the always-on pipeline.
 
-The :class:`~edge.processing.processor.Processor` hands every chunk of frames to
-:meth:`CampaignEngine.process` as well. The engine keeps its own per-ID tables, holding only the
-messages campaigns use: any other frame costs one dict lookup. For the rest:
+The engine sees the frames of the messages campaigns use, and no other, in one pass with the
+processing stage: the :class:`~edge.processing.processor.Processor` asks :meth:`CampaignEngine.view`
+once per new frame ID of a bus, keeps the answer in its own tables (a
+:class:`~edge.processing.decode.Tap`), and its loop hands each frame of a tapped ID to
+:meth:`CampaignEngine.frame` as it meets it; frames of every other ID cost the engine nothing.
+(:meth:`CampaignEngine.process` is the engine on its own, looking each frame up in its own
+tables: tests/campaigns/test_taps.py proves both equal on every corpus log.) For those frames:
 
 * messages a capture may need have a :class:`~edge.campaigns.capture.FrameRing` of raw frames
-  (two list appends per frame; packed once per chunk);
+  (two list appends per frame; packed 64 frames at a time);
 * messages whose signals a condition reads are decoded when their bytes change (one C call for a
   message that is not multiplexed: edge.processing.decode's checked fast path), and only the
   conditions whose inputs changed value are evaluated (``stale()`` conditions also as time
@@ -14,7 +18,8 @@ messages campaigns use: any other frame costs one dict lookup. For the rest:
   :class:`~edge.campaigns.capture.Capture`, unless ``min_interval`` has not passed since the last
   one (counted in ``suppressed``); when frame time passes its end, the capture is cut from the rings
   and every frame of its window is decoded into rows of one payload (split like any batch when
-  too large), spooled at the campaign's priority;
+  too large), spooled at the campaign's priority: a message's frames at once, by column (one C
+  call per frame), or frame by frame for multiplexed messages and frames of another length;
 * a periodic campaign spools, every ``period`` seconds of frame time, one row per message: its
   latest frame's values.
 
@@ -464,7 +469,7 @@ class _Entry:
         return view
 
 
-#: The quick path of a condition input (CampaignEngine.process): frame length, state key,
+#: The quick path of a condition input (CampaignEngine.frame): frame length, state key,
 #: scale, offset, then either ``read`` (None) and the :data:`IntegerLayout` (order, shift, mask,
 #: sign) read inline, or ``read(data)`` (a layout of the signal alone) and placeholders.
 _Quick = tuple[int, Any, float, float, "Callable[[Any], Any] | None", Any, int, int, int]
