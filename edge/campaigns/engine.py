@@ -88,6 +88,9 @@ _RING_SLACK = 5.0
 
 #: Most values one capture payload holds (see CampaignEngine._emit).
 _PART_VALUES = 100_000
+#: Most frames of a capture decoded at once (their values as Python objects, twice: a tuple per
+#: frame, then per column): a few hundred kB beside the part being filled.
+_SLICE_FRAMES = 1024
 #: A module global: the engine's per-frame path reads it faster than ``int.from_bytes``.
 _from_bytes = int.from_bytes
 
@@ -1071,46 +1074,45 @@ class CampaignEngine:
             if decoding is None or index is None or not times:
                 continue
             source = entry.source_address
-            rows = self._columns_of(entry, decoding, columns, datas)
-            if rows is None:  # frame by frame: another length, a multiplexed message
-                for t, data in zip(times, datas, strict=True):
-                    items = self._items(entry, decoding, columns, data)
-                    if not items:
-                        continue
-                    tick = round(t * ticks)
-                    if raw_wanted:
-                        raw.setdefault((index, source, tick), []).append(data)
-                    state["rows"] += 1
-                    # A part closes at _PART_VALUES values: what a capture holds in memory at
-                    # once stays a few MB whatever its length. _write splits a part that
-                    # encodes larger than max_bytes: a part is encoded once (or a few times),
-                    # not measured as it grows.
-                    batch.add(index, source, tick, items)
-                    if batch.values >= _PART_VALUES:
-                        self._write(campaign, batch, ext, priority, raw, state)
-                        batch = Batch(self._clock.monotonic())
-                        if state.get("cut"):  # over the daily budget: no more rows
-                            break
-                continue
-            # Every frame decoded in one pass: the rows go in by column, cut into parts where
-            # frame by frame would cut them.
-            tick_list = list(map(round, map(ticks.__mul__, times)))
-            width = len(rows)
+            width = self._width(decoding, columns)
             start = 0
-            while start < len(tick_list):
-                stop = min(len(tick_list), start - (batch.values - _PART_VALUES) // width)
-                part = [(column, values[start:stop]) for column, values in rows]
-                batch.add_rows(index, source, tick_list[start:stop], part)
+            while start < len(times) and not state.get("cut"):
+                # A part closes at _PART_VALUES values: what a capture holds in memory at once
+                # stays a few MB whatever its length (a slice is decoded only up to where the
+                # part closes). _write splits a part that encodes larger than max_bytes: a part
+                # is encoded once (or a few times), not measured as it grows.
+                stop = min(len(times), start + _SLICE_FRAMES)
+                if width:
+                    stop = min(stop, start - (batch.values - _PART_VALUES) // width)
+                rows = self._columns_of(decoding, columns, datas[start:stop]) if width else None
+                if rows is None:  # frame by frame: another length, a multiplexed message
+                    for t, data in zip(times[start:stop], datas[start:stop], strict=True):
+                        items = self._items(entry, decoding, columns, data)
+                        if not items:
+                            continue
+                        tick = round(t * ticks)
+                        if raw_wanted:
+                            raw.setdefault((index, source, tick), []).append(data)
+                        state["rows"] += 1
+                        batch.add(index, source, tick, items)
+                        if batch.values >= _PART_VALUES:
+                            self._write(campaign, batch, ext, priority, raw, state)
+                            batch = Batch(self._clock.monotonic())
+                            if state.get("cut"):  # over the daily budget: no more rows
+                                break
+                    start = stop
+                    continue
+                # Every frame of the slice decoded at once: its rows go in by column.
+                tick_list = list(map(round, map(ticks.__mul__, times[start:stop])))
+                batch.add_rows(index, source, tick_list, rows)
                 if raw_wanted:
-                    for tick, data in zip(tick_list[start:stop], datas[start:stop], strict=True):
+                    for tick, data in zip(tick_list, datas[start:stop], strict=True):
                         raw.setdefault((index, source, tick), []).append(data)
                 state["rows"] += stop - start
                 start = stop
                 if batch.values >= _PART_VALUES:
                     self._write(campaign, batch, ext, priority, raw, state)
                     batch = Batch(self._clock.monotonic())
-                    if state.get("cut"):  # over the daily budget: no more rows
-                        break
         self._write(campaign, batch if batch.groups else None, ext, priority, raw, state)
         if state["rows"]:
             if state["cut"]:
@@ -1120,25 +1122,30 @@ class CampaignEngine:
             stats.rows += state["rows"]
 
     @staticmethod
+    def _width(decoding: _Decoding, columns: list[tuple[str, int]]) -> int:
+        """How many of ``columns`` a message's tuple layout gives (0: no layout, frame by
+        frame)."""
+        if decoding.unpack is None:
+            return 0
+        return sum(1 for name, _ in columns if name in decoding.position)
+
+    @staticmethod
     def _columns_of(
-        entry: _Entry, decoding: _Decoding, columns: list[tuple[str, int]], datas: list[bytes]
+        decoding: _Decoding, columns: list[tuple[str, int]], datas: list[bytes]
     ) -> list[tuple[int, tuple[Any, ...]]] | None:
         """The values of ``columns`` in every frame of ``datas`` at once, (schema column,
         values) each: one C call per frame and a transposition. None when a frame cannot go
-        that way (another length, a multiplexed message, a payload the layout refuses): then
-        the frames are decoded one by one (:meth:`_items`)."""
+        that way (another length, a payload the layout refuses): then the frames are decoded
+        one by one (:meth:`_items`)."""
         unpack = decoding.unpack
         if unpack is None or set(map(len, datas)) != {decoding.length}:
             return None
         position = decoding.position
-        picked = [(position[n], c) for n, c in columns if n in position]
-        if not picked:
-            return None
         try:
             transposed = list(zip(*map(unpack, datas), strict=True))
         except Exception:  # a payload the layout refuses: frame by frame, counted there
             return None
-        return [(column, transposed[i]) for i, column in picked]
+        return [(column, transposed[position[n]]) for n, column in columns if n in position]
 
     @staticmethod
     def _items(

@@ -81,7 +81,7 @@ class Group:
         (signal index, the rows' values): what as many :meth:`add` give. Returns the number of
         values added."""
         row = len(self.times)
-        rows = range(row, row + len(ticks))
+        rows = list(range(row, row + len(ticks)))  # one int object per row, as add() shares
         self.times += ticks
         existing = self.columns
         n = 0

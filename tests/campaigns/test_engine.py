@@ -765,9 +765,10 @@ def test_history_over_a_cap_is_counted_and_the_capture_says_so() -> None:
 def test_captures_by_column_equal_captures_frame_by_frame(
     monkeypatch: pytest.MonkeyPatch, budget: int | None
 ) -> None:
-    """A capture decodes each message's frames of its window at once, by column; frame by frame
-    (the way of multiplexed messages and odd lengths) gives the same payloads, parts and
-    counters, with parts cut every few rows and a daily budget that cuts a capture short."""
+    """A capture decodes each message's frames of its window at once, by column, no more of
+    them at a time than one part holds; frame by frame (the way of multiplexed messages and odd
+    lengths) gives the same payloads, parts and counters, with parts cut every few rows and a
+    daily budget that cuts a capture short."""
     import edge.campaigns.engine as engine_module
 
     monkeypatch.setattr(engine_module, "_PART_VALUES", 777)
@@ -775,7 +776,17 @@ def test_captures_by_column_equal_captures_frame_by_frame(
     wide = {**FAST, "signals": ["*"], "before": 5.0, "after": 2.0, "raw_frames": True}
     if budget is not None:
         wide["daily_bytes"] = budget
+    decoded_at_once: list[int] = []  # values each call decodes: at most about one part's
+    by_columns = CampaignEngine._columns_of
+
+    def recorded(decoding: Any, columns: Any, datas: Any) -> Any:
+        rows = by_columns(decoding, columns, datas)
+        decoded_at_once.append(sum(len(values) for _, values in rows or []))
+        return rows
+
+    monkeypatch.setattr(CampaignEngine, "_columns_of", staticmethod(recorded))
     first, by_column = run(config(wide), frames, clock=FakeClock())
+    assert decoded_at_once and max(decoded_at_once) < 777 + 64
     monkeypatch.setattr(CampaignEngine, "_columns_of", staticmethod(lambda *args: None))
     processor, by_frame = run(config(wide), frames, clock=FakeClock())
     assert processor.campaigns is not None and first.campaigns is not None
