@@ -250,63 +250,80 @@ class _Undefined(ValueError):
     """A multiplexer value the message does not define: cantools refuses the frame."""
 
 
+#: Where an integer is in a payload read as one integer both ways: (0 little-endian, 1
+#: big-endian), shift, mask, sign bit (see IntegerLayout).
+_Place = tuple[int, int, int, int]
+#: A level of a multiplexed message's signal tree as the reader walks it: whether the signal
+#: wanted is at this level, and each multiplexer of the level with the level below each of its
+#: values.
+_Level = tuple[bool, tuple[tuple[_Place, dict[int, "_Level"]], ...]]
+
+
+def _place(signal: Any, length: int) -> _Place | None:
+    layout = _integer_layout(signal, length)
+    if layout is None:
+        return None
+    order, shift, mask, sign = layout
+    return (0 if order == "little" else 1), shift, mask, sign
+
+
 def _multiplexed_reader(db: DbMessage, name: str) -> Callable[[Any], Any] | None:
     """``read(data)``: the raw value of integer signal ``name`` of a multiplexed message, None
     when the frame's multiplexer values leave it out, raising :class:`_Undefined` where
     cantools refuses the frame (a multiplexer value no branch defines), every multiplexer of
     the message checked as cantools checks them (nested ones included). Reads only the
-    multiplexers and the signal, by their :data:`IntegerLayout`; None when one of them has
-    none (then the whole message is decoded)."""
-    tree = db.signal_tree
-    layouts: dict[str, IntegerLayout] = {}
-
-    def layout_of(signal_name: str) -> IntegerLayout | None:
-        layout = _integer_layout(db.get_signal_by_name(signal_name), db.length)
-        if layout is not None:
-            layouts[signal_name] = layout
-        return layout
-
-    if layout_of(name) is None:
+    multiplexers and the signal, by their :data:`IntegerLayout`, from the payload read as one
+    integer once per byte order, in one call (no call per level); None when one of them has
+    no such layout (then the whole message is decoded)."""
+    wanted = _place(db.get_signal_by_name(name), db.length)
+    if wanted is None:
         return None
-    read_value = _integer_reader(layouts[name])
-    Level = Sequence[Any]  # signal names, and {multiplexer: {value: level}}
+    Tree = Sequence[Any]  # signal names, and {multiplexer: {value: tree}}
 
-    def compile_level(level: Level) -> Callable[[Any], bool] | None:
-        """``present(data)`` for the signals of ``level`` and below (raises _Undefined)."""
+    def compile_level(level: Tree) -> _Level | None:
         here = name in [item for item in level if isinstance(item, str)]
-        branches: list[tuple[Callable[[Any], int], dict[int, Callable[[Any], bool]]]] = []
+        branches = []
         for item in level:
             if isinstance(item, str):
                 continue
             for mux, children in item.items():
                 here = here or mux == name
-                if layout_of(mux) is None:
+                layout = _place(db.get_signal_by_name(mux), db.length)
+                if layout is None:
                     return None
-                compiled: dict[int, Callable[[Any], bool]] = {}
+                below: dict[int, _Level] = {}
                 for value, child in children.items():
                     sub = compile_level(child)
                     if sub is None:
                         return None
-                    compiled[value] = sub
-                branches.append((_integer_reader(layouts[mux]), compiled))
+                    below[value] = sub
+                branches.append((layout, below))
+        return here, tuple(branches)
 
-        def present(data: Any) -> bool:
-            found = here
-            for read_mux, compiled in branches:
-                branch = compiled.get(read_mux(data))
-                if branch is None:
-                    raise _Undefined(db.name)
-                found = branch(data) or found
-            return found
-
-        return present
-
-    present = compile_level(tree)
-    if present is None:
+    root = compile_level(db.signal_tree)
+    if root is None:
         return None
+    from_bytes = int.from_bytes
+    message = db.name
 
     def read(data: Any) -> Any:
-        return read_value(data) if present(data) else None
+        ints = from_bytes(data, "little"), from_bytes(data, "big")
+        found = False
+        levels = [root]  # the levels the frame's multiplexer values select, to walk
+        while levels:
+            here, branches = levels.pop()
+            found = found or here
+            for (order, shift, mask, sign), below in branches:
+                value = ints[order] >> shift & mask
+                level = below.get(value - (value & sign) * 2)
+                if level is None:
+                    raise _Undefined(message)
+                levels.append(level)
+        if not found:
+            return None
+        order, shift, mask, sign = wanted
+        value = ints[order] >> shift & mask
+        return value - (value & sign) * 2
 
     return read
 
@@ -474,7 +491,8 @@ class _Entry:
 
 #: The quick path of a condition input (CampaignEngine.frame): frame length, state key,
 #: scale, offset, then either ``read`` (None) and the :data:`IntegerLayout` (order, shift, mask,
-#: sign) read inline, or ``read(data)`` (a layout of the signal alone) and placeholders.
+#: sign) read inline, or ``read(data)`` (a layout of the signal alone, or the reader of a
+#: multiplexed signal: None where the frame leaves it out) and placeholders.
 _Quick = tuple[int, Any, float, float, "Callable[[Any], Any] | None", Any, int, int, int]
 
 
@@ -751,6 +769,8 @@ class CampaignEngine:
             if len(entry.scaled) == 1 and not entry.watched:
                 signal, key, scale, offset, every = entry.scaled[0]
                 one = None if every else decoding.one(entry.db, signal)
+                if one is None and not every and len(entry.readers) == 1:
+                    one = entry.readers[0], None  # multiplexed: None where it is absent
                 if one is not None:
                     read, layout = one
                     order, shift, mask, sign = layout or ("", 0, 0, 0)
@@ -847,28 +867,34 @@ class CampaignEngine:
                         if read is None:
                             value = _from_bytes(data, order) >> shift & mask
                             value -= (value & sign) * 2
-                        else:
-                            value = read(data)
-                        physical = value * scale + offset
+                        else:  # a lone signal's reader, or a multiplexed one's
+                            try:
+                                value = read(data)
+                            except _Undefined:  # cantools refuses the frame, as _inputs counts
+                                entry.decode_errors += 1
+                                value = None
                         # state.update() for a key without history: the state's value, which
-                        # every source address of a J1939 message writes
-                        state = self.state
-                        values = state.values
-                        if values.get(key) != physical or physical != physical:
-                            values[key] = physical
-                            state.now = t
-                            changed = state.changed
-                            changed.clear()
-                            changed.add(key)
-                            for campaign in entry.campaigns:
-                                edge = campaign.edge
-                                # a rising edge needs the truth to change: else _evaluate
-                                # would find nothing to do
-                                if edge is not None and (
-                                    edge[0](physical, edge[1]) is campaign.was_true
-                                ):
-                                    continue
-                                self._evaluate(campaign, t)
+                        # every source address of a J1939 message writes (None: a multiplexed
+                        # signal the frame leaves out, which changes nothing)
+                        if value is not None:
+                            physical = value * scale + offset
+                            state = self.state
+                            values = state.values
+                            if values.get(key) != physical or physical != physical:
+                                values[key] = physical
+                                state.now = t
+                                changed = state.changed
+                                changed.clear()
+                                changed.add(key)
+                                for campaign in entry.campaigns:
+                                    edge = campaign.edge
+                                    # a rising edge needs the truth to change: else _evaluate
+                                    # would find nothing to do
+                                    if edge is not None and (
+                                        edge[0](physical, edge[1]) is campaign.was_true
+                                    ):
+                                        continue
+                                    self._evaluate(campaign, t)
             # only the frames of messages campaigns use move the engine's time
             if t > self.now:
                 self.now = t
@@ -970,6 +996,7 @@ class CampaignEngine:
             expression = campaign.expression
             if expression is not None and expression.messages:
                 self.state.now = now
+                self.state.changed.clear()  # time passed: no value changed with it
                 self._evaluate(campaign, now)
         if now > self._due:
             self._run_due(now)

@@ -1,19 +1,29 @@
 """Condition inputs in multiplexed messages, read without decoding the whole message: every
-reader the engine builds, on every database of the corpus, against cantools' decode."""
+reader the engine builds, on every database of the corpus, against cantools' decode; and the
+engine's quick path with such a reader against its general path, on the corpus logs."""
 
 from __future__ import annotations
 
 import random
+import statistics
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import can
 import pytest
 from cantools.database.can import Message
 
-from edge.campaigns.engine import _Decoding, _Undefined
+from edge.campaigns.engine import CampaignEngine, _Decoding, _Undefined
+from edge.clock import FakeClock
+from edge.config.model import parse_config
+from edge.processing.database import load_databases
+from edge.processing.processor import Processor
+from tests.campaigns.test_engine import Collector
 from tests.processing.test_differential import database_files, load
 from tests.processing.test_fused import branches
-from tests.support.corpus import CORPUS, require_corpus
+from tests.processing.test_processor import frames_of
+from tests.support.corpus import CORPUS, LOGS, CorpusLog, require_corpus
 
 REFUSED = object()  # cantools refuses the frame
 
@@ -83,3 +93,156 @@ def test_readers_are_built_for_the_corpus_multiplexed_inputs() -> None:
     obd = check_database(corpus / "css_obd2_gnss" / "CSS-Electronics-OBD2-v1.4.dbc")
     assert tesla[0] > 100 and obd[0] > 100
     assert tesla[1] > 1000 and obd[1] > 1000
+
+
+Key = tuple[str, int, bool]
+
+
+def multiplexed_campaigns(
+    log: CorpusLog, frames: list[can.Message]
+) -> tuple[list[dict[str, Any]], list[Key]]:
+    """Conditions on the multiplexed signals the log's frames carry: for the three busiest
+    multiplexed messages, a rising edge of a signal that moves against its median, and a
+    while_true ``changed()`` of it; and the frame IDs (bus, ID, extended) of those messages."""
+    processor = Processor(parse_config(log.config()), Collector())
+    buses = {b.name: b for b in processor.bus_decoders}
+    counts = Counter(
+        (str(m.channel), m.arbitration_id, m.is_extended_id)
+        for m in frames
+        if not (m.is_error_frame or m.is_remote_frame) and m.channel in buses
+    )
+    out: list[dict[str, Any]] = []
+    keys: list[Key] = []
+    seen: set[str] = set()
+    for (channel, frame_id, extended), _ in counts.most_common():
+        message = buses[channel].message(frame_id, extended)
+        if message is None or not message.is_multiplexed() or message.name in seen:
+            continue
+        seen.add(message.name)
+        decoding = _Decoding(message)
+        values: dict[str, list[float]] = {}
+        for m in frames:
+            if (str(m.channel), m.arbitration_id, m.is_extended_id) != (
+                channel,
+                frame_id,
+                extended,
+            ):
+                continue
+            try:
+                decoded = message.decode(bytes(m.data), decode_choices=False)
+            except Exception:
+                continue
+            for name, value in decoded.items():
+                if isinstance(value, int | float):
+                    values.setdefault(name, []).append(float(value))
+        moving = [
+            n
+            for n, v in sorted(values.items())
+            if len(set(v)) > 2
+            and not message.get_signal_by_name(n).is_multiplexer
+            and decoding.multiplexed(message, n) is not None
+        ]
+        if not moving:
+            continue
+        keys.append((channel, frame_id, extended))
+        signal = f"{message.name}.{moving[0]}"
+        median = statistics.median(values[moving[0]])
+        n = len(out)
+        out.append(
+            {
+                "name": f"edge{n}",
+                "condition": f"{signal} > {median!r}",
+                "signals": [f"{message.name}.*"],
+                "min_interval": 1.0,
+                "before": 0.5,
+                "after": 0.2,
+            }
+        )
+        out.append(
+            {
+                "name": f"change{n}",
+                "condition": f"changed({signal})",
+                "trigger": "while_true",
+                "signals": [f"{message.name}.*"],
+                "min_interval": 2.0,
+                "before": 0.2,
+                "after": 0.2,
+            }
+        )
+        if len(out) == 6:
+            break
+    return out, keys
+
+
+def with_garbled(frames: list[can.Message], keys: list[Key]) -> list[can.Message]:
+    """``frames`` with, after every 20th frame of ``keys``, a frame of the same ID and time
+    with random bytes: multiplexer values no branch defines, which cantools refuses."""
+    rng = random.Random(11)
+    out: list[can.Message] = []
+    seen = 0
+    for m in frames:
+        out.append(m)
+        if (str(m.channel), m.arbitration_id, m.is_extended_id) in keys:
+            seen += 1
+            if seen % 20 == 0:
+                data = bytearray(rng.randbytes(len(m.data)))
+                out.append(
+                    can.Message(
+                        timestamp=m.timestamp,
+                        arbitration_id=m.arbitration_id,
+                        is_extended_id=m.is_extended_id,
+                        channel=m.channel,
+                        data=data,
+                        is_fd=m.is_fd,
+                    )
+                )
+    return out
+
+
+def engine_run(data: dict[str, Any], frames: list[can.Message], *, quick: bool) -> Collector:
+    """The campaign payloads and counters of the engine on its own; ``quick=False``: every
+    input read the general way (CampaignEngine._inputs), none on the quick path."""
+    collector = Collector()
+    cfg = parse_config(data)
+    databases = [
+        (bus.name, load_databases(bus.databases, strict=bus.strict), bus.j1939) for bus in cfg.buses
+    ]
+    engine = CampaignEngine(cfg, databases, collector, clock=FakeClock())
+    multiplexed = [e for e in engine._entries if e.quick is not None and e.readers]
+    if not quick:
+        for entry in engine._entries:
+            entry.quick = None
+    for start in range(0, len(frames), 500):
+        engine.process(frames[start : start + 500])
+    engine.flush()
+    collector.counters = engine.counters()  # type: ignore[attr-defined]
+    collector.history = engine.ring_stats()  # type: ignore[attr-defined]
+    collector.multiplexed = len(multiplexed)  # type: ignore[attr-defined]
+    return collector
+
+
+# Garbled OBD-II frames name services and PIDs the database does not define; Tesla's garbled
+# frames all decode (its multiplexer leaves no value of its bits undefined).
+@pytest.mark.parametrize(("log_id", "refused"), [("obd2-gnss", True), ("tesla", False)])
+def test_multiplexed_inputs_on_the_quick_path_give_what_the_general_path_gives(
+    log_id: str, refused: bool
+) -> None:
+    """A multiplexed input read alone in the engine's per-frame path (its reader: None where
+    the frame leaves the signal out, refused frames counted as decode errors) triggers exactly
+    as the general path, which decodes the message's inputs and updates the state, does: the
+    same captures, counters and history, on the corpus logs with multiplexed messages and
+    frames of theirs garbled."""
+    require_corpus()
+    log = next(log for log in LOGS if log.id == log_id)
+    frames = frames_of(log, None, 60_000)
+    campaigns, keys = multiplexed_campaigns(log, frames)
+    assert len(campaigns) >= 2, campaigns
+    frames = with_garbled(frames, keys)
+    data = log.config(campaigns=campaigns)
+    got, want = engine_run(data, frames, quick=True), engine_run(data, frames, quick=False)
+    assert got.multiplexed >= 1  # type: ignore[attr-defined]
+    assert got.counters == want.counters  # type: ignore[attr-defined]
+    assert got.history == want.history  # type: ignore[attr-defined]
+    assert got.decoded() == want.decoded()
+    assert sum(c["triggers"] for c in got.counters.values()) > 0  # type: ignore[attr-defined]
+    assert (got.history["decodeErrors"] > 0) is refused  # type: ignore[attr-defined]
