@@ -800,3 +800,33 @@ def test_captures_by_column_equal_captures_frame_by_frame(
     assert counters["rows"] > 0
     if budget is not None:
         assert counters["budgetDropped"] > 0
+
+
+def test_changed_is_false_when_time_alone_passes() -> None:
+    """A condition with ``stale()`` is also evaluated at the end of each chunk, as time passes;
+    ``changed(x)`` then says x did not change (no frame is being evaluated), so triggers are
+    those of the frames, however the frames are cut into chunks."""
+    condition = "changed(ESC_Status.ESC_VehicleSpeed) and not stale(ESC_Status, 10)"
+    campaign = {
+        "name": "moving",
+        "condition": condition,
+        "trigger": "while_true",
+        "min_interval": 1e-6,  # every frame of the drive is further apart
+        "signals": ["ESC_Status.*"],
+        "before": 0.0,
+        "after": 0.0,
+    }
+    frames = drive(20.0)
+    message = DB.get_message_by_name("ESC_Status")
+    changes, previous = 0, None
+    for msg in frames:
+        if msg.arbitration_id == message.frame_id:
+            speed = message.decode(bytes(msg.data), decode_choices=False)["ESC_VehicleSpeed"]
+            changes += speed != previous
+            previous = speed
+    for chunk in (500, 37):
+        processor, _ = run(config(campaign), frames, chunk=chunk)
+        assert processor.campaigns is not None
+        counters = processor.campaigns.counters()["moving"]  # type: ignore[attr-defined]
+        assert counters["triggers"] == changes > 10
+        assert counters["suppressed"] == 0  # not even a trigger at the frame's own time
