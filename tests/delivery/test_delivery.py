@@ -47,6 +47,7 @@ from edge.pipeline import Pipeline
 from edge.processing.processor import Processor
 from edge.simulator.vehicle import DEMO_DBC, VehicleSimulator
 from edge.wire.codec import PayloadReader, Row, unpack
+from tests.support.iothub import PAHO_THREAD_SSL_ERRORS
 from tests.support.mosquitto import AZURE_PORT, Mosquitto, TlsFiles, free_port
 from tests.support.tcpproxy import TcpProxy
 
@@ -345,6 +346,7 @@ def assert_delivered_run(
 # -- 1. the broker stops and starts again mid-stream ---------------------------------------------
 
 
+@PAHO_THREAD_SSL_ERRORS
 @pytest.mark.parametrize("kind", UPLINKS)
 def test_broker_restart_mid_stream_loses_nothing(
     kind: str,
@@ -386,6 +388,7 @@ def test_broker_restart_mid_stream_loses_nothing(
 # -- 2. the link goes silent: sends hit their deadline -------------------------------------------
 
 
+@PAHO_THREAD_SSL_ERRORS
 @pytest.mark.parametrize("kind", UPLINKS)
 def test_black_hole_hits_the_deadline_then_delivery_resumes(
     kind: str,
