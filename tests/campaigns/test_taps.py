@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import can
@@ -46,17 +47,7 @@ def pick_messages(log: CorpusLog, frames: list[can.Message]) -> list[tuple[str, 
             continue
         if any(name == message.name for name, _, _ in picked):
             continue
-        values: dict[str, list[float]] = {}
-        for m in frames[:20_000]:
-            if (m.channel, m.arbitration_id, m.is_extended_id) != (channel, frame_id, extended):
-                continue
-            try:
-                decoded = message.decode(bytes(m.data), decode_choices=False)
-            except Exception:
-                continue
-            for name, value in decoded.items():
-                if isinstance(value, int | float):
-                    values.setdefault(name, []).append(float(value))
+        values = numeric_values(message, frames[:20_000], (str(channel), frame_id, extended))
         # a value that moves, or (not for the first) any: its frames still fill the rings
         moving = sorted(n for n, v in values.items() if len(set(v)) > 2)
         moving = moving or (sorted(values) if picked else [])
@@ -66,6 +57,25 @@ def pick_messages(log: CorpusLog, frames: list[can.Message]) -> list[tuple[str, 
         if len(picked) == 4:
             break
     return picked
+
+
+def numeric_values(
+    message: Any, frames: list[can.Message], key: tuple[str, int, bool]
+) -> dict[str, list[float]]:
+    """cantools' numeric values of ``message`` in the frames with ``key`` (bus, frame ID,
+    extended), per signal (frames cantools refuses left out)."""
+    values: dict[str, list[float]] = {}
+    for m in frames:
+        if (m.channel, m.arbitration_id, m.is_extended_id) != key:
+            continue
+        try:
+            decoded = message.decode(bytes(m.data), decode_choices=False)
+        except Exception:
+            continue
+        for name, value in decoded.items():
+            if isinstance(value, int | float):
+                values.setdefault(name, []).append(float(value))
+    return values
 
 
 def campaigns_for(picked: list[tuple[str, str, float]]) -> list[dict[str, Any]]:
@@ -127,14 +137,21 @@ def tapped(log: CorpusLog, data: dict[str, Any], frames: list[can.Message]) -> C
     return collector
 
 
-def alone(data: dict[str, Any], frames: list[can.Message]) -> Collector:
-    """The campaign payloads of the engine on its own, on the same chunks."""
+def alone(
+    data: dict[str, Any],
+    frames: list[can.Message],
+    prepare: Callable[[CampaignEngine], object] | None = None,
+) -> Collector:
+    """The campaign payloads of the engine on its own, on the same chunks (``prepare`` sees the
+    engine first)."""
     collector = Collector()
     cfg = parse_config(data)
     databases = [
         (bus.name, load_databases(bus.databases, strict=bus.strict), bus.j1939) for bus in cfg.buses
     ]
     engine = CampaignEngine(cfg, databases, collector, clock=FakeClock())
+    if prepare is not None:
+        prepare(engine)
     for start in range(0, len(frames), CHUNK):
         engine.process(frames[start : start + CHUNK])
     engine.flush()
