@@ -273,12 +273,13 @@ def _multiplexed_reader(db: DbMessage, name: str) -> Callable[[Any], Any] | None
     cantools refuses the frame (a multiplexer value no branch defines), every multiplexer of
     the message checked as cantools checks them (nested ones included). Reads only the
     multiplexers and the signal, by their :data:`IntegerLayout`, from the payload read as one
-    integer once per byte order, in one call (no call per level); None when one of them has
-    no such layout (then the whole message is decoded)."""
+    integer once per byte order they use, in one call (no call per level); None when one of
+    them has no such layout (then the whole message is decoded)."""
     wanted = _place(db.get_signal_by_name(name), db.length)
     if wanted is None:
         return None
     Tree = Sequence[Any]  # signal names, and {multiplexer: {value: tree}}
+    orders = {wanted[0]}
 
     def compile_level(level: Tree) -> _Level | None:
         here = name in [item for item in level if isinstance(item, str)]
@@ -291,6 +292,7 @@ def _multiplexed_reader(db: DbMessage, name: str) -> Callable[[Any], Any] | None
                 layout = _place(db.get_signal_by_name(mux), db.length)
                 if layout is None:
                     return None
+                orders.add(layout[0])
                 below: dict[int, _Level] = {}
                 for value, child in children.items():
                     sub = compile_level(child)
@@ -305,9 +307,15 @@ def _multiplexed_reader(db: DbMessage, name: str) -> Callable[[Any], Any] | None
         return None
     from_bytes = int.from_bytes
     message = db.name
+    both = len(orders) == 2
+    only: Literal["little", "big"] = "little" if orders == {0} else "big"
 
     def read(data: Any) -> Any:
-        ints = from_bytes(data, "little"), from_bytes(data, "big")
+        if both:
+            ints = from_bytes(data, "little"), from_bytes(data, "big")
+        else:  # every place uses one byte order: read it once, at either index
+            one = from_bytes(data, only)
+            ints = one, one
         found = False
         levels = [root]  # the levels the frame's multiplexer values select, to walk
         while levels:
