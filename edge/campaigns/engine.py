@@ -452,7 +452,7 @@ class _Entry:
         self.inputs: list[tuple[str, tuple[str, str, str]]] = []  # (signal, state key)
         self.watched = False  # a stale() reads its arrival times
         self.campaigns: list[_Campaign] = []  # conditions to evaluate when it changes
-        self.payload: bytes | None = None
+        self.payload: bytes | bytearray | None = None
         self.decoding: _Decoding | None = None  # set for the messages campaigns use
         #: the inputs with their scaling: (signal, state key, scale, offset, record every value)
         self.scaled: list[tuple[str, tuple[str, str, str], float, float, bool]] = []
