@@ -967,7 +967,7 @@ class CampaignEngine:
         expression = campaign.expression
         if not campaign.active or expression is None:
             return
-        truth = expression.test(self.state)
+        truth = expression.test(self.state) is True  # False or unknown: does not hold
         cfg = campaign.config
         fire = truth and (not campaign.was_true or cfg.trigger == "while_true")
         campaign.was_true = truth

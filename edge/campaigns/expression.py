@@ -18,13 +18,16 @@ Vocabulary (FleetWise's and Kuksa's, which fleet engineers know)::
     abs(x), + - * / %, comparisons (chained), and / or / not, True / False
 
 A signal without a value yet (or an arithmetic error such as a division by zero) makes its
-sub-expression *unknown*: comparisons with unknown are false, so a condition never fires on data
-it has not seen.
+sub-expression *unknown*, and logic is three-valued (Kleene's, as SQL's ``NULL``): a comparison
+with unknown is unknown, ``not`` unknown is unknown, ``unknown and false`` is false, ``unknown or
+true`` is true. A condition holds only when it is true, so it never fires on data it has not seen,
+negated or not.
 """
 
 from __future__ import annotations
 
 import ast
+import math
 import operator
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -45,6 +48,9 @@ __all__ = [
 MAX_WINDOW = 600.0
 #: Longest expression text accepted.
 MAX_LENGTH = 2000
+#: Deepest nesting of the expression's tree accepted (compiling and evaluating recurse once per
+#: level; a condition written by a person is a few levels deep).
+MAX_DEPTH = 100
 
 
 class ExpressionError(TelemetryError):
@@ -158,20 +164,18 @@ class Expression:
     messages: frozenset[tuple[str, str]]
     windows: Mapping[Key, float]
     _root: Node
-    #: ``test(state)``: whether the condition holds, as :meth:`__call__` says, in one call less
-    #: (the root itself when it gives a bool: a comparison, and/or/not)
-    test: Callable[[ConditionState], bool]
+    #: ``test(state)``: True when the condition holds; False or None (unknown) when it does not.
+    #: :meth:`__call__` in one call less (the root itself when it gives a truth value: a
+    #: comparison, and/or/not); ``test(state) is True`` is what :meth:`__call__` says.
+    test: Callable[[ConditionState], bool | None]
     #: ``(key, fn, constant)`` when the condition is one signal compared with a number: it holds
     #: exactly when the signal's value ``v`` is known and ``fn(v, constant)`` (the engine tests
     #: that inline); None otherwise
     threshold: tuple[Key, Callable[[Any, Any], bool], Any] | None = None
 
     def __call__(self, state: ConditionState) -> bool:
-        """Whether the condition holds in ``state``."""
-        value = self._root(state)
-        if value is True or value is False:  # comparisons, and/or/not: no conversion
-            return value
-        return value is not None and bool(value)
+        """Whether the condition holds in ``state`` (true: not false, not unknown)."""
+        return _truth(self._root(state))
 
 
 _ALLOWED = (
@@ -231,7 +235,13 @@ _FUNCTIONS = ("min", "max", "avg", "prev", "changed", "stale", "abs")
 
 
 def _truth(value: Any) -> bool:
+    """Whether a value holds: known and true."""
     return value is not None and bool(value)
+
+
+def _kleene(value: Any) -> bool | None:
+    """A value as a truth value of three: None (unknown), True or False."""
+    return None if value is None else bool(value)
 
 
 def compile_expression(
@@ -243,23 +253,33 @@ def compile_expression(
         raise ExpressionError("empty condition", 1)
     if len(text) > MAX_LENGTH:
         raise ExpressionError(f"longer than {MAX_LENGTH} characters", MAX_LENGTH)
+    for i, char in enumerate(text):
+        if "\ud800" <= char <= "\udfff":  # a lone surrogate (JSON lets one through)
+            raise ExpressionError(f"not a character: {char!r}", i + 1)
+    # Parsed without its leading blanks ("unexpected indent"); columns count them back in.
+    source = text.lstrip()
+    columns = _Columns(text, len(text) - len(source))
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        tree = ast.parse(source, mode="eval")
     except SyntaxError as exc:
+        line, offset = exc.lineno or 1, exc.offset or len(source.splitlines()[-1]) + 1
         raise ExpressionError(
-            f"syntax error: {exc.msg}", exc.offset or len(text.strip()) + 1
+            f"syntax error: {exc.msg}", columns.of_characters(line, offset - 1)
         ) from None
-    for node in ast.walk(tree):
-        if not isinstance(node, _ALLOWED):
-            raise ExpressionError(f"{type(node).__name__} is not allowed", _column(node))
-    compiler = _Compiler(resolve_signal, resolve_message)
-    root = compiler.node(tree.body)
+    except (RecursionError, MemoryError):  # nesting past what the parser itself takes
+        raise ExpressionError(f"nested deeper than {MAX_DEPTH} levels", 1) from None
+    try:
+        _check_tree(tree)
+        compiler = _Compiler(resolve_signal, resolve_message)
+        root = compiler.node(tree.body)
+    except _Refused as exc:
+        raise ExpressionError(exc.reason, columns.of(exc.node)) from None
     body = tree.body
     boolean = isinstance(body, ast.Compare | ast.BoolOp) or (
         isinstance(body, ast.UnaryOp) and isinstance(body.op, ast.Not)
     )
 
-    def test(state: ConditionState) -> bool:
+    def test(state: ConditionState) -> bool | None:
         return _truth(root(state))
 
     return Expression(
@@ -273,8 +293,51 @@ def compile_expression(
     )
 
 
-def _column(node: ast.AST) -> int:
-    return int(getattr(node, "col_offset", 0)) + 1
+class _Refused(Exception):
+    """Why the compiler refuses ``node``: an :class:`ExpressionError` once its column is known."""
+
+    def __init__(self, reason: str, node: ast.AST) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.node = node
+
+
+class _Columns:
+    """1-based character columns in the whole expression text, from the parser's positions
+    (a line number, and an offset in the UTF-8 bytes of that line of the text parsed)."""
+
+    def __init__(self, text: str, skipped: int) -> None:
+        self._skipped = skipped  # leading blanks not parsed
+        self._lines = text[skipped:].split("\n")
+
+    def of_characters(self, line: int, characters: int) -> int:
+        """The column of the ``characters``-th character (0-based) of line ``line``."""
+        line = min(max(line, 1), len(self._lines))
+        before = sum(len(text) + 1 for text in self._lines[: line - 1])
+        return self._skipped + before + max(characters, 0) + 1
+
+    def of(self, node: ast.AST) -> int:
+        """The column where ``node`` starts."""
+        line = int(getattr(node, "lineno", 1))
+        offset = int(getattr(node, "col_offset", 0))
+        text = self._lines[min(max(line, 1), len(self._lines)) - 1]
+        characters = len(text.encode()[:offset].decode(errors="ignore"))
+        return self.of_characters(line, characters)
+
+
+def _check_tree(tree: ast.Expression) -> None:
+    """Refuse node types outside the whitelist (an operator, which has no position, at its
+    expression's) and trees deeper than :data:`MAX_DEPTH`, without recursing."""
+    stack: list[tuple[ast.AST, ast.AST, int]] = [(tree.body, tree.body, 1)]
+    while stack:
+        node, where, depth = stack.pop()
+        if hasattr(node, "col_offset"):
+            where = node
+        if not isinstance(node, _ALLOWED):
+            raise _Refused(f"{type(node).__name__} is not allowed", where)
+        if depth > MAX_DEPTH:
+            raise _Refused(f"nested deeper than {MAX_DEPTH} levels", where)
+        stack.extend((child, where, depth + 1) for child in ast.iter_child_nodes(node))
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -312,13 +375,13 @@ class _Compiler:
     def ref(self, node: ast.AST) -> SignalRef:
         name = _dotted(node)
         if name is None:
-            raise ExpressionError("expected a signal name", _column(node))
+            raise _Refused("expected a signal name", node)
         if name in ("True", "False"):
-            raise ExpressionError(f"{name} is not a signal", _column(node))
+            raise _Refused(f"{name} is not a signal", node)
         try:
             ref = self._signal(name)
         except LookupError as exc:
-            raise ExpressionError(str(exc.args[0] if exc.args else exc), _column(node)) from None
+            raise _Refused(str(exc.args[0] if exc.args else exc), node) from None
         self.inputs.add(ref.key)
         return ref
 
@@ -326,11 +389,9 @@ class _Compiler:
         if isinstance(node, ast.Constant):
             value = node.value
             if isinstance(value, str):
-                raise ExpressionError(
-                    "a string only compares with a signal that has choices", _column(node)
-                )
+                raise _Refused("a string only compares with a signal that has choices", node)
             if not isinstance(value, int | float):
-                raise ExpressionError(f"constant {value!r} is not a number", _column(node))
+                raise _Refused(f"constant {value!r} is not a number", node)
             return self._constant(value)
         if isinstance(node, ast.Name | ast.Attribute):
             ref = self.ref(node)
@@ -344,9 +405,20 @@ class _Compiler:
             return _converted(signal, ref.convert)
         if isinstance(node, ast.BoolOp):
             parts = [self.node(v) for v in node.values]
-            if isinstance(node.op, ast.And):
-                return lambda state: all(_truth(p(state)) for p in parts)
-            return lambda state: any(_truth(p(state)) for p in parts)
+            # Kleene: false decides an ``and`` (true an ``or``) whatever else is unknown
+            decides = not isinstance(node.op, ast.And)
+
+            def boolean(state: ConditionState) -> bool | None:
+                result: bool | None = not decides
+                for part in parts:
+                    value = _kleene(part(state))
+                    if value is decides:
+                        return decides
+                    if value is None:
+                        result = None
+                return result
+
+            return boolean
         if isinstance(node, ast.UnaryOp):
             if isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant):
                 value = node.operand.value  # a negative number: a constant, not a negation
@@ -354,14 +426,19 @@ class _Compiler:
                     return self._constant(-value)
             operand = self.node(node.operand)
             if isinstance(node.op, ast.Not):
-                return lambda state: not _truth(operand(state))
+
+                def negation(state: ConditionState) -> bool | None:
+                    value = _kleene(operand(state))
+                    return None if value is None else not value
+
+                return negation
             if isinstance(node.op, ast.USub):
                 return lambda state: _neg(operand(state))
             return operand
         if isinstance(node, ast.BinOp):
             op = _BINARY.get(type(node.op))
             if op is None:
-                raise ExpressionError(f"{type(node.op).__name__} is not allowed", _column(node))
+                raise _Refused(f"{type(node.op).__name__} is not allowed", node)
             left, right = self.node(node.left), self.node(node.right)
 
             def binary(state: ConditionState) -> Any:
@@ -378,7 +455,7 @@ class _Compiler:
             return self.compare(node)
         if isinstance(node, ast.Call):
             return self.call(node)
-        raise ExpressionError(f"{type(node).__name__} is not allowed", _column(node))
+        raise _Refused(f"{type(node).__name__} is not allowed", node)
 
     def compare(self, node: ast.Compare) -> Node:
         operands = [node.left, *node.comparators]
@@ -392,7 +469,7 @@ class _Compiler:
         for op in node.ops:
             fn = _COMPARE.get(type(op))
             if fn is None:
-                raise ExpressionError(f"{type(op).__name__} is not allowed", _column(node))
+                raise _Refused(f"{type(op).__name__} is not allowed", node)
             ops.append(fn)
 
         if len(ops) == 1:  # the common case, in one call: a signal against a constant
@@ -404,14 +481,18 @@ class _Compiler:
                 self.thresholds[root] = (kinds[1][1], _REFLECTED[ops[0]], kinds[0][1])
             return root
 
-        def compare(state: ConditionState) -> bool:
+        def compare(state: ConditionState) -> bool | None:
+            # a < b < c is (a < b) and (b < c): false decides it, else unknown spreads
+            result: bool | None = True
             left = compiled[0](state)
             for fn, right_node in zip(ops, compiled[1:], strict=True):
                 right = right_node(state)
-                if left is None or right is None or not fn(left, right):
+                if left is None or right is None:
+                    result = None
+                elif not fn(left, right):
                     return False
                 left = right
-            return True
+            return result
 
         return compare
 
@@ -424,27 +505,23 @@ class _Compiler:
                 ref = self.ref(other)
                 if name not in ref.choices:
                     known = ", ".join(sorted(ref.choices)) or "none"
-                    raise ExpressionError(
+                    raise _Refused(
                         f"{ref.message}.{ref.signal} has no choice {name!r} (choices: {known})",
-                        _column(constant),
+                        constant,
                     )
                 return self._constant(ref.choices[name])
-        raise ExpressionError(
-            "a string only compares with a signal that has choices", _column(constant)
-        )
+        raise _Refused("a string only compares with a signal that has choices", constant)
 
     def call(self, node: ast.Call) -> Node:
         name = node.func.id if isinstance(node.func, ast.Name) else None
         if name not in _FUNCTIONS:
-            raise ExpressionError(
-                f"unknown function (known: {', '.join(_FUNCTIONS)})", _column(node)
-            )
+            raise _Refused(f"unknown function (known: {', '.join(_FUNCTIONS)})", node)
         if node.keywords:
-            raise ExpressionError(f"{name}() takes no keyword arguments", _column(node))
+            raise _Refused(f"{name}() takes no keyword arguments", node)
         args = node.args
         expected = {"changed": 1, "abs": 1}.get(name, 2)
         if len(args) != expected:
-            raise ExpressionError(f"{name}() takes {expected} argument(s)", _column(node))
+            raise _Refused(f"{name}() takes {expected} argument(s)", node)
         if name == "abs":
             inner = self.node(args[0])
             return lambda state: _abs(inner(state))
@@ -467,7 +544,10 @@ class _Compiler:
 
         def window(state: ConditionState) -> Any:
             values = state.window(key, seconds)
-            return reduce(values) if values else None
+            try:
+                return reduce(values) if values else None
+            except OverflowError:  # an integer past any float: unknown, as arithmetic says
+                return None
 
         # A VSS path's transform applies to the result (exact for the unit conversions it
         # carries, which are increasing linear functions).
@@ -476,11 +556,11 @@ class _Compiler:
     def stale(self, args: list[ast.expr]) -> Node:
         name = _dotted(args[0])
         if name is None:
-            raise ExpressionError("stale() takes a message name", _column(args[0]))
+            raise _Refused("stale() takes a message name", args[0])
         try:
             message = self._message(name)
         except LookupError as exc:
-            raise ExpressionError(str(exc.args[0] if exc.args else exc), _column(args[0])) from None
+            raise _Refused(str(exc.args[0] if exc.args else exc), args[0]) from None
         seconds = self.seconds(args[1])
         self.messages.add(message)
 
@@ -496,12 +576,10 @@ class _Compiler:
             or isinstance(node.value, bool)
             or not isinstance(node.value, int | float)
         ):
-            raise ExpressionError("expected a number of seconds", _column(node))
+            raise _Refused("expected a number of seconds", node)
         seconds = float(node.value)
         if not 0 < seconds <= MAX_WINDOW:
-            raise ExpressionError(
-                f"seconds must be in (0, {MAX_WINDOW:g}], got {seconds:g}", _column(node)
-            )
+            raise _Refused(f"seconds must be in (0, {MAX_WINDOW:g}], got {seconds:g}", node)
         return seconds
 
 
@@ -511,32 +589,32 @@ def _compare_two(
     right: Node,
     simple: Mapping[Node, tuple[str, Any]],
 ) -> Node:
-    """``left fn right``, false when either side is unknown: in a single closure when one side
+    """``left fn right``, unknown (None) when either side is: in a single closure when one side
     is a signal read as it is and the other a constant (what most conditions are made of)."""
     kinds = (simple.get(left, ("", None)), simple.get(right, ("", None)))
     if kinds[0][0] == "signal" and kinds[1][0] == "constant":
         key, constant = kinds[0][1], kinds[1][1]
 
-        def signal_constant(state: ConditionState) -> bool:
+        def signal_constant(state: ConditionState) -> bool | None:
             value = state.values.get(key)
-            return value is not None and fn(value, constant)
+            return None if value is None else fn(value, constant)
 
         return signal_constant
     if kinds[0][0] == "constant" and kinds[1][0] == "signal":
         constant, key = kinds[0][1], kinds[1][1]
 
-        def constant_signal(state: ConditionState) -> bool:
+        def constant_signal(state: ConditionState) -> bool | None:
             value = state.values.get(key)
-            return value is not None and fn(constant, value)
+            return None if value is None else fn(constant, value)
 
         return constant_signal
 
-    def compare_two(state: ConditionState) -> bool:
+    def compare_two(state: ConditionState) -> bool | None:
         a = left(state)
         if a is None:
-            return False
+            return None
         b = right(state)
-        return b is not None and fn(a, b)
+        return None if b is None else fn(a, b)
 
     return compare_two
 
@@ -554,15 +632,24 @@ def _converted(node: Node, convert: Callable[[float], Any] | None) -> Node:
 
 
 def _least(values: list[float]) -> float:
-    return min(values)
+    """The least value; NaN when one is NaN (``min`` alone answers by their order)."""
+    least = min(values)
+    return math.nan if least == least and any(map(operator.ne, values, values)) else least
 
 
 def _most(values: list[float]) -> float:
-    return max(values)
+    """The greatest value; NaN when one is NaN."""
+    most = max(values)
+    return math.nan if most == most and any(map(operator.ne, values, values)) else most
 
 
 def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
+    """The mean, also of values whose sum is past the largest float (1e308 and 1e308)."""
+    n = len(values)
+    total = sum(values)
+    if isinstance(total, float) and math.isinf(total) and not any(map(math.isinf, values)):
+        return sum(value / n for value in values)
+    return total / n
 
 
 def _neg(value: Any) -> Any:
