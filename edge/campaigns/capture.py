@@ -224,37 +224,29 @@ class FrameRing:
         return zip(*self.cut(start, end), strict=True)
 
     def cut(self, start: float, end: float) -> Frames:
-        """The times and the data of the frames with ``start <= t <= end``, oldest first (a
-        packed block in one slice each when its times are ordered)."""
+        """The times and the data of the frames with ``start <= t <= end``, oldest first (in
+        the order they came, when frame time stepped back). A block whose times are ordered is
+        cut in one slice each, found by bisection, or skipped when its first and last times
+        are both outside the window; the frames of other blocks are each looked at."""
         times_out: list[float] = []
         datas_out: list[bytes] = []
         head = self._head
         for block in self._blocks:
             times = block.times
-            if block.ordered:  # only the frames of the window are looked at
-                if times[-1] < start:
-                    head = 0
-                    continue
-                first = bisect_left(times, start, head)
-                stop = bisect_right(times, end, first)
-                times_out += times[first:stop]
-                datas_out += block.datas(first, stop)
-                if stop < len(times):
-                    return times_out, datas_out
-                head = 0
-                continue
-            for i in range(head, len(times)):
-                t = times[i]
-                if t > end:
-                    return times_out, datas_out
-                if t >= start:
-                    times_out.append(t)
-                    datas_out += block.datas(i, i + 1)
+            if block.ordered:
+                if times[-1] >= start and times[head] <= end:  # else none is in the window
+                    first = bisect_left(times, start, head)
+                    stop = bisect_right(times, end, first)
+                    times_out += times[first:stop]
+                    datas_out += block.datas(first, stop)
+            else:
+                for i in range(head, len(times)):
+                    if start <= times[i] <= end:
+                        times_out.append(times[i])
+                        datas_out += block.datas(i, i + 1)
             head = 0
         for t, data in zip(self.times, self.datas, strict=True):
-            if t > end:
-                break
-            if t >= start:
+            if start <= t <= end:
                 times_out.append(t)
                 datas_out.append(bytes(data))
         return times_out, datas_out
