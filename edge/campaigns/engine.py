@@ -82,8 +82,9 @@ log = logging.getLogger(__name__)
 
 #: Schema payloads of campaigns go first: a capture must never wait for its schema.
 SCHEMA_PRIORITY = 0
-#: Seconds of ring history kept beyond ``before + after``: a capture closes at the end of the
-#: chunk that passed its end, so the ring must still hold its first frame then.
+#: Seconds of ring history kept beyond ``before + after``: a margin only. A capture closes at the
+#: first frame past its end, before that frame enters a ring and the ring forgets what is older
+#: than it keeps (CampaignEngine.frame), so ``before + after`` alone would hold every window.
 _RING_SLACK = 5.0
 
 #: Most values one capture payload holds (see CampaignEngine._emit).
@@ -842,15 +843,19 @@ class CampaignEngine:
             self.chunk(frames)
 
     def frame(self, entry: _Entry, msg: can.Message) -> None:
-        """A data frame of a message campaigns use (``entry``: its :meth:`view`): into the
-        ring, its condition inputs read when its bytes changed, the captures that ended by its
-        time closed. Called with :attr:`lock` held (the Processor holds it over a chunk). A
+        """A data frame of a message campaigns use (``entry``: its :meth:`view`): the captures
+        that ended before its time closed, then the frame into the ring, and its condition
+        inputs read when its bytes changed. Called with :attr:`lock` held (the Processor holds it over a chunk). A
         fault here costs the engine this frame, counted in ``faults`` (``history``), and never
         the processing stage."""
         try:
             t = msg.timestamp
             data: Any = msg.data
             entry.last = msg
+            # Captures that ended close before the ring takes this frame: settling it may forget
+            # what is older than the ring keeps before this frame's time (a bus that paused).
+            if t > self._due:  # a capture ended or a snapshot is due (exact per frame)
+                self._run_due(t)
             ring = entry.ring
             if ring is not None:
                 times = ring.times
@@ -868,6 +873,8 @@ class CampaignEngine:
                     # only to evaluate when its value changed.
                     length, key, scale, offset, read, order, shift, mask, sign = quick
                     if len(data) != length:
+                        # the general path: its last value is not this path's (it writes none)
+                        entry.input_last[0] = None
                         self._inputs(entry, data, t)
                     else:
                         # a reference: a frame's data is not changed once received
@@ -906,8 +913,6 @@ class CampaignEngine:
             # only the frames of messages campaigns use move the engine's time
             if t > self.now:
                 self.now = t
-            if t > self._due:  # a capture ended or a snapshot is due (exact per frame)
-                self._run_due(t)
         except Exception as exc:  # a fault of ours: this frame, for the engine only
             self.faults += 1
             if self.faults == 1:
