@@ -845,9 +845,9 @@ class CampaignEngine:
     def frame(self, entry: _Entry, msg: can.Message) -> None:
         """A data frame of a message campaigns use (``entry``: its :meth:`view`): the captures
         that ended before its time closed, then the frame into the ring, and its condition
-        inputs read when its bytes changed. Called with :attr:`lock` held (the Processor holds it over a chunk). A
-        fault here costs the engine this frame, counted in ``faults`` (``history``), and never
-        the processing stage."""
+        inputs read when its bytes changed. Called with :attr:`lock` held (the Processor holds
+        it over a chunk). A fault here costs the engine this frame, counted in ``faults``
+        (``history``), and never the processing stage."""
         try:
             t = msg.timestamp
             data: Any = msg.data

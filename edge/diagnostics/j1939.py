@@ -36,8 +36,10 @@ PGN_REQUEST = 0xEA00
 PGN_TP_CM = 0xEC00
 PGN_TP_DT = 0xEB00
 _RTS, _CTS, _ACK, _BAM, _ABORT = 16, 17, 19, 32, 255
-#: J1939-21 T1: longest gap between packets of a BAM (and of a CMDT after CTS: T1 too).
+#: J1939-21 T1: longest gap between packets of a transfer.
 PACKET_TIMEOUT = 0.75
+#: J1939-21 T2: longest wait for the first packet after we sent a CTS.
+CTS_TIMEOUT = 1.25
 _GLOBAL = 0xFF
 
 
@@ -97,7 +99,12 @@ class _Session:
     packets: int
     broadcast: bool
     started: float
-    last: float
+    #: when the next packet is overdue (T1 after a packet, T2 after our CTS)
+    deadline: float
+    #: packets the sender may send per CTS (CMDT; the RTS's byte 5, 0xFF: no limit)
+    window: int = 0xFF
+    #: the last packet the CTS we sent asked for (CMDT)
+    cts_end: int = 0
     parts: dict[int, bytes] = field(default_factory=dict)
     next_seq: int = 1
 
@@ -151,7 +158,7 @@ class J1939Reassembler(can.Listener):
         if now is None:
             now = self._clock()
         for key, session in list(self._sessions.items()):
-            if now - session.last > PACKET_TIMEOUT:
+            if now > session.deadline:
                 del self._sessions[key]
                 self.stats["transfers_timed_out"] += 1
 
@@ -166,10 +173,14 @@ class J1939Reassembler(can.Listener):
             if self._sessions.pop(key, None) is not None:
                 self.stats["transfers_aborted"] += 1
             return
-        if control not in (_BAM, _RTS) or pgn not in self.pgns:
+        if control not in (_BAM, _RTS):
             return
         if control == _RTS and destination != self._address:
             return  # a transfer between two other nodes
+        if pgn not in self.pgns:  # not ours; it ends the sender's unfinished one all the same
+            if self._sessions.pop(key, None) is not None:
+                self.stats["transfers_incomplete"] += 1
+            return
         size, packets = int.from_bytes(data[1:3], "little"), data[3]
         if key in self._sessions:
             self.stats["transfers_incomplete"] += 1  # a new one replaces the unfinished one
@@ -180,28 +191,41 @@ class J1939Reassembler(can.Listener):
         if control == _RTS and self._send is None:
             self.stats["cmdt_ignored"] += 1
             return
-        self._sessions[key] = _Session(pgn, size, packets, control == _BAM, t, t)
+        session = _Session(pgn, size, packets, control == _BAM, t, t + PACKET_TIMEOUT)
+        self._sessions[key] = session
         if control == _RTS:
-            self._reply(source, bytes((_CTS, packets, 1, 0xFF, 0xFF)) + pgn.to_bytes(3, "little"))
+            session.window = data[4] or 0xFF
+            self._clear_to_send(source, session, t)
+
+    def _clear_to_send(self, source: int, session: _Session, t: float) -> None:
+        """Ask for the next packets of a CMDT, no more than the sender's RTS allows at once."""
+        count = min(session.packets - session.next_seq + 1, session.window)
+        session.cts_end = session.next_seq + count - 1
+        session.deadline = t + CTS_TIMEOUT
+        cts = bytes((_CTS, count, session.next_seq, 0xFF, 0xFF))
+        self._reply(source, cts + session.pgn.to_bytes(3, "little"))
 
     def _packet(
         self, source: int, destination: int, data: bytes, t: float, frame_time: float
     ) -> None:
         key = (source, destination)
         session = self._sessions.get(key)
-        if session is None or len(data) < 2:
+        if session is None:
             return
-        seq = data[0]
-        if seq != session.next_seq or t - session.last > PACKET_TIMEOUT:
-            # J1939-21: packets come in order; a gap means one was lost, and nothing can ask
-            # for it again in a BAM. Drop the transfer (the ECU repeats DM1 every second).
+        seq = data[0] if data else 0
+        if len(data) != 8 or seq != session.next_seq or t > session.deadline:
+            # J1939-21: packets have 8 bytes and come in order; a gap means one was lost, and
+            # nothing can ask for it again in a BAM. Drop the transfer (the ECU repeats DM1
+            # every second).
             del self._sessions[key]
             self.stats["transfers_incomplete"] += 1
             return
         session.parts[seq] = data[1:8]
         session.next_seq += 1
-        session.last = t
+        session.deadline = t + PACKET_TIMEOUT
         if seq < session.packets:
+            if not session.broadcast and seq == session.cts_end:
+                self._clear_to_send(source, session, t)  # the sender waits for the next CTS
             return
         del self._sessions[key]
         payload = b"".join(session.parts[i] for i in range(1, session.packets + 1))[: session.size]
@@ -224,6 +248,6 @@ class J1939Reassembler(can.Listener):
                     is_extended_id=True,
                 )
             )
-        except can.CanError as exc:
+        except Exception as exc:  # never into the bus reader: counted, the sender times out
             self.stats["send_errors"] += 1
             log.debug("J1939 TP reply failed: %s", exc)

@@ -259,8 +259,9 @@ def parse_supported(base: int, data: bytes) -> set[int]:
 def parse_vin(data: bytes) -> str:
     """The VIN from a mode 09 PID 02 answer: a count of data items (1), then 17 ASCII
     characters (some ECUs pad with zeros in front)."""
-    text = data[1:] if data[:1] == b"\x01" else data
-    vin = text.decode("ascii", "replace").strip("\0 ")
-    if not vin:
+    text = (data[1:] if data[:1] == b"\x01" else data).strip(b"\0 ")
+    if not text:
         raise DiagnosticError("empty VIN")
-    return vin
+    if not (text.isascii() and text.decode("ascii").isprintable()):
+        raise DiagnosticError(f"VIN of bytes that are not printable ASCII: {text.hex()}")
+    return text.decode("ascii")

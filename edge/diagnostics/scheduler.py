@@ -715,7 +715,11 @@ class BusDiagnostics:
                 self.dtcs.update(self.config.bus, ecu, current, self._clock.time(), source)
             )
         elif pgn == PGN_VIN:
-            vin = data.split(b"*", 1)[0].decode("ascii", "replace").strip("\0 ")
+            text = data.split(b"*", 1)[0].strip(b"\0 ")
+            if not (text.isascii() and text.decode("ascii").isprintable()):
+                self.counters["invalid_responses"] += 1
+                return
+            vin = text.decode("ascii")
             if vin:
                 self._got_vin(ecu, vin, source)
                 self._j1939_vin.set()
