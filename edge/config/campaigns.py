@@ -158,7 +158,8 @@ def _time(t: Table, key: str) -> float | None:
         return None
     if isinstance(value, str):
         try:
-            value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            # RFC 3339 allows "t" and "z" in lower case (section 5.6)
+            value = dt.datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
         except ValueError:
             raise t.error(key, f"expected an RFC 3339 time, got {value!r}") from None
     if not isinstance(value, dt.datetime):
@@ -176,6 +177,8 @@ def _check_syntax(t: Table, text: str) -> None:
         raise t.error(
             "condition", f"column {exc.offset or len(text.strip()) + 1}: syntax error: {exc.msg}"
         ) from None
+    except (RecursionError, MemoryError):  # nesting past what the parser takes
+        raise t.error("condition", "nested too deep") from None
 
 
 def field_name(index: int, key: str) -> str:

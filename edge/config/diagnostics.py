@@ -152,6 +152,8 @@ def _bus(t: Table, bus_names: Sequence[str]) -> DiagBusConfig:
         except SyntaxError as exc:
             column = exc.offset or len(when.strip()) + 1
             raise t.error("when", f"column {column}: syntax error: {exc.msg}") from None
+        except (RecursionError, MemoryError):  # nesting past what the parser takes
+            raise t.error("when", "nested too deep") from None
     obd = _obd(t.table("obd")) if t.has("obd") else None
     uds = tuple(_uds(u) for u in t.tables("uds"))
     ecus = [u.name for u in uds]
@@ -200,6 +202,8 @@ def _obd(t: Table) -> ObdConfig:
         discover=t.bool("discover", True),
     )
     t.finish()
+    if config.request_id == config.response_id:  # ISO-TP cannot tell requests from answers
+        raise t.error("response_id", "must differ from request_id")
     return config
 
 

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from edge.config.campaigns import ALWAYS, CampaignConfig, parse_campaigns
 from edge.config.diagnostics import DiagnosticsConfig, parse_diagnostics
+from edge.config.files import exists
 from edge.config.table import Table
 from edge.config.uplinks import parse_uplink_options
 from edge.errors import ConfigError
@@ -296,7 +297,7 @@ def _mapping_file(name: str, resolve: Any) -> str:
     """A mapping file's path; a bare name not found beside the configuration stays bare, to be
     looked up among the bundled mappings (dbc/vss/)."""
     path: str = resolve(name)
-    return name if "/" not in name and not Path(path).exists() else path
+    return name if "/" not in name and not exists(path) else path
 
 
 def _replay(t: Table, resolve: Any, bus_names: list[str]) -> ReplayConfig:

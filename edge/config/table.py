@@ -46,6 +46,8 @@ class Table:
 
     def field(self, key: builtins.str) -> builtins.str:
         """The dotted path of ``key`` in this table."""
+        if not key:  # an empty key: quoted, as TOML writes it
+            key = '""'
         return f"{self._path}.{key}" if self._path else key
 
     def has(self, key: builtins.str) -> builtins.bool:

@@ -36,6 +36,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Annotated, Any, Self, cast
 
+from edge.config.files import is_file
 from edge.config.table import Table
 from edge.errors import ConfigError
 
@@ -119,7 +120,7 @@ class UplinkOptions:
         options = cast(Callable[..., Self], cls)(**values).cross_check(t)
         for o in fields:
             path = getattr(options, o.name)
-            if o.rule.file and path is not None and not Path(path).is_file():
+            if o.rule.file and path is not None and not is_file(path):
                 raise t.error(o.name, f"no such file: {path}")
         t.finish()
         return options
@@ -214,11 +215,24 @@ def _read(t: Table, option: _Option) -> Any:
     return value
 
 
+def _folder_problem(path: str) -> str | None:
+    """Why ``path`` cannot be the file uplink's folder (an existing file on its way), or None."""
+    if not path:
+        return "expected a folder"
+    for place in (Path(path), *Path(path).parents):
+        try:
+            if place.exists():
+                return None if place.is_dir() else f"{place} exists and is not a folder"
+        except OSError as exc:  # a name longer than the file system takes
+            return f"not a usable folder ({exc.strerror})"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class FileOptions(UplinkOptions):
     """Validated options of the ``file`` uplink (:mod:`edge.delivery.uplinks.file`)."""
 
-    path: str
+    path: Annotated[str, Rule(check=_folder_problem)]
     fsync: bool = True
     max_files: Annotated[int | None, Rule(min=1)] = None
 
@@ -305,7 +319,7 @@ def _connection_string_problem(value: object) -> str | None:
         return "is a module connection string; azure-device needs a device's"
     try:
         base64.b64decode(parts["SharedAccessKey"], validate=True)
-    except binascii.Error:
+    except (binascii.Error, ValueError):  # ValueError: a character that is not ASCII
         return "SharedAccessKey is not valid base64"
     return None
 

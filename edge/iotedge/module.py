@@ -247,28 +247,29 @@ class EdgeModule:
             old_front = self._front
             if old_front is not None:
                 old_front.stop()  # the open batch goes to the spool
-            if new_backend:
-                if backend is not None:
-                    self._carry_backend(backend)
-                    backend.close()
-                opened: Backend | None = None
-                try:
+            opened: Backend | None = None
+            try:
+                if new_backend:
+                    if backend is not None:
+                        self._carry_backend(backend)
+                        backend.close()
                     opened = Backend.open(settings, clock=self._clock, uplink=self._uplink)
                     opened.start()
                     front = self._new_front(config, opened)
-                except BaseException:
-                    # The old pipeline is already down: run nothing rather than half of it.
-                    with self._lock:
-                        if old_front is not None:
-                            self._carried.carry_front(old_front.counters())
-                        self._front = self._backend = None
-                        self._config = self._origin = None
-                    if opened is not None:  # the front failed: nothing is left open
+                    backend = opened
+                assert front is not None and backend is not None
+                front.start()
+            except BaseException:
+                # The old pipeline is down: bring the running configuration back, then refuse.
+                try:
+                    if front is not None:
+                        front.stop()
+                    if opened is not None:
                         opened.close()
-                    raise
-                backend = opened
-            assert front is not None and backend is not None
-            front.start()
+                except Exception as exc:  # what failed to start may fail to stop too
+                    log.warning("stopping the refused configuration: %r", exc)
+                self._restore(current, self._backend, old_front, reopen=new_backend)
+                raise
             with self._lock:
                 if old_front is not None:
                     self._carried.carry_front(old_front.counters())
@@ -291,6 +292,42 @@ class EdgeModule:
             save_config(self.options.data_dir, origin)
         if self.twin is not None:
             self.twin.request_report()
+
+    def _restore(
+        self,
+        config: Config | None,
+        backend: Backend | None,
+        old_front: _Front | None,
+        *,
+        reopen: bool,
+    ) -> None:
+        """After a configuration failed to start: run ``config`` again on ``backend`` (closed
+        and opened again when ``reopen``), or nothing when that fails too (logged)."""
+        with self._lock:
+            if old_front is not None:
+                self._carried.carry_front(old_front.counters())
+            self._front = None
+        restored: Backend | None = None
+        try:
+            if config is None or backend is None:
+                raise TelemetryError("no configuration ran before")
+            if reopen:
+                restored = Backend.open(backend.settings, clock=self._clock, uplink=self._uplink)
+                restored.start()
+            else:
+                restored = backend
+            front = self._new_front(config, restored)
+            front.start()
+        except BaseException as exc:
+            log.error("the running configuration could not be restored (%r): nothing runs", exc)
+            if restored is not None and reopen:
+                restored.close()
+            with self._lock:
+                self._front = self._backend = None
+                self._config = self._origin = None
+            return
+        with self._lock:
+            self._front, self._backend = front, restored
 
     def _uplink(self, settings: UplinkConfig) -> Uplink:
         """The back end's uplink: ``azure-edge`` sends through the module's one connection."""

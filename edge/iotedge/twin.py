@@ -67,6 +67,7 @@ from typing import Any, Literal, Protocol, TypeGuard
 
 from edge import __version__
 from edge.bundled import bundled_databases_dir
+from edge.config.files import is_file
 from edge.config.model import Config, parse_config
 from edge.errors import ConfigError, DatabaseLoadError, TelemetryError, scrub_secrets
 from edge.processing.database import load_databases, load_vss_mapping
@@ -261,7 +262,7 @@ def _with_bundled_databases(data: dict[str, Any], base: Path, bundled: Path) -> 
 def _bundled(name: str, base: Path, bundled: Path) -> str:
     if not name or "/" in name or "\\" in name or name in (".", ".."):
         return name
-    if (base / name).is_file() or not (bundled / name).is_file():
+    if is_file(base / name) or not is_file(bundled / name):
         return name
     return str(bundled / name)
 
@@ -270,7 +271,7 @@ def _check_files(config: Config, base: Path, bundled: Path) -> None:
     for i, bus in enumerate(config.buses):
         field = f"{CONFIG_KEY}.buses[{i}].dbc"
         for path in bus.databases:
-            if not Path(path).is_file():
+            if not is_file(path):
                 available = ", ".join(
                     sorted(p.name for p in bundled.iterdir() if p.suffix in _DATABASE_SUFFIXES)
                 )
@@ -287,7 +288,7 @@ def _check_files(config: Config, base: Path, bundled: Path) -> None:
         load_vss_mapping(config)
     except ConfigError as exc:
         raise ConfigError(f"{CONFIG_KEY}.{exc.field}", exc.reason) from exc
-    if config.replay is not None and not Path(config.replay.path).is_file():
+    if config.replay is not None and not is_file(config.replay.path):
         raise ConfigError(f"{CONFIG_KEY}.replay.log", f"no such file: {config.replay.path}")
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge.bundled import bundled_mappings_dir
+from edge.config.files import is_file
 from edge.errors import ConfigError
 from edge.vss.tree import NUMERIC_TYPES, VssNode, VssTree, VssTreeError, load_tree, walk
 from edge.wire.schema import Schema, VssInfo
@@ -261,7 +262,7 @@ def _read(file: Path, mtime: float, field: str) -> tuple[MappingEntry, ...]:
 def find_mapping_file(name: str) -> Path:
     """``name`` as given, or the bundled mapping of that name (``vw_mqb.json``)."""
     path = Path(name)
-    if not path.is_file() and path.name == name and (bundled_mappings_dir() / name).is_file():
+    if not is_file(path) and path.name == name and is_file(bundled_mappings_dir() / name):
         return bundled_mappings_dir() / name
     return path
 

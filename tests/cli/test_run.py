@@ -115,7 +115,7 @@ def test_an_outbox_path_that_is_a_file_is_a_configuration_error(
     config.write_text(config.read_text().replace('path = "outbox"', 'path = "afile/outbox"'))
     status, err = run_main(capsys, "run", "--config", str(config))
     assert status == 2
-    assert "uplink.path: cannot use" in err and "Not a directory" in err
+    assert "uplink.path:" in err and "afile exists and is not a folder" in err
 
 
 def test_a_taken_metrics_port_is_a_configuration_error(

@@ -104,8 +104,8 @@ def test_the_configured_uplink_by_default(tmp_path: Path) -> None:
 
 
 def test_an_uplink_that_cannot_be_built_leaves_no_spool_open(tmp_path: Path) -> None:
+    settings = BackendSettings.of(config(tmp_path))  # validation, which would refuse it, first
     (tmp_path / "outbox").write_text("a file where the outbox folder should be")
-    settings = BackendSettings.of(config(tmp_path))
     with pytest.raises(ConfigError, match=r"uplink\.path"):
         Backend.open(settings)
     assert Path(settings.spool.path).exists()  # it was opened...
