@@ -30,6 +30,11 @@ Live reconfiguration (:meth:`EdgeModule.apply_config`) never loses data:
    payload being sent is not interrupted);
 4. new sources and a new processing stage start, appending to that spool.
 
+What fails after step 2 (a back end that does not open, a source or a diagnostics stack that
+does not start: nothing step 1 can foresee) brings the running configuration back, on its own
+back end opened again if it was closed, and the update is refused; only if that fails too does
+the module run nothing (logged, state ``unconfigured``).
+
 Counters are carried over, so metrics stay monotonic across reconfigurations. Changing
 ``spool.path`` while running is refused (the pending payloads would be stranded in the old file);
 frames that arrive on a live bus during the switch (milliseconds) are not read.
