@@ -358,9 +358,14 @@ def _multiplexed_probes(db: DbMessage) -> list[bytes]:
         return whole.to_bytes(db.length, order)
 
     def walk(level: Sequence[Any], data: bytes) -> None:
-        for item in level:
-            if isinstance(item, str):
-                continue
+        muxes = [item for item in level if not isinstance(item, str)]
+        # the level's other multiplexers defined too: a frame decodes only when all of them are
+        defined = data
+        for item in muxes:
+            for mux, children in item.items():
+                if children:
+                    defined = put(defined, mux, next(iter(children)))
+        for item in muxes:
             for mux, children in item.items():
                 values = list(children)
                 undefined = min(set(range(len(values) + 1)) - set(values))
@@ -369,9 +374,11 @@ def _multiplexed_probes(db: DbMessage) -> list[bytes]:
                         return
                     reached = put(data, mux, value)
                     probes.append(reached)
+                    probes.append(put(defined, mux, value))
                     if value in children:
                         walk(children[value], put(rng.randbytes(db.length), mux, value))
                         walk(children[value], reached)
+                        walk(children[value], put(defined, mux, value))
 
     walk(db.signal_tree, rng.randbytes(db.length))
     return probes[:_MAX_PROBES]

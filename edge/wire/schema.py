@@ -195,10 +195,19 @@ class Schema:
 def signal_info(signal: Signal) -> SignalInfo:
     """The schema entry of a cantools signal."""
     choices = {int(k): str(v) for k, v in signal.choices.items()} if signal.choices else None
+    scale, offset = signal.scale, signal.offset
+    conversion = getattr(signal, "conversion", None)
+    if not signal.is_float and conversion is not None:
+        try:  # cantools computes in integers when scale and offset are whole, however written
+            whole = type(conversion.raw_to_scaled(1, decode_choices=False)) is int
+        except Exception:  # a conversion that does not take a raw 1: keep what it says
+            whole = False
+        if whole:
+            scale, offset = int(scale), int(offset)
     return SignalInfo(
         name=signal.name,
-        scale=signal.scale,
-        offset=signal.offset,
+        scale=scale,
+        offset=offset,
         unit=signal.unit or "",
         is_float=bool(signal.is_float),
         choices=choices,
