@@ -345,10 +345,13 @@ class Processor:
         sampler = track.sampler
         count = len(sampler.pending_rows)
         sent, low, high = sampler.settle(track.group, self._ticks)
+        kept = count - sampler.repeats  # rows that repeated theirs but for NaN: not rows
+        self.rows -= sampler.repeats
         bounds = self._value_bounds[track.message_index]
         values = sum(sent)
         value_bytes = sum(map(operator.mul, sent, bounds))
-        self.batcher.batch.counted_rows(count, values, value_bytes, low, high)
+        if kept:
+            self.batcher.batch.counted_rows(kept, values, value_bytes, low, high)
         self.samples += values
         self._reserved -= count * self._row_bounds[track.message_index]
         self._rearm()

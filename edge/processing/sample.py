@@ -137,6 +137,7 @@ class TrackSampler:
     """
 
     __slots__ = (
+        "_any_float",
         "_deadbands",
         "_floats",
         "_heartbeats",
@@ -152,6 +153,7 @@ class TrackSampler:
         "next_check",
         "pending_rows",
         "pending_times",
+        "repeats",
         "seen",
         "select",
         "width",
@@ -160,6 +162,10 @@ class TrackSampler:
     def __init__(self, info: MessageInfo, policies: Sequence[Policy]) -> None:
         self._names = [s.name for s in info.signals]
         self._floats = [s.is_float for s in info.signals]  # only these can be NaN
+        self._any_float = any(self._floats)
+        #: pending rows the last settle found equal to their predecessor (NaN != NaN: the
+        #: Processor's loop compares tuples, in which two NaNs differ)
+        self.repeats = 0
         self.width = len(self._names)
         self._index = {name: i for i, name in enumerate(self._names)}
         self._modes = [_MODE_CODES[p.mode] for p in policies]
@@ -270,6 +276,13 @@ class TrackSampler:
         pending row differs from its predecessor, so each one gets at least one value."""
         rows = self.pending_rows
         times = self.pending_times
+        self.repeats = 0
+        if self._any_float:
+            rows, times = self._changed(rows, times)
+            self.repeats = len(self.pending_rows) - len(rows)
+            if not rows:
+                self.pending_rows, self.pending_times = [], []
+                return [0] * len(self._last), 0, 0
         ticks = [round(t * ticks_per_second) for t in times]
         first_row = len(group.times)
         group.times.extend(ticks)
@@ -318,6 +331,22 @@ class TrackSampler:
         self.pending_rows = []
         self.pending_times = []
         return sent, min(ticks), max(ticks)
+
+    def _changed(
+        self, rows: list[tuple[Any, ...]], times: list[float]
+    ) -> tuple[list[tuple[Any, ...]], list[float]]:
+        """The rows (and their times) that differ from their predecessor, NaN equal to NaN."""
+        previous: tuple[Any, ...] = tuple(self._last)
+        kept_rows: list[tuple[Any, ...]] = []
+        kept_times: list[float] = []
+        for t, row in zip(times, rows, strict=True):
+            if row != previous and not all(
+                a == b or (a != a and b != b) for a, b in zip(row, previous, strict=True)
+            ):
+                kept_rows.append(row)
+                kept_times.append(t)
+            previous = row
+        return kept_rows, kept_times
 
     def _evaluate(self, t: float, values: Iterable[tuple[int, int | float | None]]) -> list[Sample]:
         out: list[Sample] = []

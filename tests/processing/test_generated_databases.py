@@ -32,8 +32,7 @@ Properties:
    would load strictly;
 3. the fused hot loop and the plain steps give the same rows and counters.
 
-Discrepancies found are kept as minimal tests at the end of the file: two mended, one still
-open (``xfail(strict=True)``: the fused path's row for a NaN after a NaN).
+Discrepancies found (now mended) are kept as minimal tests at the end of the file.
 """
 
 from __future__ import annotations
@@ -49,7 +48,6 @@ from typing import Any, cast
 
 import can
 import cantools
-import pytest
 from cantools.database.can import Database, Message, Signal
 from cantools.database.conversion import BaseConversion
 from cantools.database.errors import DecodeError
@@ -961,13 +959,8 @@ def test_fused_path_equals_plain_steps(
     (fast_rows, fast_counters), (plain_rows, plain_counters) = results
     event(f"rows: {'some' if plain_rows else 'none'}")
     if nan_after_nan(loaded.db, frames):
-        # a known discrepancy (test_nan_after_nan_adds_no_empty_row, xfail): the fused path
-        # counts (and writes) an empty row for a NaN that follows a NaN
-        event("NaN after NaN")
-        assert fast_counters[:3] == plain_counters[:3]
-        assert fast_counters[3] >= plain_counters[3]
-    else:
-        assert fast_counters == plain_counters
+        event("NaN after NaN")  # once a row of its own (test_nan_after_nan_adds_no_empty_row)
+    assert fast_counters == plain_counters
     assert fast_counters[1].lost == 0
     assert fast_rows.keys() == plain_rows.keys()
     for key, plain in plain_rows.items():
@@ -1020,11 +1013,6 @@ def test_integral_float_scale_with_choices_keeps_cantools_integers() -> None:
         check_stage(Loaded(generated, db, True), [frame(START, 1, b"\x03")])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the fused path compares raw tuples with ==, NaN != NaN: a pending row whose settle "
-    "finds no change, written as a row without values and counted in rows",
-)
 def test_nan_after_nan_adds_no_empty_row() -> None:
     """A float signal NaN in two frames with different payloads (here its NaN bits differ; in
     general any bit beside it: a gap, an excluded signal): no change in lossless on_change
