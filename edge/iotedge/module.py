@@ -235,8 +235,8 @@ class EdgeModule:
                     f"{current.spool.path} would stay behind); keep {current.spool.path!r}",
                 )
             backend = self._backend
-            settings = BackendSettings.of(config)
-            new_backend = backend is None or backend.settings != settings
+            new_backend = backend is None or backend.settings != BackendSettings.of(config)
+            front = None
             if new_backend:
                 # Fail here, before anything stops: databases, schema, uplink options.
                 Processor(config, lambda build: 0, clock=self._clock, campaigns=CampaignEngine)
@@ -245,40 +245,25 @@ class EdgeModule:
                     from edge.diagnostics.service import Diagnostics
 
                     Diagnostics(config, lambda records: None, clock=self._clock)
-                front = None
             else:
                 assert backend is not None
                 front = self._new_front(config, backend)
             old_front = self._front
             if old_front is not None:
                 old_front.stop()  # the open batch goes to the spool
-            opened: Backend | None = None
             try:
-                if new_backend:
-                    if backend is not None:
-                        self._carry_backend(backend)
-                        backend.close()
-                    opened = Backend.open(settings, clock=self._clock, uplink=self._uplink)
-                    opened.start()
-                    front = self._new_front(config, opened)
-                    backend = opened
-                assert front is not None and backend is not None
-                front.start()
+                if new_backend and backend is not None:
+                    self._carry_backend(backend)
+                    backend.close()
+                front = self._start(config, None if new_backend else backend, front)
             except BaseException:
                 # The old pipeline is down: bring the running configuration back, then refuse.
-                try:
-                    if front is not None:
-                        front.stop()
-                    if opened is not None:
-                        opened.close()
-                except Exception as exc:  # what failed to start may fail to stop too
-                    log.warning("stopping the refused configuration: %r", exc)
-                self._restore(current, self._backend, old_front, reopen=new_backend)
+                self._restore(current, backend, old_front, reopen=new_backend)
                 raise
             with self._lock:
                 if old_front is not None:
                     self._carried.carry_front(old_front.counters())
-                self._front, self._backend = front, backend
+                self._front, self._backend = front, front.backend
                 self._config, self._origin = config, replace(origin, applied_at=self._clock.time())
             self._watch = ProgressWatch(self.options.stall_after, time.monotonic)
         log.warning(
@@ -312,27 +297,41 @@ class EdgeModule:
             if old_front is not None:
                 self._carried.carry_front(old_front.counters())
             self._front = None
-        restored: Backend | None = None
         try:
             if config is None or backend is None:
                 raise TelemetryError("no configuration ran before")
-            if reopen:
-                restored = Backend.open(backend.settings, clock=self._clock, uplink=self._uplink)
-                restored.start()
-            else:
-                restored = backend
-            front = self._new_front(config, restored)
-            front.start()
+            front = self._start(config, None if reopen else backend, None)
         except BaseException as exc:
             log.error("the running configuration could not be restored (%r): nothing runs", exc)
-            if restored is not None and reopen:
-                restored.close()
             with self._lock:
                 self._front = self._backend = None
                 self._config = self._origin = None
             return
         with self._lock:
-            self._front, self._backend = front, restored
+            self._front, self._backend = front, front.backend
+
+    def _start(self, config: Config, backend: Backend | None, front: _Front | None) -> _Front:
+        """Start ``front`` (None: a new one for ``config``) on ``backend`` (None: a new one, opened
+        with ``config``'s settings); if that fails, stop what started, and raise."""
+        opened: Backend | None = None
+        try:
+            if backend is None:
+                settings = BackendSettings.of(config)
+                backend = opened = Backend.open(settings, clock=self._clock, uplink=self._uplink)
+                opened.start()
+            if front is None:
+                front = self._new_front(config, backend)
+            front.start()
+            return front
+        except BaseException:
+            try:
+                if front is not None:
+                    front.stop()
+                if opened is not None:
+                    opened.close()
+            except Exception as exc:  # what failed to start may fail to stop too
+                log.warning("stopping what failed to start: %r", exc)
+            raise
 
     def _uplink(self, settings: UplinkConfig) -> Uplink:
         """The back end's uplink: ``azure-edge`` sends through the module's one connection."""
