@@ -40,8 +40,8 @@ from edge.errors import DatabaseLoadError
 from edge.processing.database import load_database_repaired
 from edge.processing.processor import Processor
 from edge.wire.codec import PayloadReader
-from edge.wire.payload import Payload
 from tests.processing.test_fused import branches, raw_value
+from tests.processing.test_processor import Collector
 from tests.support.corpus import CORPUS, require_corpus
 
 FORMATS = {".dbc", ".arxml", ".kcd", ".sym"}
@@ -256,18 +256,6 @@ def on_change(values: list[tuple[float, Any, Any, Any]]) -> list[tuple[float, An
 
 
 # --- the stage under test ------------------------------------------------------------------------
-
-
-class Collector:
-    """The spool's ``append`` contract, in memory."""
-
-    def __init__(self) -> None:
-        self.payloads: list[Payload] = []
-
-    def __call__(self, build: Any) -> int:
-        seq = len(self.payloads)
-        self.payloads.append(build("7e57" * 8, seq))
-        return seq
 
 
 def run(loaded: Loaded, frames: list[can.Message], mode: str, j1939: bool) -> tuple[Any, Any]:

@@ -40,9 +40,7 @@ from edge.processing.database import load_database
 from edge.processing.decode import dict_decoder, tuple_decoder
 from edge.processing.processor import Processor
 from edge.simulator.vehicle import DEMO_DBC
-from edge.wire.codec import PayloadReader
-from edge.wire.payload import Payload
-from tests.processing.test_processor import frames_of
+from tests.processing.test_processor import Collector, frames_of
 from tests.support.corpus import CORPUS, LOGS, CorpusLog, require_corpus
 
 DBC_CORPUS = CORPUS / "dbc_corpus"
@@ -208,25 +206,6 @@ def test_the_fast_path_covers_the_plain_messages_of_the_corpus() -> None:
 Key = tuple[str, str, Any, str]
 
 
-class Collector:
-    """The spool's ``append`` contract, in memory."""
-
-    def __init__(self) -> None:
-        self.payloads: list[Payload] = []
-
-    def __call__(self, build: Any) -> int:
-        self.payloads.append(build("7e57" * 8, len(self.payloads)))
-        return len(self.payloads) - 1
-
-    def rows(self) -> dict[Key, list[tuple[float, Any]]]:
-        decoder = PayloadReader()
-        out: dict[Key, list[tuple[float, Any]]] = defaultdict(list)
-        for payload in self.payloads:
-            for row in decoder.rows(payload.body):
-                out[(row.bus, row.message, row.source, row.signal)].append((row.time, row.value))
-        return out
-
-
 class PlainProcessor(Processor):
     """Every frame through the plain steps: decode, sample, add (no inlined hot loop)."""
 
@@ -240,8 +219,14 @@ def counters(processor: Processor) -> tuple[Any, ...]:
     return (stats.frames, stats.decode, stats.samples, stats.rows)
 
 
-def both(config: dict[str, Any], frames: list[can.Message], chunk: int = 256) -> None:
-    """The hot loop and the plain steps give the same rows and counters, fed in chunks."""
+Outcome = tuple[dict[Key, list[tuple[float, Any, Any]]], tuple[Any, ...]]
+
+
+def fused_and_plain(
+    config: dict[str, Any], frames: Sequence[can.Message], chunk: int = 256
+) -> tuple[Outcome, Outcome]:
+    """The rows and counters of the hot loop, then of the plain steps, fed ``frames`` in
+    chunks."""
     results = []
     for cls in (Processor, PlainProcessor):
         collector = Collector()
@@ -250,7 +235,14 @@ def both(config: dict[str, Any], frames: list[can.Message], chunk: int = 256) ->
             processor.process(frames[i : i + chunk])
         processor.flush()
         results.append((collector.rows(), counters(processor)))
-    (fast_rows, fast_counters), (plain_rows, plain_counters) = results
+    return results[0], results[1]
+
+
+def both(config: dict[str, Any], frames: list[can.Message], chunk: int = 256) -> None:
+    """The hot loop and the plain steps give the same rows and counters, fed in chunks."""
+    (fast_rows, fast_counters), (plain_rows, plain_counters) = fused_and_plain(
+        config, frames, chunk
+    )
     assert fast_rows, "nothing decoded: the test proves nothing"
     assert fast_counters == plain_counters
     assert fast_rows.keys() == plain_rows.keys()

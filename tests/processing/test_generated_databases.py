@@ -61,7 +61,7 @@ from edge.config.model import parse_config
 from edge.processing.decode import dict_decoder, plain_decoder, tuple_decoder
 from edge.processing.processor import Processor
 from tests.processing.test_differential import Loaded, on_change, run, tick
-from tests.processing.test_fused import PlainProcessor, counters
+from tests.processing.test_fused import PlainProcessor, fused_and_plain
 from tests.processing.test_processor import Collector
 
 FD_LENGTHS = (12, 16, 20, 24, 32, 48, 64)
@@ -948,15 +948,8 @@ def test_fused_path_equals_plain_steps(
             ],
             **SETTINGS[setting],
         }
-        results = []
-        for cls in (Processor, PlainProcessor):
-            collector = Collector()
-            processor = cls(parse_config(config), collector)
-            for i in range(0, len(frames), chunk):
-                processor.process(frames[i : i + chunk])
-            processor.flush()
-            results.append((collector.rows(), counters(processor)))
-    (fast_rows, fast_counters), (plain_rows, plain_counters) = results
+        fused, plain = fused_and_plain(config, frames, chunk)
+    (fast_rows, fast_counters), (plain_rows, plain_counters) = fused, plain
     event(f"rows: {'some' if plain_rows else 'none'}")
     if nan_after_nan(loaded.db, frames):
         event("NaN after NaN")  # once a row of its own (test_nan_after_nan_adds_no_empty_row)
