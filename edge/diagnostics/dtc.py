@@ -5,13 +5,16 @@
   ``0x0301`` is ``P0301``, ``0xC100`` is ``U0100``. UDS adds a third byte, the failure type
   (ISO 14229 / SAE J2012-DA): it is written after a dash when not zero (``P0301-1A``).
 * J1939 (SAE J1939-73): a suspect parameter number and a failure mode identifier, written
-  ``SPN 190 FMI 2``.
+  ``SPN 190 FMI 2``; a DTC sent with SPN conversion method 1 (an older layout of the SPN that
+  its bytes do not identify) is written ``CM1`` and its first three bytes in hex as sent
+  (``CM1 005F02``).
 """
 
 from __future__ import annotations
 
 __all__ = [
     "UDS_STATUS_BITS",
+    "j1939_cm1_dtc_text",
     "j1939_dtc_text",
     "obd_dtc_text",
     "status_text",
@@ -53,6 +56,15 @@ def uds_dtc_text(code: int) -> str:
 def j1939_dtc_text(spn: int, fmi: int) -> str:
     """The text of a J1939 DTC (``SPN 190 FMI 2``)."""
     return f"SPN {spn} FMI {fmi}"
+
+
+def j1939_cm1_dtc_text(record: bytes) -> str:
+    """The text of a J1939 DTC with SPN conversion method 1 (J1939-73 versions 1 to 3, whose SPN
+    layouts differ): ``CM1`` and the bytes that hold its SPN and FMI, as sent (``CM1 005F02``).
+    The occurrence count (4th byte) is left out: it is the DTC's status."""
+    if len(record) != 4:
+        raise ValueError(f"a J1939 DTC is four bytes, got {len(record)}")
+    return f"CM1 {record[:3].hex().upper()}"
 
 
 def status_text(status: int) -> str:

@@ -71,25 +71,39 @@ def request_frame(pgn: int, source: int, destination: int = _GLOBAL) -> can.Mess
 
 @dataclass(frozen=True, slots=True)
 class DM1:
-    """A decoded DM1: lamp status and ``(spn, fmi, occurrences)`` of each active DTC."""
+    """A decoded DM1: lamp status and ``(spn, fmi, occurrences)`` of each active DTC; the DTCs
+    sent with SPN conversion method 1 in ``cm1``, undecoded (see :func:`decode_dm1`)."""
 
     lamps: int
     dtcs: tuple[tuple[int, int, int], ...]
+    #: the 4 bytes of each DTC whose CM bit is 1, as sent
+    cm1: tuple[bytes, ...] = ()
 
 
 def decode_dm1(data: bytes) -> DM1:
-    """Decode a DM1 (J1939-73, SPN conversion method 0). ``SPN 0 FMI 0`` means no DTC."""
+    """Decode a DM1 (J1939-73). ``SPN 0 FMI 0`` means no DTC, SPN 0x7FFFF is padding.
+
+    Only SPN conversion method 0 (the CM bit, bit 8 of a DTC's 4th byte, clear: J1939-73's
+    version 4, the only current one) is decoded. CM 1 says the SPN is in one of the older
+    layouts of versions 1, 2 or 3, which differ in the order of the SPN's bits and which the
+    bytes do not tell apart: such a DTC is not decoded (that would give a wrong SPN) but kept
+    whole in ``cm1``. Its SPN takes the same 19 bits in every version, so "no DTC" and padding
+    are recognised all the same and skipped."""
     if len(data) < 6:
         raise ValueError(f"DM1 of {len(data)} bytes, expected at least 6")
     dtcs = []
+    cm1 = []
     for i in range(2, len(data) - 3, 4):
         b = data[i : i + 4]
         spn = b[0] | b[1] << 8 | (b[2] & 0xE0) << 11
         fmi = b[2] & 0x1F
         if (spn == 0 and fmi == 0) or spn == 0x7FFFF:  # "no DTC" and padding
             continue
-        dtcs.append((spn, fmi, b[3] & 0x7F))
-    return DM1(lamps=data[0] << 8 | data[1], dtcs=tuple(dtcs))
+        if b[3] & 0x80:
+            cm1.append(bytes(b))
+        else:
+            dtcs.append((spn, fmi, b[3] & 0x7F))
+    return DM1(lamps=data[0] << 8 | data[1], dtcs=tuple(dtcs), cm1=tuple(cm1))
 
 
 @dataclass(slots=True)

@@ -19,6 +19,15 @@ the request's timeout:
   counted in ``missing``);
 * without discovery: :data:`ANSWER_WINDOW` after the request (J1979: every ECU answers within
   50 ms), longer while a multi-frame answer is still arriving.
+
+Two kinds of answer are not the answer, physically or functionally addressed. "Response
+pending" (``7F <mode> 78``, ISO 15765-4 / ISO 14229) says the ECU's answer comes later: it is
+waited for, and the wait goes on past the window, but never past the request's timeout (as a
+UDS request's, see :meth:`IsoTpChannel.request`; J1979 allows P2*CAN, 5 s, after a 0x78, so an
+ECU that takes it needs a ``timeout`` that long). An ECU that says only that has not answered
+in time: counted in ``missing`` (functionally), a DiagnosticTimeout when no ECU answered. A
+negative response naming another service (``7F <other> ..``) answers no request of ours: it is
+ignored, as if that ECU had not answered (yet).
 """
 
 from __future__ import annotations
@@ -38,7 +47,9 @@ from edge.diagnostics.transport import (
     DiagnosticTimeout,
     IsoTpChannel,
     NegativeResponse,
+    is_response_pending,
     isotp_stack,
+    names_another_service,
 )
 
 __all__ = [
@@ -72,27 +83,39 @@ class ObdClient(ABC):
     @abstractmethod
     def ask(self, mode: int, pid: int) -> dict[int, bytes]:
         """The raw answers to ``mode``/``pid``, by response identifier (at least one; they may
-        be negative responses). Raises DiagnosticTimeout or TransportError."""
+        be negative responses, never "response pending" or one naming another service: see
+        the module docstring). Raises DiagnosticTimeout or TransportError."""
 
     def request(self, mode: int, pid: int) -> dict[int, bytes]:
         """The data bytes (after the echoed mode and PID) of every positive answer to
         ``mode``/``pid``, by response identifier. Raises NegativeResponse when every answer was
-        negative, DiagnosticError when none answered what was asked, DiagnosticTimeout or
-        TransportError."""
+        negative, DiagnosticError when none answered what was asked, DiagnosticTimeout (also
+        when the only answers were "response pending" or negative responses to another
+        service: no answer to this request) or TransportError."""
         answers = self.ask(mode, pid)
         positive: dict[int, bytes] = {}
         negative: NegativeResponse | None = None
+        unexpected: bytes | None = None
         for response_id, answer in sorted(answers.items()):
+            if is_response_pending(answer, mode) or names_another_service(answer, mode):
+                continue  # not an answer (ours never return one; another ask might)
             if len(answer) >= 3 and answer[0] == _NEGATIVE:
                 negative = negative or NegativeResponse(answer[1], answer[2])
             elif len(answer) >= 2 and answer[0] == mode + _POSITIVE and answer[1] == pid:
                 positive[response_id] = answer[2:]
+            elif unexpected is None:
+                unexpected = answer
         if positive:
             return positive
         if negative is not None:
             raise negative
-        first = next(iter(answers.values()))
-        raise DiagnosticError(f"unexpected answer {first[:8].hex()} to {mode:02x} {pid:02x}")
+        if unexpected is not None:
+            raise DiagnosticError(
+                f"unexpected answer {unexpected[:8].hex()} to {mode:02x} {pid:02x}"
+            )
+        raise DiagnosticTimeout(
+            f"no answer to {mode:02x} {pid:02x}: 'response pending' or another service's refusal"
+        )
 
     def supported_pids(self) -> dict[int, set[int]]:
         """Mode 01 PIDs each ECU says it supports, by response identifier (PIDs 0x00, 0x20,
@@ -153,7 +176,8 @@ class FunctionalObd(ObdClient):
         self.responders: set[int] = set()
         #: the PIDs each ECU listed in discovery (None until discovery succeeded)
         self.discovered: dict[int, set[int]] | None = None
-        #: answers an ECU that listed a PID (or gave a VIN before) did not give in time
+        #: answers an ECU that listed a PID (or gave a VIN before), or said "response pending",
+        #: did not give in time
         self.missing = 0
         #: ISO-TP errors of the eight stacks by class name (lost frames, ...)
         self.errors: collections.Counter[str] = collections.Counter()
@@ -211,21 +235,29 @@ class FunctionalObd(ObdClient):
             window_end = sent + min(ANSWER_WINDOW, self.timeout)
             deadline = sent + self.timeout
             answers: dict[int, bytes] = {}
+            pending: set[int] = set()  # ECUs that said "response pending"
             while True:
                 for response_id, stack in stacks.items():
                     while (data := stack.recv()) is not None:
-                        answers.setdefault(response_id, bytes(data))
+                        answer = bytes(data)
+                        if is_response_pending(answer, mode):
+                            pending.add(response_id)
+                        elif not names_another_service(answer, mode):
+                            answers.setdefault(response_id, answer)
                 now = time.monotonic()
                 if now >= deadline:
                     break
-                if answers and not any(stack.is_rx_active() for stack in stacks.values()):
+                if (
+                    answers
+                    and pending <= answers.keys()
+                    and not any(stack.is_rx_active() for stack in stacks.values())
+                ):
                     if expected is not None and expected <= answers.keys():
                         break
                     if expected is None and not whole and now >= window_end:
                         break
                 time.sleep(_POLL)
-        if expected is not None:
-            self.missing += len(expected - answers.keys())
+        self.missing += len(((expected or set()) | pending) - answers.keys())
         if not answers:
             raise DiagnosticTimeout(f"no ECU answered within {self.timeout:g} s")
         self.responders.update(answers)

@@ -41,7 +41,7 @@ from edge.campaigns.expression import (
 from edge.clock import Clock, SystemClock
 from edge.config.diagnostics import DiagBusConfig
 from edge.config.model import BusConfig
-from edge.diagnostics.dtc import j1939_dtc_text, uds_dtc_text
+from edge.diagnostics.dtc import j1939_cm1_dtc_text, j1939_dtc_text, uds_dtc_text
 from edge.diagnostics.j1939 import (
     PGN_DM1,
     PGN_VIN,
@@ -711,6 +711,7 @@ class BusDiagnostics:
                 self.counters["invalid_responses"] += 1
                 return
             current = {j1939_dtc_text(spn, fmi): count for spn, fmi, count in dm1.dtcs}
+            current.update((j1939_cm1_dtc_text(dtc), dtc[3] & 0x7F) for dtc in dm1.cm1)
             self._emit_now(
                 self.dtcs.update(self.config.bus, ecu, current, self._clock.time(), source)
             )

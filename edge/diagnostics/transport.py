@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,16 +25,24 @@ from udsoncan.Response import Response
 from edge.errors import TelemetryError
 
 __all__ = [
+    "RESPONSE_PENDING",
     "DiagnosticError",
     "DiagnosticTimeout",
     "IsoTpChannel",
     "NegativeResponse",
     "TransportError",
+    "is_response_pending",
     "isotp_stack",
+    "names_another_service",
     "nrc_name",
 ]
 
 log = logging.getLogger(__name__)
+
+_NEGATIVE = 0x7F
+#: ISO 14229-1 / ISO 15765-4 NRC "requestCorrectlyReceived-ResponsePending": wait, the answer
+#: comes later.
+RESPONSE_PENDING = 0x78
 
 
 class DiagnosticError(TelemetryError):
@@ -59,9 +68,25 @@ class TransportError(DiagnosticError):
 
 
 def nrc_name(code: int) -> str:
-    """The ISO 14229 name of a negative response code (udsoncan's table)."""
+    """The ISO 14229 name of a negative response code (udsoncan's table; a code it does not
+    know is named by its number). 0x00 is ISO 14229-1's "positiveResponse", reserved and never
+    a negative response code: it is named so."""
+    if code == 0x00:
+        return "0x00 (not a negative response code)"
     name: str = Response.Code.get_name(code)
     return name
+
+
+def is_response_pending(answer: bytes, service: int) -> bool:
+    """Whether ``answer`` to a request of ``service`` is "response pending" (``7F service 78``):
+    not the answer, which comes later."""
+    return tuple(answer[:3]) == (_NEGATIVE, service, RESPONSE_PENDING)
+
+
+def names_another_service(answer: bytes, service: int) -> bool:
+    """Whether ``answer`` is a negative response (``7F``) naming another service than
+    ``service``: no answer to a request of ``service`` (a late answer to another request)."""
+    return len(answer) >= 2 and answer[0] == _NEGATIVE and answer[1] != service
 
 
 def isotp_stack(
@@ -91,6 +116,10 @@ def isotp_stack(
         error_handler=on_error,
         params=params,
     )
+
+
+def _no_answer(wait: float, pending: bool) -> str:
+    return f"no answer within {wait:g} s" + (" (only 'response pending')" if pending else "")
 
 
 class _LimitedConnection(PythonIsoTpConnection):
@@ -155,20 +184,35 @@ class IsoTpChannel:
 
     def request(self, payload: bytes, timeout: float | None = None) -> bytes:
         """Send ``payload`` and return the ECU's answer (which may be a negative response:
-        the caller checks). Raises DiagnosticTimeout or TransportError."""
+        the caller checks). Raises DiagnosticTimeout or TransportError.
+
+        "Response pending" (``7F <service> 78``) and a negative response naming another service
+        are not the answer: the wait goes on for it, never past ``timeout`` (the channel's by
+        default), which bounds the whole request as udsoncan's ``request_timeout`` bounds a UDS
+        one. J1979's P2*CAN after a 0x78 is 5 s: an ECU that needs it needs that ``timeout``.
+        "Response pending" and nothing after it is a DiagnosticTimeout."""
         wait = self.timeout if timeout is None else timeout
+        service = payload[0] if payload else -1  # no service: every 7F names another
+        pending = False
         with self._lock:
             self.connection.empty_rxqueue()
             try:
                 self.connection.send(payload)
-                answer: Any = self.connection.wait_frame(timeout=wait, exception=True)
+                deadline = time.monotonic() + wait
+                while (remaining := deadline - time.monotonic()) > 0:
+                    frame: Any = self.connection.wait_frame(timeout=remaining, exception=True)
+                    answer = bytes(frame)
+                    if is_response_pending(answer, service):
+                        pending = True
+                    elif not names_another_service(answer, service):
+                        return answer
             except udsoncan.exceptions.TimeoutException as exc:
-                raise DiagnosticTimeout(f"no answer within {wait:g} s") from exc
+                raise DiagnosticTimeout(_no_answer(wait, pending)) from exc
             except isotp.IsoTpError as exc:
                 raise TransportError(f"ISO-TP: {type(exc).__name__}: {exc}") from exc
             except can.CanError as exc:
                 raise TransportError(f"bus: {exc}") from exc
-        return bytes(answer)
+        raise DiagnosticTimeout(_no_answer(wait, pending))
 
     def lock(self) -> threading.Lock:
         """The lock that keeps one request at a time on this channel (udsoncan's Client)."""

@@ -9,13 +9,16 @@ standards, not from edge/diagnostics:
 * J1939-73 DM1: byte 1 lamp status (MIL bits 8-7, red stop 6-5, amber warning 4-3, protect 2-1),
   byte 2 their flash states, then 4 bytes per DTC: SPN bits 8-1, SPN bits 16-9, SPN bits 19-17 in
   bits 8-6 with the FMI in bits 5-1, conversion method (CM) in bit 8 and occurrence count in
-  bits 7-1 (SPN conversion method 4, CM = 0). No DTC: SPN 0 FMI 0. Single frames padded to 8
+  bits 7-1 (SPN conversion method 4, CM = 0; CM = 1: one of versions 1-3, whose SPN layouts
+  differ and which the bytes do not tell apart). No DTC: SPN 0 FMI 0. Single frames padded to 8
   bytes with 0xFF.
 * J1939-21 transport: TP.CM (PGN 0xEC00) BAM / RTS / CTS / EndOfMsgAck / Abort, TP.DT (PGN
   0xEB00) 8-byte packets numbered from 1, 7 data bytes each, in order, at most T1 = 750 ms apart.
 * ISO 14229-1: positive response SID = request SID + 0x40; 0x7F SID NRC negative; NRC 0x78
-  (response pending) means "wait P2*, the answer comes"; 0x19 0x02 answers 0x59 0x02, the status
-  availability mask, then 4-byte records (3-byte DTC, status); 0x22 answers 0x62 DID data.
+  (response pending) means "wait P2*, the answer comes" (ISO 15765-4 says the same for OBD-II);
+  NRC 0x00 is reserved ("positiveResponse"), never a negative response code; 0x19 0x02 answers
+  0x59 0x02, the status availability mask, then 4-byte records (3-byte DTC, status); 0x22
+  answers 0x62 DID data.
 * SAE J1979: supported-PID bitmaps (bit 7 of byte A = PID base+1 ... bit 0 of byte D = PID
   base+0x20, which says the next range exists), VIN (mode 09 PID 02: count 1 and 17 characters),
   and the mode 01 formulas that the bundled OBD2 database must reproduce.
@@ -32,6 +35,7 @@ import functools
 import math
 import string
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -131,18 +135,24 @@ def dm1_message(lamps: int, flash: int, records: list[bytes]) -> bytes:
     return data.ljust(8, b"\xff")
 
 
-def dm1_reference(data: bytes) -> tuple[int, list[tuple[int, int, int]]]:
-    """Lamps (byte 1 high, byte 2 low) and the ``(spn, fmi, oc)`` of every whole 4-byte record
-    after the lamps, without "no DTC" records and SPN 0x7FFFF ("not available": padding)."""
+def dm1_reference(data: bytes) -> tuple[int, list[tuple[int, int, int]], list[bytes]]:
+    """Lamps (byte 1 high, byte 2 low), the ``(spn, fmi, oc)`` of every whole 4-byte record
+    after the lamps with CM 0, and the records with CM 1 (whose SPN layout, of versions 1-3,
+    the bytes do not tell), without "no DTC" records and SPN 0x7FFFF ("not available":
+    padding); the SPN takes the same 19 bits in every version."""
     dtcs = []
+    old = []
     for k in range((len(data) - 2) // 4):
         b1, b2, b3, b4 = data[2 + 4 * k : 6 + 4 * k]
         spn = b1 + 256 * b2 + 65536 * (b3 >> 5)
         fmi = b3 % 32
         if (spn, fmi) == (0, 0) or spn == 2**19 - 1:
             continue
-        dtcs.append((spn, fmi, b4 % 128))
-    return data[0] * 256 + data[1], dtcs
+        if b4 >= 128:
+            old.append(bytes((b1, b2, b3, b4)))
+        else:
+            dtcs.append((spn, fmi, b4 % 128))
+    return data[0] * 256 + data[1], dtcs, old
 
 
 def j1939_id(priority: int, pgn: int, destination: int, source: int) -> int:
@@ -457,11 +467,10 @@ def test_dm1_decodes_lamps_and_every_dtc_as_j1939_73_encodes_them(
     records = [dtc_record(spn, fmi, oc, c) for (spn, fmi, oc), c in zip(dtcs, cm, strict=False)]
     dm1 = decode_dm1(dm1_message(lamps, flash, records))
     assert (dm1.lamps >> 8, dm1.lamps & 0xFF) == (lamps, flash)
-    assert len(dm1.dtcs) == len(dtcs)
-    for (spn, fmi, oc), c, (got_spn, got_fmi, got_oc) in zip(dtcs, cm, dm1.dtcs, strict=False):
-        assert (got_fmi, got_oc) == (fmi, oc)  # the CM bit never leaks into the count
-        if c == 0:  # conversion method 4, the only one J1939-73 still defines
-            assert got_spn == spn
+    # CM 0: version 4, the only one J1939-73 still defines, decoded (the CM bit never leaks
+    # into the count); CM 1: one of versions 1-3, kept as sent, never read as version 4.
+    assert dm1.dtcs == tuple(dtc for dtc, c in zip(dtcs, cm, strict=False) if c == 0)
+    assert dm1.cm1 == tuple(r for r, c in zip(records, cm, strict=False) if c == 1)
 
 
 @PURE
@@ -500,8 +509,8 @@ def test_dm1_decoder_is_total_over_arbitrary_bytes(data: bytes) -> None:
             decode_dm1(data)
         return
     dm1 = decode_dm1(data)
-    lamps, dtcs = dm1_reference(data)
-    assert dm1.lamps == lamps and list(dm1.dtcs) == dtcs
+    lamps, dtcs, old = dm1_reference(data)
+    assert dm1.lamps == lamps and list(dm1.dtcs) == dtcs and list(dm1.cm1) == old
     assert all(0 <= spn < 2**19 - 1 and 0 <= fmi < 32 and 0 <= oc < 128 for spn, fmi, oc in dtcs)
 
 
@@ -1068,7 +1077,18 @@ OBD_ANSWER = st.one_of(
 def test_obd_request_keeps_exactly_the_positive_answers(answers: dict[int, bytes]) -> None:
     mode, pid = 0x01, 0x0D
     positive = {rid: a[2:] for rid, a in answers.items() if a[:2] == bytes((mode + 0x40, pid))}
-    negative = sorted((rid, a) for rid, a in answers.items() if len(a) >= 3 and a[0] == 0x7F)
+    # ISO 14229-1 / ISO 15765-4: 7F, the service asked, an NRC; 0x78 says the answer comes later,
+    # and a 7F naming another service answers another request.
+    not_answers = {
+        rid
+        for rid, a in answers.items()
+        if a[:1] == b"\x7f" and len(a) >= 2 and (a[1] != mode or a[2:3] == b"\x78")
+    }
+    negative = sorted(
+        (rid, a)
+        for rid, a in answers.items()
+        if len(a) >= 3 and a[0] == 0x7F and rid not in not_answers
+    )
     obd = ScriptedObd(lambda m, p: answers)
     if positive:
         assert obd.request(mode, pid) == positive
@@ -1080,7 +1100,10 @@ def test_obd_request_keeps_exactly_the_positive_answers(answers: dict[int, bytes
     else:
         with pytest.raises(DiagnosticError) as error:
             obd.request(mode, pid)
-        assert type(error.value) is DiagnosticError  # unexpected answers: invalid, counted so
+        if not_answers == answers.keys():  # nothing but "wait" or others' refusals: no answer
+            assert type(error.value) is DiagnosticTimeout
+        else:  # unexpected answers: invalid, counted so
+            assert type(error.value) is DiagnosticError
 
 
 @PURE
@@ -1659,3 +1682,149 @@ def test_a_failed_cts_is_counted_not_raised_into_the_bus_reader() -> None:
 def test_a_vin_of_non_ascii_bytes_is_refused() -> None:
     with pytest.raises(DiagnosticError):
         parse_vin(b"\x01" + b"\xff" * 17)  # returned "\ufffd" * 17
+
+
+# -- OBD-II answers that are not the answer: "response pending", another service's 7F -----------
+
+
+def test_physical_obd_waits_for_the_answer_after_response_pending() -> None:
+    with IsoTpEcu(0x7E0, 0x7E8, timeout=0.5) as rig:
+        obd = PhysicalObd(rig.channel, 0x7E8)
+        rig.answers = [b"\x7f\x01\x78", b"\x7f\x01\x78", b"\x41\x0d\x2a"]
+        assert obd.request(0x01, 0x0D) == {0x7E8: b"\x2a"}  # raised NegativeResponse 0x78
+        rig.answers = [b"\x7f\x01\x78"]  # and never the answer: a timeout, not a refusal
+        started = time.monotonic()
+        with pytest.raises(DiagnosticTimeout):
+            obd.request(0x01, 0x0D)
+        assert 0.4 < time.monotonic() - started < 2.0  # its own timeout bounds it, not P2* (5 s)
+
+
+def test_physical_obd_ignores_a_negative_answer_to_another_service() -> None:
+    with IsoTpEcu(0x7E0, 0x7E8, timeout=0.5) as rig:
+        obd = PhysicalObd(rig.channel, 0x7E8)
+        rig.answers = [b"\x7f\x22\x31", b"\x41\x0d\x2a"]
+        assert obd.request(0x01, 0x0D) == {0x7E8: b"\x2a"}  # raised NegativeResponse 0x22
+        rig.answers = [b"\x7f\x22\x31"]
+        with pytest.raises(DiagnosticTimeout):
+            obd.request(0x01, 0x0D)
+        rig.answers = [b"\x7f\x01\x12"]  # a refusal of the service asked still is one
+        with pytest.raises(NegativeResponse) as info:
+            obd.request(0x01, 0x0D)
+        assert (info.value.service, info.value.code) == (0x01, 0x12)
+
+
+@contextmanager
+def functional_ecus(timeout: float) -> Iterator[tuple[FunctionalObd, dict[int, list[Any]]]]:
+    """A FunctionalObd and the eight OBD ECUs' can-isotp stacks on a virtual bus of their own:
+    each ECU of ``script`` answers 01 0D with its ``(delay, payload)`` items, in order."""
+    channel_name = virtual_channel()
+    script: dict[int, list[tuple[float, bytes]]] = {}
+    with (
+        can.Bus(interface="virtual", channel=channel_name) as ours,
+        can.Bus(interface="virtual", channel=channel_name) as theirs,
+    ):
+        ecu_notifier = can.Notifier(theirs, [], timeout=0.05)
+        stacks = {
+            rid: isotp.NotifierBasedCanStack(
+                theirs,
+                ecu_notifier,
+                address=isotp.Address(isotp.AddressingMode.Normal_11bits, txid=rid, rxid=rid - 8),
+                params={"tx_padding": 0xAA, "blocking_send": False},
+            )
+            for rid in RESPONSE_IDS
+        }
+        timers: list[threading.Timer] = []
+
+        def functional(msg: can.Message) -> None:
+            if msg.arbitration_id == FUNCTIONAL_ID and msg.data[:3] == b"\x02\x01\x0d":
+                for rid, items in script.items():
+                    for delay, payload in items:
+                        timers.append(threading.Timer(delay, stacks[rid].send, (payload,)))
+                        timers[-1].start()
+
+        ecu_notifier.add_listener(functional)
+        notifier = can.Notifier(ours, [], timeout=0.05)
+        obd = FunctionalObd(ours, notifier, ours.send, timeout=timeout)
+        for stack in stacks.values():
+            stack.start()
+        obd.open()
+        try:
+            yield obd, cast(dict[int, list[Any]], script)
+        finally:
+            for timer in timers:
+                timer.cancel()
+            obd.close()
+            for stack in stacks.values():
+                stack.stop()
+            notifier.stop()
+            ecu_notifier.stop()
+
+
+def test_functional_obd_waits_for_an_ecus_answer_after_response_pending() -> None:
+    with functional_ecus(timeout=1.0) as (obd, script):
+        # The engine says "pending", answers after the 0.25 s window; the other at once.
+        script[0x7E8] = [(0.0, b"\x7f\x01\x78"), (0.5, b"\x41\x0d\x2a")]
+        script[0x7E9] = [(0.0, b"\x41\x0d\x07")]
+        # ask kept 7F 01 78 as the engine's answer; request took the transmission's alone.
+        assert obd.ask(0x01, 0x0D) == {0x7E8: b"\x41\x0d\x2a", 0x7E9: b"\x41\x0d\x07"}
+        assert obd.missing == 0
+        script[0x7E8] = [(0.0, b"\x7f\x01\x78")]  # pending, and never the answer
+        started = time.monotonic()
+        assert obd.ask(0x01, 0x0D) == {0x7E9: b"\x41\x0d\x07"}
+        assert time.monotonic() - started >= 0.9  # waited for it up to the timeout
+        assert obd.missing == 1  # an answer it owed: counted as missing
+        del script[0x7E9]
+        with pytest.raises(DiagnosticTimeout):  # raised NegativeResponse 0x78
+            obd.request(0x01, 0x0D)
+        assert obd.responders == {0x7E8, 0x7E9}
+
+
+def test_functional_obd_ignores_a_negative_answer_to_another_service() -> None:
+    with functional_ecus(timeout=1.0) as (obd, script):
+        obd.discovered = {0x7E8: {0x0D}}
+        script[0x7E8] = [(0.0, b"\x7f\x22\x31"), (0.1, b"\x41\x0d\x2a")]
+        assert obd.request(0x01, 0x0D) == {0x7E8: b"\x2a"}  # raised NegativeResponse 0x22
+        script[0x7E8] = [(0.0, b"\x7f\x22\x31")]
+        with pytest.raises(DiagnosticTimeout):
+            obd.request(0x01, 0x0D)
+        assert obd.missing == 1 and obd.responders == {0x7E8}
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b"\x7f\x01\x78", DiagnosticTimeout),  # pending, and nothing after it
+        (b"\x7f\x22\x31", DiagnosticTimeout),  # another service's refusal: not an answer
+        (b"\x7f\x01\x31", NegativeResponse),
+        (b"\x41\x0c\x00", DiagnosticError),
+    ],
+)
+def test_obd_request_takes_only_an_answer_to_what_it_asked(
+    answer: bytes, error: type[DiagnosticError]
+) -> None:
+    obd = ScriptedObd(lambda m, p: {0x7E8: answer})
+    with pytest.raises(DiagnosticError) as info:
+        obd.request(0x01, 0x0D)
+    assert type(info.value) is error
+
+
+def test_nrc_0x00_is_not_named_positive_response() -> None:
+    with IsoTpEcu(0x7E4, 0x7EC, timeout=0.5) as rig:
+        rig.answers = [b"\x7f\x19\x00"]
+        with pytest.raises(NegativeResponse) as info:
+            UdsEcu(BMS, rig.channel).read_dtcs()
+    assert info.value.code == 0x00
+    assert info.value.name == "0x00 (not a negative response code)"  # was "PositiveResponse"
+
+
+def test_a_dm1_dtc_of_spn_conversion_method_1_is_not_decoded_as_method_4() -> None:
+    # 0x00 0x5F 0x02 0x83: with CM 0 SPN 24320 FMI 2, but its CM bit says the SPN is in one of
+    # J1939-73's older layouts (versions 1-3), which the bytes do not tell apart.
+    old = bytes((0x00, 0x5F, 0x02, 0x83))
+    dm1 = decode_dm1(dm1_message(0x04, 0xFF, [dtc_record(190, 2, 3), old]))
+    assert dm1.dtcs == ((190, 2, 3),)  # was also (24320, 2, 3)
+    assert dm1.cm1 == (old,)
+    diagnostics, recorder = bus_diagnostics("j1939")
+    diagnostics._on_j1939(PGN_DM1, 0x00, dm1_message(0x04, 0xFF, [old]), 0.0)
+    [record] = recorder.take()
+    assert (record.name, record.value, record.text) == ("CM1 005F02", 3, "appeared")

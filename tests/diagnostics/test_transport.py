@@ -11,3 +11,4 @@ def test_nrc_names() -> None:
     error = NegativeResponse(0x19, 0x11)
     assert (error.code, error.name) == (0x11, "ServiceNotSupported")
     assert str(error) == "negative response to service 0x19: ServiceNotSupported (0x11)"
+    assert nrc_name(0x00) == "0x00 (not a negative response code)"  # was "PositiveResponse"
