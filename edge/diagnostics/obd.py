@@ -27,7 +27,8 @@ UDS request's, see :meth:`IsoTpChannel.request`; J1979 allows P2*CAN, 5 s, after
 ECU that takes it needs a ``timeout`` that long). An ECU that says only that has not answered
 in time: counted in ``missing`` (functionally), a DiagnosticTimeout when no ECU answered. A
 negative response naming another service (``7F <other> ..``) answers no request of ours: it is
-ignored, as if that ECU had not answered (yet).
+ignored, as if that ECU had not answered (yet); so is, functionally, a positive answer to another
+mode or PID (late, to an earlier request).
 """
 
 from __future__ import annotations
@@ -242,7 +243,10 @@ class FunctionalObd(ObdClient):
                         answer = bytes(data)
                         if is_response_pending(answer, mode):
                             pending.add(response_id)
-                        elif not names_another_service(answer, mode):
+                        elif not (
+                            names_another_service(answer, mode)
+                            or _answers_another_request(answer, mode, pid)
+                        ):
                             answers.setdefault(response_id, answer)
                 now = time.monotonic()
                 if now >= deadline:
@@ -278,6 +282,14 @@ class FunctionalObd(ObdClient):
         found = super().supported_pids()
         self.discovered = found
         return found
+
+
+def _answers_another_request(answer: bytes, mode: int, pid: int) -> bool:
+    """Whether ``answer`` is a positive answer to another mode or PID than asked (late, to an
+    earlier request): on the functional path no answer to this one."""
+    if len(answer) < 2 or answer[0] == _NEGATIVE:
+        return False
+    return answer[0] != mode + _POSITIVE or answer[1] != pid
 
 
 def parse_supported(base: int, data: bytes) -> set[int]:

@@ -1790,6 +1790,14 @@ def test_functional_obd_ignores_a_negative_answer_to_another_service() -> None:
         assert obd.missing == 1 and obd.responders == {0x7E8}
 
 
+def test_functional_obd_ignores_a_late_answer_to_another_pid() -> None:
+    with functional_ecus(timeout=1.0) as (obd, script):
+        obd.discovered = {0x7E8: {0x0C, 0x0D}}
+        script[0x7E8] = [(0.0, b"\x41\x0c\x1a\xf8"), (0.1, b"\x41\x0d\x2a")]
+        assert obd.request(0x01, 0x0D) == {0x7E8: b"\x2a"}  # raised DiagnosticError
+        assert obd.missing == 0
+
+
 @pytest.mark.parametrize(
     ("answer", "error"),
     [
