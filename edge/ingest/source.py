@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import logging
 import math
 import queue
 import socket
-import struct
 import threading
 import time
-import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -121,9 +120,14 @@ class TimeGuard:
 
     def admit(self, msg: can.Message) -> tuple[list[can.Message], bool]:
         """The frames to hand over now that ``msg`` arrived (none, it, or a held one and it),
-        and whether time stepped back before the first of them."""
+        and whether time stepped back before the last of them (``msg``: a held frame is never
+        behind the frame before it, but ``msg`` may step back from it)."""
         t = msg.timestamp
-        if not 0.0 <= t <= MAX_TIMESTAMP:  # also false for NaN
+        try:
+            good = 0.0 <= t <= MAX_TIMESTAMP  # false for NaN
+        except TypeError:  # no number at all: None from a damaged log's record
+            good = False
+        if not good:
             self.bad_timestamp += 1
             return [], False
         held = self._held
@@ -132,7 +136,10 @@ class TimeGuard:
             if abs(t - held.timestamp) <= TIME_JUMP:  # the jump is real: keep both
                 self.time_jumps += 1
                 self._last = t
-                return [held, msg], False
+                stepped = t < held.timestamp - TIME_STEP_BACK
+                if stepped:
+                    self.time_steps_back += 1
+                return [held, msg], stepped
             self.bad_timestamp += 1  # the held frame stood alone: poison
         last = self._last
         if last is not None and t - last > TIME_JUMP:
@@ -161,15 +168,19 @@ class TimeGuard:
         # the sum NaN or infinite) and plausible, the chunk spanning less than a step, and no
         # step or jump from the last frame let through: then the chunk goes on as it is.
         times = [m.timestamp for m in chunk]
-        low, high, last = min(times), max(times), self._last
-        if (
-            self._held is None
-            and low >= 0.0
-            and high <= MAX_TIMESTAMP
-            and high - low <= TIME_STEP_BACK
-            and abs(sum(times)) < math.inf
-            and (last is None or (low >= last - TIME_STEP_BACK and high - last <= TIME_JUMP))
-        ):
+        try:
+            low, high, last = min(times), max(times), self._last
+            whole = (
+                self._held is None
+                and low >= 0.0
+                and high <= MAX_TIMESTAMP
+                and high - low <= TIME_STEP_BACK
+                and abs(sum(times)) < math.inf
+                and (last is None or (low >= last - TIME_STEP_BACK and high - last <= TIME_JUMP))
+            )
+        except TypeError:  # a time that is no number at all: frame by frame
+            whole = False
+        if whole:
             self._last = times[-1]
             return [chunk]
         chunks: list[Chunk] = []
@@ -177,10 +188,13 @@ class TimeGuard:
         admit = self.admit
         for msg in chunk:
             passed, stepped = admit(msg)
-            if stepped and current:
-                chunks.append(current)
-                current = []
-            current.extend(passed)
+            if stepped:  # cut before the last frame passed
+                current.extend(passed[:-1])
+                if current:
+                    chunks.append(current)
+                current = passed[-1:]
+            else:
+                current.extend(passed)
         if current:
             chunks.append(current)
         return chunks
@@ -388,9 +402,9 @@ class BusSource(FrameSource):
         for m in chunk:
             m.channel = name
         for part in self._guard.split(chunk):
-            self.frames += len(part)
-            if not out.put(part, stop):
+            if not out.put(part, stop):  # stopped: not handed over, not counted
                 return False
+            self.frames += len(part)
         return True
 
     def _read(self, bus: can.BusABC, out: FrameQueue, stop: threading.Event) -> None:
@@ -510,9 +524,42 @@ class BusSource(FrameSource):
 #: with a gap (ignition off, logs joined end to end, a clock set forwards) goes on at once.
 REPLAY_MAX_WAIT = 10.0
 
-#: What python-can's log readers raise on a record they cannot parse: text readers a
-#: ValueError, IndexError or TypeError; the BLF reader struct.error or zlib.error.
-_BAD_LINE = (ValueError, IndexError, TypeError, KeyError, struct.error, zlib.error)
+#: python-can's readers of text logs parse line by line from the open file: after a line they
+#: cannot parse, a new iteration of the same reader goes on at the next line. ASCReader and
+#: CSVReader first take one line as the end of a header: they are given one to take. (Other
+#: readers, BLF's among them, cannot resume mid-file.)
+_RESUMABLE: dict[type[Any], str | None] = {
+    can.CanutilsLogReader: None,
+    can.TRCReader: None,
+    can.ASCReader: "internal events logged\n",
+    can.CSVReader: "timestamp,arbitration_id,extended,remote,error,dlc,data\n",
+}
+
+
+class _Resumed:
+    """The rest of a text log for a reader that resumes: ``first`` (a line for it to take as
+    the end of a header), then the file's lines, counted."""
+
+    def __init__(self, file: Any, first: str | None) -> None:
+        self.file = file
+        self.lines = 0  # lines of the file read since the reader resumed
+        self._lines = self._read(first)
+
+    def _read(self, first: str | None) -> Iterator[str]:
+        if first is not None:
+            yield first
+        for line in self.file:
+            self.lines += 1
+            yield line
+
+    def __iter__(self) -> Iterator[str]:
+        return self._lines
+
+    def __next__(self) -> str:
+        return next(self._lines)
+
+    def close(self) -> None:
+        self.file.close()
 
 
 class ReplaySource(FrameSource):
@@ -524,15 +571,25 @@ class ReplaySource(FrameSource):
 
     Pacing follows the log's times from the first frame, and starts again from the frame after
     a step back (each pass of ``loop``, a clock stepped back in the log) or a gap longer than
-    :data:`REPLAY_MAX_WAIT` at this speed. A line the log reader cannot parse is counted
-    (``bad_lines``) and skipped; in a candump ``.log`` reading goes on at the next line, in the
-    other formats the reader cannot resume mid-file and that pass ends there (logged). Frame
-    times are checked as live ones are (:class:`TimeGuard`). A missing log is a configuration
+    :data:`REPLAY_MAX_WAIT` at this speed. A record the log reader cannot parse is counted
+    (``bad_lines``) and skipped; in the text formats (``.log``, ``.asc``, ``.trc``, ``.csv``)
+    reading goes on at the next line, in the others (``.blf``) the reader cannot resume mid-file
+    and that pass ends there (logged). Bytes of a text log that are not text in its encoding
+    (a cp1252 comment) are read as U+FFFD. A ``loop`` ends after a pass that gave no frame.
+    Frame times are checked as live ones are (:class:`TimeGuard`). A missing log, or one
+    python-can cannot open (an unknown suffix, a BLF without its header), is a configuration
     error (:class:`~edge.errors.ConfigError`, raised here)."""
 
     def __init__(self, config: ReplayConfig, bus_names: Sequence[str]) -> None:
         if not Path(config.path).is_file():
             raise ConfigError("replay.log", f"no such file: {config.path}")
+        try:
+            with can.LogReader(config.path):
+                pass
+        except Exception as exc:  # python-can's reader refuses the file as it is
+            raise ConfigError(
+                "replay.log", f"cannot read {config.path}: {type(exc).__name__}: {exc}"
+            ) from None
         self.config = config
         self._bus_names = list(bus_names)
         self._names = {name: name for name in self._bus_names}  # each name's own object
@@ -567,39 +624,57 @@ class ReplaySource(FrameSource):
         while True:
             self.passes += 1
             cache: dict[object, str] = {}
+            frames = 0
             for msg in self._read_pass():
                 channel = msg.channel
                 bus = cache.get(channel)
                 if bus is None:
                     bus = cache[channel] = self._bus_of(channel)
                 msg.channel = bus
+                frames += 1
                 yield msg
             if not self.config.loop:
                 return
+            if not frames:  # another pass would give none either: no spinning through passes
+                log.warning("replay %s: a pass gave no frame; not looping", self.config.path)
+                return
 
     def _read_pass(self) -> Iterator[can.Message]:
-        """One pass over the log, skipping (and counting) lines the reader cannot parse."""
+        """One pass over the log, skipping (and counting) records the reader cannot parse."""
         path = self.config.path
-        with can.LogReader(path) as reader:
-            # The candump reader parses line by line from the open file: a new iteration of the
-            # same reader goes on at the line after the bad one. Other readers re-read headers.
-            resumable = isinstance(reader, can.CanutilsLogReader)
+        try:
+            reader = can.LogReader(path)
+        except Exception as exc:  # changed since the start: nothing to read in this pass
+            self.bad_lines += 1
+            log.error("replay %s: cannot read the log (%s: %s)", path, type(exc).__name__, exc)
+            return
+        with reader:
+            file = getattr(reader, "file", None)
+            if isinstance(file, io.TextIOWrapper):
+                file.reconfigure(errors="replace")  # a byte that is no text cannot stop a log
             while True:
                 try:
                     yield from reader
                     return
-                except _BAD_LINE as exc:
+                except Exception as exc:  # what the reader raises on a record it cannot parse
+                    file = getattr(reader, "file", None)
+                    if isinstance(file, _Resumed) and not file.lines:
+                        return  # raised again before reading on (a gzip cut short): the same fault
                     self.bad_lines += 1
+                    resumable = type(reader) in _RESUMABLE
                     if self.bad_lines == 1 or not resumable:
                         log.warning(
-                            "replay %s: skipping a line it cannot read (%s: %s)%s",
+                            "replay %s: skipping a record it cannot read (%s: %s)%s",
                             path,
                             type(exc).__name__,
                             exc,
-                            "" if resumable else "; this format cannot resume: pass ends",
+                            "" if resumable else "; the reader cannot resume: pass ends",
                         )
                     if not resumable:
                         return
+                    base = file.file if isinstance(file, _Resumed) else file
+                    header = _RESUMABLE[type(reader)]
+                    reader.file = _Resumed(base, header)  # type: ignore[attr-defined]
 
     def run(self, out: FrameQueue, stop: threading.Event) -> None:
         try:
@@ -636,10 +711,10 @@ class ReplaySource(FrameSource):
             if stop.is_set():
                 return
             admitted, stepped = guard.admit(raw)
-            if stepped and chunk:  # the processing stage sees a step at a chunk start
-                self._hand_over(chunk, out, stop)
-                chunk = []
-            for msg in admitted:
+            for i, msg in enumerate(admitted, 1):
+                if stepped and i == len(admitted) and chunk:  # a step back starts a chunk
+                    self._hand_over(chunk, out, stop)
+                    chunk = []
                 t = msg.timestamp
                 if last is None or t < last or (t - last) / speed > REPLAY_MAX_WAIT:
                     base_wall, base_log = time.monotonic(), t
@@ -660,8 +735,8 @@ class ReplaySource(FrameSource):
             self._hand_over(chunk, out, stop)
 
     def _hand_over(self, chunk: Chunk, out: FrameQueue, stop: threading.Event) -> None:
-        self.frames += len(chunk)
-        out.put(chunk, stop)
+        if out.put(chunk, stop):  # else stopped: not handed over, not counted
+            self.frames += len(chunk)
 
     def stats(self) -> dict[str, Any]:
         return {
