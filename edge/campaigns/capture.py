@@ -1,22 +1,30 @@
-"""Captures: the raw frames of the recent past, per message, and the windows cut from them.
+"""Captures: the frames of the recent past, and the windows cut from them.
 
-Every message a condition campaign collects has a :class:`FrameRing`: its frames (time and data
-bytes, as received) for as long as the longest ``before + after`` that needs it, capped in frames
-and in bytes. A frame pushed out by a cap before its time is counted in ``overflow`` (a capture
-that wanted it then starts later than asked: :attr:`Capture.truncated` says so). Keeping raw
-frames rather than decoded values is what makes the pre-trigger history cheap and lossless (the
-capture decodes every frame of its window when it closes).
+History is kept in two tiers, so that keeping it costs nothing per frame while windows are short:
 
-Cheap per frame. The engine appends each frame's time and data to the ring's ``times`` and
-``datas`` lists (two list appends: no object made per frame) and calls :meth:`FrameRing.settle`
-when there are :data:`BLOCK_FRAMES` of them. Settling packs them into a block (an ``array`` of
-times and one ``bytes`` of the data, with their offsets only when lengths differ: about 8 to 12
-bytes per frame beyond its data, against some 60 for a Python float and a bytes object), then
-forgets what is older than ``keep`` and what is over the caps. So history is trimmed a block at
-a time, never shorter than asked, and at most :data:`BLOCK_FRAMES` frames are not packed yet.
+* :class:`RecentFrames`: the processing stage's chunks themselves (the lists of python-can
+  messages it was handed), kept whole for ``keep`` seconds of frame time, as long as they hold
+  at most :data:`RECENT_FRAMES` frames. Keeping a chunk costs one reference, whatever its size; a
+  capture looks through the chunks when it closes.
+* :class:`FrameRing`, one per message (and J1939 source address) that a capture may need: the
+  frames of chunks pushed out of the recent tier by its cap while still needed (windows longer
+  than the recent tier holds), packed: time and data bytes, 8 to 12 bytes per frame beyond its
+  data, against some 290 for a python-can message. Capped in frames and in bytes; a frame pushed
+  out by a cap before its time is counted in ``overflow`` (a capture that wanted it then starts
+  later than asked: :attr:`Capture.truncated` says so).
+
+Keeping raw frames rather than decoded values is what makes the pre-trigger history cheap and
+lossless (the capture decodes every frame of its window when it closes).
+
+The engine appends a chunk's frames to a ring's ``times`` and ``datas`` lists (two list appends:
+no object made per frame) and calls :meth:`FrameRing.settle` when there are
+:data:`BLOCK_FRAMES` of them. Settling packs them into a block (an ``array`` of times and one
+``bytes`` of the data, with their offsets only when lengths differ), then forgets what is older
+than ``keep`` and what is over the caps. So history is trimmed a block at a time, never shorter
+than asked, and at most :data:`BLOCK_FRAMES` frames are not packed yet.
 
 A :class:`Capture` is one window ``[trigger - before, trigger + after]`` of one campaign; it is
-*open* until frame time passes its end, then it is cut from the rings.
+*open* until frame time passes its end, then it is cut from the history.
 """
 
 from __future__ import annotations
@@ -25,12 +33,21 @@ import struct
 from array import array
 from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from operator import itemgetter
 
-__all__ = ["BLOCK_FRAMES", "FRAME_OVERHEAD", "Capture", "FrameRing"]
+import can
+
+__all__ = [
+    "BLOCK_FRAMES",
+    "FRAME_OVERHEAD",
+    "RECENT_FRAMES",
+    "Capture",
+    "FrameRing",
+    "RecentFrames",
+]
 
 #: What a frame costs in a ring beyond its data, as the caps count it: its time (a float64) and
 #: its end offset in its block's bytes (a uint32; none when the block's frames are of one length).
@@ -39,6 +56,13 @@ FRAME_OVERHEAD = 12
 #: the lists of the unpacked ones stay small, enough that a block's own objects (about 250
 #: bytes) cost a few bytes per frame.
 BLOCK_FRAMES = 64
+
+#: Most frames the recent tier keeps as the processing stage's chunks (python-can messages, about
+#: 240 bytes each with their data: some 8 MB): enough for windows of several seconds of a busy
+#: bus at no cost per frame. When the longest window spans more frames than that, every chunk
+#: is packed into rings at once instead: keeping some of them whole would cost that memory and
+#: save no packing.
+RECENT_FRAMES = 32_768
 
 #: A frame of a window: its time and its data.
 Frame = tuple[float, bytes]
@@ -256,6 +280,55 @@ class FrameRing:
         if self._blocks:
             return self._blocks[0].times[self._head]
         return self.times[0] if self.times else None
+
+
+class RecentFrames:
+    """The recent tier of history: the processing stage's chunks of frames, whole, in the order
+    they came (see the module docstring). The engine adds each chunk after its loop went through
+    it, then forgets the chunks that are too old (:meth:`forget_before`) and takes out those over
+    the cap (:meth:`over`)."""
+
+    __slots__ = ("_chunks", "_sizes", "frames", "spanned")
+
+    def __init__(self) -> None:
+        #: each chunk with the engine's time once it went through (never decreasing)
+        self._chunks: deque[tuple[float, Sequence[can.Message]]] = deque()
+        self.frames = 0  # frames in the chunks kept
+        #: the engine's time and size of every chunk since the horizon, kept or taken out
+        self._sizes: deque[tuple[float, int]] = deque()
+        self.spanned = 0  # their frames: what the tier would hold to cover the horizon
+
+    def add(self, chunk: Sequence[can.Message], now: float) -> None:
+        """Keep ``chunk`` (a copy of the list: one reference per frame), at engine time
+        ``now``."""
+        if chunk:
+            self._chunks.append((now, tuple(chunk)))
+            self.frames += len(chunk)
+            self._sizes.append((now, len(chunk)))
+            self.spanned += len(chunk)
+
+    def forget_before(self, horizon: float) -> None:
+        """Forget the chunks added before engine time ``horizon``. (By the engine's time, not
+        their frames': frames of another clock, such as diagnostic answers, may share a chunk.)"""
+        chunks = self._chunks
+        while chunks and chunks[0][0] < horizon:
+            self.frames -= len(chunks.popleft()[1])
+        sizes = self._sizes
+        while sizes and sizes[0][0] < horizon:
+            self.spanned -= sizes.popleft()[1]
+
+    def over(self, limit: int) -> Iterator[Sequence[can.Message]]:
+        """Take out the oldest chunks until at most ``limit`` frames are kept."""
+        chunks = self._chunks
+        while self.frames > limit and chunks:
+            _, chunk = chunks.popleft()
+            self.frames -= len(chunk)
+            yield chunk
+
+    def chunks(self) -> Iterator[Sequence[can.Message]]:
+        """The chunks kept, in the order they came."""
+        for _, chunk in self._chunks:
+            yield chunk
 
 
 @dataclass(slots=True)

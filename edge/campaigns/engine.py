@@ -1,31 +1,38 @@
 """The campaign engine: conditions, captures and periodic snapshots next to the always-on pipeline.
 
-The engine sees the frames of the messages campaigns use, and no other, in one pass with the
-processing stage: the :class:`~edge.processing.processor.Processor` asks :meth:`CampaignEngine.view`
-once per new frame ID of a bus, keeps the answer in its own tables (a
-:class:`~edge.processing.decode.Tap`), and its loop hands each frame of a tapped ID to
-:meth:`CampaignEngine.frame` as it meets it; frames of every other ID cost the engine nothing.
+The engine works in one pass with the processing stage: the
+:class:`~edge.processing.processor.Processor` asks :meth:`CampaignEngine.view` once per new frame
+ID of a bus, keeps the answer in its own tables, and its loop hands the engine what it needs of
+the frames of the IDs campaigns use; frames of every other ID cost the engine nothing.
 (:meth:`CampaignEngine.process` is the engine on its own, looking each frame up in its own
-tables: tests/campaigns/test_taps.py proves both equal on every corpus log.) For those frames:
+tables: tests/campaigns/test_taps.py proves both equal on every corpus log.)
 
-* messages a capture may need have a :class:`~edge.campaigns.capture.FrameRing` of raw frames
-  (two list appends per frame; packed 64 frames at a time);
-* messages whose signals a condition reads are decoded when their bytes change (one C call for a
-  message that is not multiplexed: edge.processing.decode's checked fast path), and only the
-  conditions whose inputs changed value are evaluated (``stale()`` conditions also as time
-  passes);
-* a trigger (``rising_edge``: false -> true; ``while_true``: every evaluation that holds) opens a
+* History costs nothing per frame: after the loop, :meth:`CampaignEngine.chunk` keeps the chunk
+  whole (:class:`~edge.campaigns.capture.RecentFrames`) for the longest window; only when that
+  spans more frames than :data:`~edge.campaigns.capture.RECENT_FRAMES` are chunks packed into a
+  :class:`~edge.campaigns.capture.FrameRing` per message instead (:meth:`CampaignEngine._pack`).
+* A condition that is one rising edge of an integer signal against a number, in a message the
+  processing stage decodes, is tested by the stage's loop on the raw value it unpacked anyway
+  (:meth:`CampaignEngine.inline`, the boundary moved to raw values by :func:`_raw_test`); the
+  engine hears only of the frames that change the test (:meth:`CampaignEngine.flip`). Other
+  conditions get each frame of their messages (a :class:`~edge.processing.decode.Tap` in the
+  stage's tables, :meth:`CampaignEngine.frame`): their inputs are read when the bytes change
+  (one C call for a message that is not multiplexed: edge.processing.decode's checked fast
+  path), and only the conditions whose inputs changed value are evaluated (``stale()``
+  conditions also as time passes).
+* A trigger (``rising_edge``: false -> true; ``while_true``: every evaluation that holds) opens a
   :class:`~edge.campaigns.capture.Capture`, unless ``min_interval`` has not passed since the last
-  one (counted in ``suppressed``); when frame time passes its end, the capture is cut from the rings
-  and every frame of its window is decoded into rows of one payload (split like any batch when
-  too large), spooled at the campaign's priority: a message's frames at once, by column (one C
-  call per frame), or frame by frame for multiplexed messages and frames of another length;
-* a periodic campaign spools, every ``period`` seconds of frame time, one row per message: its
-  latest frame's values.
+  one (counted in ``suppressed``); at the end of the chunk in which frame time passes its end,
+  the capture's frames are taken from both tiers of history and every frame of its window is
+  decoded into rows of one payload (split like any batch when too large), spooled at the
+  campaign's priority: a message's frames at once, by column (one C call per frame), or frame by
+  frame for multiplexed messages and frames of another length.
+* A periodic campaign spools, every ``period`` seconds of frame time (at the end of the chunk in
+  which it falls due), one row per message: its latest frame's values.
 
 Messages are found as the processing stage finds them: by frame ID and kind, and on a J1939 bus
 by parameter group number, whatever the priority and source address. Each source address of a
-J1939 message has its own ring and its own rows (with their source address, as decoded data has);
+J1939 message has its own history and its own rows (with their source address, as decoded data has);
 conditions read the latest value from any of them.
 
 Payloads are ordinary data payloads (docs/format.md) against the engine's own schema (the signals
@@ -41,9 +48,10 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import operator
 import random
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -51,7 +59,7 @@ import can
 from cantools.database.can import Database
 from cantools.database.can import Message as DbMessage
 
-from edge.campaigns.capture import BLOCK_FRAMES, Capture, FrameRing
+from edge.campaigns.capture import BLOCK_FRAMES, RECENT_FRAMES, Capture, FrameRing, RecentFrames
 from edge.campaigns.expression import (
     ConditionState,
     Expression,
@@ -67,6 +75,8 @@ from edge.errors import ConfigError, SpoolError, TelemetryError
 from edge.processing.batch import Batch
 from edge.processing.decode import (
     MAX_CACHED_UNKNOWN,
+    InlineInput,
+    Track,
     dict_decoder,
     pgn_from_frame_id,
     plain_decoder,
@@ -82,11 +92,6 @@ log = logging.getLogger(__name__)
 
 #: Schema payloads of campaigns go first: a capture must never wait for its schema.
 SCHEMA_PRIORITY = 0
-#: Seconds of ring history kept beyond ``before + after``: a margin only. A capture closes at the
-#: first frame past its end, before that frame enters a ring and the ring forgets what is older
-#: than it keeps (CampaignEngine.frame), so ``before + after`` alone would hold every window.
-_RING_SLACK = 5.0
-
 #: Most values one capture payload holds (see CampaignEngine._emit).
 _PART_VALUES = 100_000
 #: Most frames of a capture decoded at once (their values as Python objects, twice: a tuple per
@@ -195,6 +200,43 @@ class _Decoding:
 #: How an integer signal is read from a payload of its message's length:
 #: ``int.from_bytes(data, order) >> shift & mask``, minus ``2 * sign`` when the sign bit is set.
 IntegerLayout = tuple[Literal["little", "big"], int, int, int]
+
+
+_MONOTONE = (operator.lt, operator.le, operator.gt, operator.ge)
+
+
+def _raw_test(
+    test: Callable[[Any, Any], bool],
+    constant: Any,
+    scale: Any,
+    offset: Any,
+    low: int,
+    high: int,
+) -> tuple[Callable[[Any, Any], bool], int] | None:
+    """``(op, boundary)`` such that ``op(raw, boundary) == test(raw * scale + offset,
+    constant)`` for every integer ``raw`` from ``low`` to ``high``, or None (``==``, ``!=``).
+
+    Exact, not solved on paper: ``raw * scale + offset`` never decreases or never increases as
+    ``raw`` grows (IEEE rounding is monotone), and so neither does an order comparison of it,
+    which therefore changes at most once over the range; that change is found by bisection
+    with the very expression the engine computes."""
+    if test not in _MONOTONE:
+        return None
+
+    def holds(raw: int) -> bool:
+        return bool(test(raw * scale + offset, constant))
+
+    first = holds(low)
+    if holds(high) == first:  # the same over the whole range (NaN included)
+        return operator.ge, (low if first else high + 1)
+    lo, hi = low, high  # holds(lo) == first != holds(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if holds(mid) == first:
+            lo = mid
+        else:
+            hi = mid
+    return (operator.lt, hi) if first else (operator.ge, hi)
 
 
 def _integer_layout(signal: Any, length: int) -> IntegerLayout | None:
@@ -419,6 +461,7 @@ class _Entry:
     see CampaignEngine._resolve); elsewhere its only view is itself."""
 
     __slots__ = (
+        "before",
         "bus",
         "campaigns",
         "db",
@@ -439,6 +482,7 @@ class _Entry:
         "scaled",
         "schema_index",
         "source_address",
+        "track",
         "used",
         "views",
         "watched",
@@ -454,6 +498,12 @@ class _Entry:
         self.j1939 = False
         self.views: list[_Entry] = []
         self.last: can.Message | None = None
+        #: time and data of the latest frame before the chunk in hand (periodic campaigns')
+        self.before: tuple[float, bytes] | None = None
+        #: the processing stage's track of these frames when its loop reads the one condition
+        #: input (CampaignEngine.inline): then it holds the latest frame, not ``last``
+        self.track: Track | None = None
+        #: the older part of the history (chunks the recent tier let go), made when first needed
         self.ring: FrameRing | None = None
         #: (seconds, frames, bytes) of the ring each view keeps, None: no ring
         self.keep: tuple[float, int, int] | None = None
@@ -499,10 +549,17 @@ class _Entry:
         # source addresses, so "unchanged since this view's last frame" says nothing.
         view.scaled = [(s, k, scale, offset, True) for s, k, scale, offset, _ in self.scaled]
         view.input_last = [None] * len(self.scaled)
-        if self.keep is not None:
-            view.ring = FrameRing(*self.keep)
         self.views.append(view)
         return view
+
+    def latest(self) -> tuple[float, bytes] | None:
+        """Time and data of the latest frame of this view (None: none yet)."""
+        track = self.track
+        if track is not None:
+            payload = track.payload
+            return None if payload is None else (track.sampler.seen, bytes(payload))
+        msg = self.last
+        return None if msg is None else (msg.timestamp, bytes(msg.data))
 
 
 #: The quick path of a condition input (CampaignEngine.frame): frame length, state key,
@@ -580,6 +637,8 @@ class CampaignEngine:
         self._ticks = self.codec.ticks_per_second
         self._entries: list[_Entry] = []
         self._tables: dict[str, tuple[_Table, _Table]] = {}
+        #: the frame IDs whose view keeps history, on any bus (a first look at a frame)
+        self._kept_ids: set[int] = set()
         by_name: dict[str, list[_Entry]] = {}
         for bus, db, j1939 in databases:
             entries: dict[int, _Entry] = {}  # by id() of the cantools message
@@ -631,12 +690,19 @@ class CampaignEngine:
         self._open: list[tuple[_Campaign | None, Capture, list[tuple[_Entry, list[Any]]]]] = []
         self._schema_sent_at = -float("inf")
         self.now = -float("inf")  # frame time of the newest frame seen
-        #: the frame time after which a capture ends or a snapshot is due (-inf: look at once)
+        #: the frame time after which a snapshot is due (-inf: look at the next frame)
         self._due = -float("inf")
+        #: the recent tier of history (all frames, as chunks), for the longest window kept
+        self._recent = RecentFrames()
+        self._inline: list[_Entry] = []  # views whose input the Processor reads (inline())
+        keeps = [e.keep[0] for e in self._entries if e.keep is not None]
+        self._keep: float | None = max(keeps) if keeps else None  # None: no history at all
         self.frames = 0
         self.faults = 0  # frames whose handling raised (see frame())
         self.schemas = 0
         self.adhoc = CampaignStats()  # captures the ``capture`` method asks for by signals
+        self._refreshed = math.inf  # the wall-clock time of the last refresh (inf: none yet)
+        self._next_refresh = -math.inf  # when a start or expiry comes next
         self._refresh(self._clock.time())
 
     # -- building ------------------------------------------------------------------------------
@@ -661,6 +727,8 @@ class CampaignEngine:
                 entry = by_pgn.get(pgn_from_frame_id(frame_id)) if by_pgn is not None else None
             if entry is None or not entry.used:
                 return None
+            if entry.keep is not None:  # its frames may go into a capture
+                self._kept_ids.add(frame_id)
             if by_pgn is not None:  # a J1939 bus, a 29-bit ID: the view of its source address
                 return entry.view(frame_id & 0xFF)
             return entry
@@ -741,7 +809,7 @@ class CampaignEngine:
                 for entry, _ in campaign.columns:
                     seconds, frames, size = keep.get(entry.index, (0.0, 0, 0))
                     keep[entry.index] = (
-                        max(seconds, cfg.before + cfg.after + _RING_SLACK),
+                        max(seconds, cfg.before + cfg.after),
                         max(frames, cfg.buffer_frames),
                         max(size, cfg.buffer_bytes),
                     )
@@ -803,8 +871,6 @@ class CampaignEngine:
                     )
             if not entry.j1939:  # its own only view (J1939 ones get one per source address)
                 entry.views = [entry]
-                if entry.keep is not None:
-                    entry.ring = FrameRing(*entry.keep)
 
     def _entry(self, bus: str, message: str) -> _Entry:
         return next(e for e in self._by_name[message] if e.bus == bus)
@@ -850,26 +916,16 @@ class CampaignEngine:
             self.chunk(frames)
 
     def frame(self, entry: _Entry, msg: can.Message) -> None:
-        """A data frame of a message campaigns use (``entry``: its :meth:`view`): the captures
-        that ended before its time closed, then the frame into the ring, and its condition
-        inputs read when its bytes changed. Called with :attr:`lock` held (the Processor holds
-        it over a chunk). A fault here costs the engine this frame, counted in ``faults``
+        """A data frame of a message campaigns use (``entry``: its :meth:`view`), but for those
+        whose one input the processing stage's loop reads itself (:meth:`inline`): kept as the
+        latest, and its condition inputs read when its bytes changed. (Its history is the
+        chunk it came in: :meth:`chunk`.) Called with :attr:`lock` held (the Processor holds it
+        over a chunk). A fault here costs the engine this frame, counted in ``faults``
         (``history``), and never the processing stage."""
         try:
             t = msg.timestamp
             data: Any = msg.data
             entry.last = msg
-            # Captures that ended close before the ring takes this frame: settling it may forget
-            # what is older than the ring keeps before this frame's time (a bus that paused).
-            if t > self._due:  # a capture ended or a snapshot is due (exact per frame)
-                self._run_due(t)
-            ring = entry.ring
-            if ring is not None:
-                times = ring.times
-                times.append(t)
-                ring.datas.append(data)
-                if len(times) >= BLOCK_FRAMES:
-                    ring.settle()
             if entry.campaigns:
                 quick = entry.quick
                 if quick is None:
@@ -921,18 +977,155 @@ class CampaignEngine:
             if t > self.now:
                 self.now = t
         except Exception as exc:  # a fault of ours: this frame, for the engine only
-            self.faults += 1
-            if self.faults == 1:
-                log.error("campaigns: handling a frame failed; counted in faults", exc_info=exc)
-            else:
-                log.debug("campaigns: handling a frame failed: %r", exc)
+            self._fault(exc)
+
+    def _fault(self, exc: Exception) -> None:
+        self.faults += 1
+        if self.faults == 1:
+            log.error("campaigns: handling a frame failed; counted in faults", exc_info=exc)
+        else:
+            log.debug("campaigns: handling a frame failed: %r", exc)
+
+    def inline(self, view: object, track: Track) -> InlineInput | None:
+        """How the processing stage's loop may read the one condition input of ``view`` itself,
+        from the raw values of ``track`` (the stage's track of the same frames), and hand the
+        engine only the values that flip the condition (:meth:`flip`), or None: the loop hands
+        it every frame (:meth:`frame`). Possible for an integer signal of a message that is
+        not multiplexed, read by one rising-edge condition that compares it with a number
+        (``<``, ``<=``, ``>``, ``>=``), and by nothing else (no ``stale()``, no window). The
+        comparison is made on the raw value (:func:`_raw_test`): no scaling per frame."""
+        if not isinstance(view, _Entry):
+            return None
+        quick = view.quick
+        if quick is None or quick[4] is not None or view.watched or len(view.campaigns) != 1:
+            return None
+        campaign = view.campaigns[0]
+        signal = view.scaled[0][0]
+        if campaign.edge is None or not track.deferred or signal not in track.names:
+            return None
+        _, _, scale, offset, _, _, _, mask, sign = quick
+        low, high = (-sign, sign - 1) if sign else (0, mask)
+        raw_test = _raw_test(*campaign.edge, scale, offset, low, high)
+        if raw_test is None:
+            return None
+        view.track = track
+        self._inline.append(view)
+        op, boundary = raw_test  # the test is raw >= boundary, or raw < boundary (inverted)
+        return (track.names.index(signal), boundary, op is operator.lt, campaign, view)
+
+    def flip(self, view: object, t: float, raw: Any) -> None:
+        """The raw value of an :meth:`inline` input, in a frame at ``t``, makes the test differ
+        from the condition's last truth: what :meth:`frame` does with it."""
+        assert isinstance(view, _Entry) and view.quick is not None
+        try:
+            _, key, scale, offset, *_ = view.quick
+            state = self.state
+            state.values[key] = raw * scale + offset
+            state.now = t
+            changed = state.changed
+            changed.clear()
+            changed.add(key)
+            for campaign in view.campaigns:
+                self._evaluate(campaign, t)
+            if t > self.now:
+                self.now = t
+        except Exception as exc:  # a fault of ours: this frame, for the engine only
+            self._fault(exc)
 
     def chunk(self, frames: Sequence[can.Message]) -> None:
-        """After the frames of a chunk (:attr:`lock` held): start and expiry by the wall
-        clock, ``stale()`` conditions, the captures that ended and the snapshots due by the
-        newest frame time."""
+        """After the frames of a chunk (:attr:`lock` held): the snapshots that fell due in it,
+        the chunk into the recent history, start and expiry by the wall clock, ``stale()``
+        conditions and the captures that ended by the newest frame time; then the history
+        trimmed."""
         self.frames += len(frames)
+        for view in self._inline:  # the latest frame of the inputs the Processor reads
+            seen = view.track.sampler.seen  # type: ignore[union-attr]
+            if seen > self.now:
+                self.now = seen
+        # nothing to keep without a window, or before a frame of a message campaigns use
+        keep = self._keep is not None and bool(frames) and self.now != -math.inf
+        if keep:
+            self._recent.add(frames, self.now)
+        if self.now > self._due:
+            self._snapshots(frames)
         self._after(self.now)
+        if keep:
+            assert self._keep is not None
+            recent = self._recent
+            horizon = self.now - self._keep
+            recent.forget_before(horizon)  # older than any window needs
+            # the longest window spans more frames than the recent tier holds: pack them all
+            limit = RECENT_FRAMES if recent.spanned <= RECENT_FRAMES else 0
+            for chunk in recent.over(limit):
+                self._pack(chunk, horizon)
+        for campaign in self.campaigns:  # where the next chunk's snapshots start from
+            if campaign.config.collect == "periodic":
+                for entry, _ in campaign.columns:
+                    for view in entry.views:
+                        view.before = view.latest()
+
+    def _snapshots(self, frames: Sequence[can.Message]) -> None:
+        """The snapshots that fell due in ``frames``, each taken as frame by frame: at the
+        first frame of a message campaigns use past its time, from each message's latest frame
+        then (that frame included), after the captures that ended by then."""
+        latest: dict[_Entry, tuple[float, Any]] = {}
+        tables = self._tables
+        now = -math.inf  # the engine's time at each frame: the newest frame time so far
+        for msg in frames:
+            if msg.is_error_frame or msg.is_remote_frame:
+                continue
+            pair = tables.get(msg.channel)  # type: ignore[arg-type]
+            if pair is None:
+                continue
+            view = (pair[1] if msg.is_extended_id else pair[0])[msg.arbitration_id]
+            if view is None:
+                continue
+            t = msg.timestamp
+            latest[view] = (t, msg.data)
+            if t > now:
+                now = t
+            if t > self._due:
+                self._close_ended(now)
+                due = float("inf")
+                for campaign in self.campaigns:
+                    if campaign.active and campaign.config.collect == "periodic":
+                        self._periodic(campaign, t, latest)
+                        assert campaign.next_snapshot is not None
+                        due = min(due, campaign.next_snapshot)
+                self._due = due
+
+    def _pack(self, chunk: Sequence[can.Message], horizon: float) -> None:
+        """The frames of ``chunk`` (pushed out of the recent tier by its cap) into the rings of
+        their messages, those not older than ``horizon``."""
+        tables = self._tables
+        kept = self._kept_ids
+        last_channel: object = None
+        standard: _Table | None = None
+        extended: _Table | None = None
+        for msg in chunk:
+            if msg.arbitration_id not in kept:  # most frames: no view of theirs keeps history
+                continue
+            if msg.is_error_frame or msg.is_remote_frame or msg.timestamp < horizon:
+                continue
+            channel = msg.channel
+            if channel is not last_channel:
+                pair = tables.get(channel)  # type: ignore[arg-type]
+                standard, extended = pair if pair is not None else (None, None)
+                last_channel = channel
+            table = extended if msg.is_extended_id else standard
+            if table is None:
+                continue
+            view = table[msg.arbitration_id]
+            if view is None or view.keep is None:
+                continue
+            ring = view.ring
+            if ring is None:
+                ring = view.ring = FrameRing(*view.keep)
+            times = ring.times
+            times.append(msg.timestamp)
+            ring.datas.append(msg.data)
+            if len(times) >= BLOCK_FRAMES:
+                ring.settle()
 
     def _inputs(self, entry: _Entry, data: bytes | bytearray, t: float) -> None:
         """A frame of a message conditions read, whose payload changed (or whose arrival a
@@ -1004,7 +1197,6 @@ class CampaignEngine:
         name = campaign.config.name if campaign is not None else "adhoc"
         capture = Capture(name, t, before, after, condition)
         self._open.append((campaign, capture, list(columns)))
-        self._due = min(self._due, capture.end)
         return capture
 
     def _after(self, now: float) -> None:
@@ -1018,34 +1210,45 @@ class CampaignEngine:
                 self.state.now = now
                 self.state.changed.clear()  # time passed: no value changed with it
                 self._evaluate(campaign, now)
-        if now > self._due:
-            self._run_due(now)
+        self._close_ended(now)
 
-    def _run_due(self, now: float) -> None:
-        """Snapshots due and captures that ended by frame time ``now``; the next such time."""
-        due = float("inf")
-        for campaign in self.campaigns:
-            if campaign.active and campaign.config.collect == "periodic":
-                self._periodic(campaign, now)
-                assert campaign.next_snapshot is not None
-                due = min(due, campaign.next_snapshot)
+    def _close_ended(self, now: float) -> None:
+        """Close the captures that ended by frame time ``now``, in the order they ended
+        (whatever the chunks; opened first on a tie)."""
         if self._open:
             ended = [item for item in self._open if now > item[1].end]
             if ended:
                 self._open = [item for item in self._open if not now > item[1].end]
+                ended.sort(key=lambda item: item[1].end)
                 for owner, capture, columns in ended:
                     self._close(owner, capture, columns)
-            due = min([due, *(capture.end for _, capture, _ in self._open)])
-        self._due = due
 
     def _refresh(self, wall: float) -> None:
+        """Start and expiry by the wall clock ``wall``: looked at again only once it reaches
+        the next start or expiry, or steps back."""
+        if self._refreshed <= wall < self._next_refresh:
+            return
+        self._refreshed = wall
+        self._next_refresh = min(
+            (
+                t
+                for campaign in self.campaigns
+                for t in (campaign.config.start, campaign.config.expiry)
+                if t is not None and t > wall
+            ),
+            default=math.inf,
+        )
         for campaign in self.campaigns:
             active = campaign.config.active(wall)
             if active and not campaign.active:
                 campaign.was_true = False  # a rising edge needs a false first
+                if campaign.config.collect == "periodic":
+                    self._due = -float("inf")  # its schedule starts at the next frame
             campaign.active = active
 
-    def _periodic(self, campaign: _Campaign, now: float) -> None:
+    def _periodic(
+        self, campaign: _Campaign, now: float, latest: Mapping[_Entry, tuple[float, Any]]
+    ) -> None:
         period = campaign.config.period
         if campaign.next_snapshot is None:
             campaign.next_snapshot = now + period
@@ -1057,9 +1260,9 @@ class CampaignEngine:
         groups = []
         for entry, columns in campaign.columns:
             for view in entry.views:  # each source address's latest frame, on J1939 buses
-                msg = view.last
-                if msg is not None:
-                    groups.append((view, columns, [msg.timestamp], [bytes(msg.data)]))
+                found = latest.get(view, view.before)  # in this chunk, or before it
+                if found is not None:
+                    groups.append((view, columns, [found[0]], [bytes(found[1])]))
         ext = {"campaign": campaign.config.name, "snapshot": now}
         self._emit(campaign, ext, campaign.config.priority, groups, raw_wanted=False)
 
@@ -1080,12 +1283,7 @@ class CampaignEngine:
                     capture.truncated = True
         if capture.truncated:
             counters.truncated += 1
-        groups = (
-            (view, cols, *view.ring.cut(capture.start, capture.end))
-            for entry, cols in columns
-            for view in entry.views
-            if view.ring is not None
-        )
+        groups = self._window(columns, capture.start, capture.end)
         ext: dict[str, Any] = {
             "campaign": capture.campaign,
             "trigger": capture.trigger,
@@ -1094,6 +1292,51 @@ class CampaignEngine:
         priority = campaign.config.priority if campaign is not None else SCHEMA_PRIORITY
         raw_wanted = campaign is not None and campaign.config.raw_frames
         self._emit(campaign, ext, priority, groups, raw_wanted=raw_wanted)
+
+    def _window(
+        self, columns: Sequence[tuple[_Entry, list[tuple[str, int]]]], start: float, end: float
+    ) -> Iterator[tuple[_Entry, list[tuple[str, int]], list[float], list[bytes]]]:
+        """The frames with ``start <= t <= end`` of every view of the messages of ``columns``
+        that keeps history, oldest first, a view at a time: the older ones from its ring, then
+        the recent tier's. The recent tier is looked through once, each frame of an ID that
+        keeps history given to its view as the processing stage's tap found it (the engine's
+        tables), keeping references only: a view's frames are copied out when its turn
+        comes, so a long window never holds every message's frames at once."""
+        recent: dict[_Entry, tuple[list[float], list[bytes | bytearray]]] = {
+            view: ([], []) for entry, _ in columns for view in entry.views if view.keep is not None
+        }
+        tables = self._tables
+        kept = self._kept_ids
+        last_channel: object = None
+        standard: _Table | None = None
+        extended: _Table | None = None
+        for chunk in self._recent.chunks():
+            for msg in chunk:
+                if msg.arbitration_id not in kept:  # most frames: no view keeps them
+                    continue
+                t = msg.timestamp
+                if not start <= t <= end or msg.is_error_frame or msg.is_remote_frame:
+                    continue
+                channel = msg.channel
+                if channel is not last_channel:
+                    pair = tables.get(channel)  # type: ignore[arg-type]
+                    standard, extended = pair if pair is not None else (None, None)
+                    last_channel = channel
+                table = extended if msg.is_extended_id else standard
+                view = table[msg.arbitration_id] if table is not None else None
+                found = recent.get(view) if view is not None else None
+                if found is not None:
+                    found[0].append(t)
+                    found[1].append(msg.data)  # a reference: copied out in the view's turn
+        for entry, cols in columns:
+            for view in entry.views:
+                found = recent.pop(view, None)
+                if found is None:
+                    continue
+                times, datas = view.ring.cut(start, end) if view.ring is not None else ([], [])
+                times += found[0]
+                datas += map(bytes, found[1])
+                yield view, cols, times, datas
 
     def _emit(
         self,
@@ -1344,11 +1587,14 @@ class CampaignEngine:
     def latest_frames(self) -> list[LatestFrame]:
         """The latest frame of each message (and source address) campaigns use."""
         with self.lock:
-            return [
-                LatestFrame(v.bus, v.db, bytes(v.last.data), v.last.timestamp, v.source_address)
-                for v in self._views()
-                if v.last is not None
-            ]
+            frames = []
+            for view in self._views():
+                latest = view.latest()
+                if latest is not None:
+                    frames.append(
+                        LatestFrame(view.bus, view.db, latest[1], latest[0], view.source_address)
+                    )
+            return frames
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """State, settings and counters per campaign (``listCampaigns``)."""
@@ -1386,11 +1632,13 @@ class CampaignEngine:
         return {**self.counters(), "history": self.ring_stats()}
 
     def ring_stats(self) -> dict[str, int]:
-        """Frames and bytes held in the rings, and frames their caps pushed out."""
+        """Frames kept as history (``recent``: in the recent tier, every frame of its chunks;
+        the rest packed in rings), the bytes of the rings, and frames their caps pushed out."""
         with self.lock:
             rings = [v.ring for v in self._views() if v.ring is not None]
             return {
-                "frames": sum(len(r) for r in rings),
+                "recent": self._recent.frames,
+                "frames": self._recent.frames + sum(len(r) for r in rings),
                 "bytes": sum(r.bytes for r in rings),
                 "overflow": sum(r.overflow for r in rings),
                 "decodeErrors": sum(v.decode_errors for v in self._views()),

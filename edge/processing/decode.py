@@ -55,6 +55,8 @@ __all__ = [
     "BusDecoder",
     "DecodeStats",
     "Decoder",
+    "InlineHook",
+    "InlineInput",
     "Tap",
     "TapHook",
     "Track",
@@ -345,6 +347,7 @@ class Track:
 
     __slots__ = (
         "_values",
+        "campaign_input",
         "decode",
         "deferred",
         "direct",
@@ -377,6 +380,8 @@ class Track:
         self.decode: DictDecoder = decoders[0]
         self.unpack: TupleDecoder | None = None
         self.names: tuple[str, ...] = ()
+        #: a campaign condition's one input, read by the Processor's loop (:data:`InlineInput`)
+        self.campaign_input: InlineInput | None = None
         self.direct: TupleDecoder | None = None  # the C call of ``unpack``...
         self.reverse = False  # ...given the reversed payload
         if decoders[1] is not None:
@@ -428,6 +433,16 @@ class Track:
 #: What the processing stage asks the campaign stage once per new frame ID of a bus: (bus,
 #: frame ID, extended) -> what the stage keeps of its frames, or None (no campaign uses them).
 TapHook = Callable[[str, int, bool], object]
+#: A campaign condition's one input that the Processor's loop reads itself from a track's raw
+#: values, where the campaign stage would decode it again: its position in ``Track.raw``, and
+#: the condition's comparison moved to raw values: ``raw >= boundary``, or its negation when
+#: ``inverted`` (``raw < boundary``); then the object whose ``was_true`` is the condition's last
+#: truth, and the view to hand the campaign stage's ``flip`` when the test differs from it
+#: (see edge.processing.fused).
+InlineInput = tuple[int, int, bool, Any, object]
+#: Asked for the track of a tapped frame ID: (the tap's view, the track) -> the input the loop
+#: reads for the campaign stage, or None.
+InlineHook = Callable[[object, "Track"], InlineInput | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,11 +470,14 @@ class BusDecoder:
         *,
         j1939: bool = False,
         tap: TapHook | None = None,
+        inline: InlineHook | None = None,
     ) -> None:
         """``tap`` is asked once per new frame ID whether a campaign uses its frames (then its
-        table entry is a :class:`Tap`)."""
+        table entry is a :class:`Tap`), ``inline`` whether the Processor's loop reads their
+        condition input itself (then the entry is the track, its ``campaign_input`` set)."""
         self.name = name
         self._tap = tap
+        self._inline = inline
         self._db = database
         self._j1939 = j1939
         self._selection = selection
@@ -542,6 +560,10 @@ class BusDecoder:
                 )
                 entry = Unusable(f"setup:{type(exc).__name__}")
         view = self._tap(self.name, arbitration_id, extended) if self._tap is not None else None
+        if view is not None and self._inline is not None and isinstance(entry, Track):
+            entry.campaign_input = self._inline(view, entry)
+            if entry.campaign_input is not None:  # the loop reads it: no tap needed
+                view = None
         table[arbitration_id] = entry if view is None else Tap(entry, view)
         return entry if isinstance(entry, Track) else None
 

@@ -41,9 +41,12 @@ def run(p: Processor, frames: Sequence[can.Message]) -> None:
     costs one comparison; a changed one is unpacked in one C call and, when its selected
     values differ from the previous frame's, appended to the track's pending rows, which
     :meth:`_settle` samples into the batch later, a column at a time (see TrackSampler).
-    Each pending row reserves its pessimistic size; when the reservations could have
-    brought the batch's estimate to its next measurement (``_room``), or the batch may be
-    old enough to close, :meth:`_check` settles and lets the batcher decide. Everything else
+    A track may carry a campaign condition's one input (``Track.campaign_input``): its raw
+    value is tested where the frame is unpacked, and the campaign stage is told only when the
+    test changes (``flip``); frames of other IDs campaigns use (a :class:`Tap`) are handed to
+    it whole (``see``). Each pending row reserves its pessimistic size; when the reservations
+    could have brought the batch's estimate to its next measurement (``_room``), or the batch
+    may be old enough to close, :meth:`_check` settles and lets the batcher decide. Everything else
     (error and remote frames, multiplexed messages, other lengths, heartbeats due, other
     sampling modes) takes the plain steps. Both ways give the same rows
     (tests/processing/test_fused.py).
@@ -70,8 +73,10 @@ def run(p: Processor, frames: Sequence[can.Message]) -> None:
     standard: dict[int, Any] = {}
     extended: dict[int, Any] = {}
     bus: Any = None
-    # The campaign stage's frame(), for the frames of the IDs it taps (a Tap in the tables)
+    # The campaign stage's frame(), for the frames of the IDs it taps (a Tap in the tables), and
+    # flip(), for the condition inputs this loop reads itself (Track.campaign_input)
     see: Any = p.campaigns.frame if p.campaigns is not None else None
+    flip: Any = p.campaigns.flip if p.campaigns is not None else None
     frames_left = iter(frames)
     sampling: Track | None = None  # a track the plain steps are sampling (see the handler)
     msg: Any = None
@@ -133,6 +138,8 @@ def run(p: Processor, frames: Sequence[can.Message]) -> None:
                     if not track.deferred or len(data) != track.length:
                         p._reserved += spent
                         spent = 0
+                        if track.campaign_input is not None:  # the campaign stage reads it
+                            see(track.campaign_input[4], msg)
                         if decoder.update(track, msg):  # the plain steps, inlined
                             track.sampler.seen = t
                             sampling = track  # counted: uncounted again if sampling raises
@@ -152,6 +159,11 @@ def run(p: Processor, frames: Sequence[can.Message]) -> None:
                         continue
                     direct = track.direct
                     raw = track.raw = direct(data[::-1]) if track.reverse else direct(data)
+                    inline = track.campaign_input
+                    if inline is not None:  # a campaign condition's one input: tested here
+                        value = raw[inline[0]]  # (value >= boundary) xor inverted, vs its truth
+                        if ((value >= inline[1]) is not inline[2]) is not inline[3].was_true:
+                            flip(inline[4], t, value)
                     track.payload = bytes(data)
                     if t >= sampler.next_check:  # the first frame, or a heartbeat may be due
                         p._reserved += spent

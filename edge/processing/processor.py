@@ -25,7 +25,7 @@ from edge.errors import SpoolError
 from edge.processing import fused
 from edge.processing.batch import COLUMN_BOUND, TIME_BOUND, Batch, Batcher, value_bound
 from edge.processing.database import load_databases
-from edge.processing.decode import BusDecoder, Decoder, DecodeStats, Track
+from edge.processing.decode import BusDecoder, Decoder, DecodeStats, InlineInput, Track
 from edge.processing.latest import LatestFrame, latest_signals
 from edge.processing.sample import Selection
 from edge.vss.mapping import link_config, schema_with_vss
@@ -70,7 +70,10 @@ class CampaignStage(Protocol):
     The processor taps it into its own loop: it asks :meth:`view` once per new frame ID of a bus
     (:data:`edge.processing.decode.Tap`) and hands :meth:`frame` each data frame of the IDs it
     has a view of, as the loop meets them (frames of other IDs cost the stage nothing), holding
-    :attr:`lock` over the chunk, then calls :meth:`chunk`."""
+    :attr:`lock` over the chunk, then calls :meth:`chunk` with the chunk (which the stage may
+    keep: its history). Where a condition reads one integer signal of a message the processing
+    stage decodes anyway, the loop reads it from the track's raw values instead (:meth:`inline`)
+    and calls :meth:`flip` only when the condition's test changes."""
 
     @property
     def lock(self) -> AbstractContextManager[Any]:
@@ -81,6 +84,14 @@ class CampaignStage(Protocol):
 
     def frame(self, view: Any, msg: can.Message) -> None:
         """A data frame of an ID :meth:`view` gave ``view`` for; never raises."""
+
+    def inline(self, view: object, track: Track) -> InlineInput | None:
+        """The condition input of ``view`` the loop reads itself from ``track``'s raw values
+        (then it calls :meth:`flip`, not :meth:`frame`), or None."""
+
+    def flip(self, view: Any, t: float, physical: Any) -> None:
+        """The value of an :meth:`inline` input, in a frame at ``t``, whose test differs from
+        the condition's last truth; never raises."""
 
     def chunk(self, frames: Sequence[can.Message]) -> None:
         """After the processor's loop went through ``frames``."""
@@ -160,9 +171,10 @@ class Processor:
             self.campaigns = campaigns(
                 config, databases, append, clock=self._clock, vss=self.vss, latest=self.latest
             )
-        tap = self.campaigns.view if self.campaigns is not None else None
+        stage = self.campaigns
+        tap, inline = (stage.view, stage.inline) if stage is not None else (None, None)
         self.bus_decoders = [
-            BusDecoder(i, name, db, self.schema, selection, j1939=j1939, tap=tap)
+            BusDecoder(i, name, db, self.schema, selection, j1939=j1939, tap=tap, inline=inline)
             for i, (name, db, j1939) in enumerate(databases)
         ]
         self.decoder = Decoder(self.bus_decoders)

@@ -742,9 +742,16 @@ def test_a_capture_larger_than_a_payload_is_split_and_complete() -> None:
         assert actual_rows(rows) == expected_rows(DB, frames, messages, t - 5.0, t + 5.0)
 
 
-def test_history_over_a_cap_is_counted_and_the_capture_says_so() -> None:
-    """buffer_frames smaller than the window: the ring keeps its newest frames, counts those it
-    pushed out, and the capture that wanted them is counted truncated, holding what was kept."""
+@pytest.mark.parametrize("recent", [0, 300, 1000])
+def test_history_over_a_cap_is_counted_and_the_capture_says_so(
+    monkeypatch: pytest.MonkeyPatch, recent: int
+) -> None:
+    """buffer_frames smaller than the window, which the recent tier does not hold whole: the
+    ring keeps its newest frames, counts those it pushed out, and the capture that wanted them
+    is counted truncated, holding what was kept."""
+    import edge.campaigns.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "RECENT_FRAMES", recent)
     frames = drive(60)
     capped = {**FAST, "before": 5.0, "after": 0.5, "buffer_frames": 100}
     processor, collector = run(config(capped), frames)

@@ -22,13 +22,14 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from unittest import mock
 
 import can
 import pytest
 from hypothesis import HealthCheck, assume, event, example, given, note, settings
 from hypothesis import strategies as st
 
-from edge.campaigns.engine import CampaignEngine
+from edge.campaigns.engine import CampaignEngine, _raw_test
 from edge.clock import FakeClock
 from edge.processing.database import load_databases
 from edge.processing.processor import Processor
@@ -500,8 +501,12 @@ OTHERS: list[dict[str, Any]] = [
 
 def outcome(engine: CampaignEngine, collector: Collector) -> dict[str, Any]:
     """Everything the engine gave: every payload's ext and rows, in order, and its counters
-    (per campaign, and the rings')."""
-    return {"payloads": collector.decoded(), "counters": engine.all_counters()}
+    (per campaign, and the history's but for the frames it holds: the recent tier keeps whole
+    chunks, so how many depends on the chunks)."""
+    counters = engine.all_counters()
+    history = counters["history"]
+    del history["frames"], history["recent"]
+    return {"payloads": collector.decoded(), "counters": counters}
 
 
 # -- 1. the reference model ---------------------------------------------------------------------
@@ -596,6 +601,27 @@ def test_chunking_changes_nothing(
     event(f"payloads: {min(len(whole['payloads']), 10)}")
     assert outcome(*alone(campaigns, frames, (1,))) == whole
     assert outcome(*alone(campaigns, frames, sizes)) == whole
+
+
+@properties(60)
+@given(
+    campaign=threshold_campaigns(),
+    frames=streams(),
+    sizes=st.lists(st.integers(1, 80), min_size=1, max_size=20),
+    limit=st.sampled_from([0, 1, 7, 64]),
+)
+def test_the_recent_tier_changes_nothing(
+    campaign: dict[str, Any], frames: list[can.Message], sizes: list[int], limit: int
+) -> None:
+    """History kept as chunks (the recent tier) or packed in rings, or part of each as the
+    recent tier fills and empties (a cap of a few frames): the same payloads and counters."""
+    campaigns = [campaign, *OTHERS]
+    kept = outcome(*in_processor(campaigns, frames, sizes))
+    with mock.patch("edge.campaigns.engine.RECENT_FRAMES", limit):
+        packed = outcome(*in_processor(campaigns, frames, sizes))
+    for got in (kept, packed):
+        del got["counters"]["history"]["bytes"]  # the rings' bytes: only packed frames count
+    assert packed == kept
 
 
 # -- 3. alone and in the processing stage -------------------------------------------------------
@@ -702,3 +728,49 @@ def test_a_pause_longer_than_the_ring_slack_loses_no_capture(before_pause: int) 
     assert want.triggers == [1000.0]
     engine, collector = alone([campaign], frames)
     check_captures(engine, collector, campaign, frames, want)
+
+
+# -- 5. the loop's comparison on raw values -----------------------------------------------------
+
+NUMBERS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=64),
+    st.integers(-(10**6), 10**6),
+    st.sampled_from([0, 0.0, -0.0, 1, 0.1, 0.01, -0.5, 1e-300, 1e300, 2**-30]),
+)
+
+
+@properties(500)
+@given(
+    test=st.sampled_from([operator.lt, operator.le, operator.gt, operator.ge]),
+    constant=NUMBERS,
+    scale=NUMBERS,
+    offset=NUMBERS,
+    bits=st.integers(1, 64),
+    signed=st.booleans(),
+    data=st.data(),
+)
+def test_the_raw_comparison_is_the_conditions_comparison(
+    test: Callable[[Any, Any], bool],
+    constant: Any,
+    scale: Any,
+    offset: Any,
+    bits: int,
+    signed: bool,
+    data: st.DataObject,
+) -> None:
+    """What the processing stage's loop tests on a raw value (CampaignEngine.inline) is what
+    the condition gives on its scaled value, for every raw value of the signal: checked at the
+    range's ends, around the boundary found and at random values."""
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    found = _raw_test(test, constant, scale, offset, low, high)
+    assert found is not None
+    op, boundary = found
+    probes = {low, high, boundary - 1, boundary, boundary + 1}
+    probes |= set(data.draw(st.lists(st.integers(low, high), max_size=20)))
+    for raw in sorted(r for r in probes if low <= r <= high):
+        assert op(raw, boundary) == test(raw * scale + offset, constant), raw
+
+
+def test_equality_is_not_moved_to_raw_values() -> None:
+    assert _raw_test(operator.eq, 1.0, 0.5, 0, 0, 255) is None
+    assert _raw_test(operator.ne, 1.0, 0.5, 0, 0, 255) is None
