@@ -27,8 +27,9 @@ tables: tests/campaigns/test_taps.py proves both equal on every corpus log.)
   decoded into rows of one payload (split like any batch when too large), spooled at the
   campaign's priority: a message's frames at once, by column (one C call per frame), or frame by
   frame for multiplexed messages and frames of another length.
-* A periodic campaign spools, every ``period`` seconds of frame time (at the end of the chunk in
-  which it falls due), one row per message: its latest frame's values.
+* A periodic campaign spools, every ``period`` seconds of frame time, one row per message: its
+  latest frame's values at the first frame of a message campaigns use past that time (found at
+  the end of the chunk: :meth:`CampaignEngine._snapshots`).
 
 Messages are found as the processing stage finds them: by frame ID and kind, and on a J1939 bus
 by parameter group number, whatever the priority and source address. Each source address of a
