@@ -110,12 +110,15 @@ def decode(payloads: pa.RecordBatch | pa.Table, book: SchemaBook) -> Decoded:
         out["format"][i], out["compression"][i] = payload.version, payload.compression
         ext = env.get("ext") or {}
         if ext:
-            out["ext"][i] = json.dumps(ext, sort_keys=True, default=str)
+            out["ext"][i] = json.dumps(ext, sort_keys=True, default=_json_default)
             campaign = ext.get("campaign")
             out["campaign"][i] = None if campaign is None else str(campaign)
         if payload.kind == "data":
+            # In integers, then one division: the rows' times (PayloadReader) are computed so,
+            # and ``t0 * res`` of an epoch time is beyond float64's integers (2**53).
             res = env["res"]
-            out["t0"][i], out["t1"][i] = env["t0"] * res / 1e9, env["t1"] * res / 1e9
+            out["t0"][i] = env["t0"] * res / 1_000_000_000
+            out["t1"][i] = env["t1"] * res / 1_000_000_000
             out["time_base"][i] = env["tb"]
 
     decoder = book.decoder
@@ -124,8 +127,10 @@ def decode(payloads: pa.RecordBatch | pa.Table, book: SchemaBook) -> Decoded:
     for i, body in enumerate(bodies):
         out["device"][i], out["enqueued"][i], out["origin"][i] = devices[i], enqueued[i], origins[i]
         out["bytes"][i] = len(body) if body is not None else 0
-        if body is None or len(body) < 4 or body[:2] != MAGIC:
+        if body is None or body[:2] != MAGIC:
             fail(i, "foreign", "not a can-telemetry payload (bad magic)")
+        elif len(body) < 4:  # our magic, cut short
+            fail(i, "corrupt", "truncated payload (no header)")
         elif body[3] != KIND_SCHEMA:
             data.append(i)
         else:
@@ -154,6 +159,9 @@ def decode(payloads: pa.RecordBatch | pa.Table, book: SchemaBook) -> Decoded:
         except SchemaMissingError as exc:
             describe(i, unpack(body))  # it unpacked once already: the envelope is sound
             fail(i, "parked", str(exc))
+            # As it came (the Spark jobs park the outcome): retried, it is named as if it had
+            # just come, by its property, else its stream's schema payload, else its device.
+            out["vehicle"][i] = vehicles[i]
             continue
         except PayloadError as exc:
             fail(i, "corrupt", str(exc))
@@ -225,6 +233,12 @@ def _raw_column(arrays: dict[str, pa.Array], schema_ids: pa.Array, book: SchemaB
     if "vss_path" in arrays:
         keep = pc.and_(keep, pc.is_null(arrays["vss_path"]))
     return pc.cast(pc.if_else(keep, raw, pa.scalar(None, pa.float64())), pa.int64())
+
+
+def _json_default(value: Any) -> Any:
+    """What JSON has no type for in an envelope's ``ext``: byte strings (a capture's raw
+    frames) as lower-case hex, anything else as its text."""
+    return value.hex() if isinstance(value, bytes) else str(value)
 
 
 def _date(when: Any) -> Any:

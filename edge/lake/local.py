@@ -258,6 +258,11 @@ def _ingest_indexed(
     new_schemas: list[dict[str, Any]] = []
     signals: list[pa.RecordBatch] = []
     staged_rows = 0
+    # Payloads (and their rows) that came without a ``vehicle`` property (the outbox) before
+    # any schema payload of their stream: named at the end of the run, when a schema payload of
+    # theirs that came later in the run names the vehicle (else the device, as decoded).
+    unnamed_payloads: list[pa.RecordBatch] = []
+    unnamed_rows: list[pa.RecordBatch] = []
     parked: dict[tuple[str, int], dict[str, Any]] = {}
 
     def take(batch: pa.RecordBatch, retry: bool) -> None:
@@ -284,7 +289,8 @@ def _ingest_indexed(
                 report.new += 1
                 if retry:
                     report.unparked += 1
-                parked.pop(key, None)
+                if parked.pop(key, None) is not None:  # an earlier copy waiting for its schema
+                    report.duplicates += 1
             elif state == "parked":
                 if key in parked or key in index:
                     report.duplicates += 1
@@ -323,6 +329,18 @@ def _ingest_indexed(
                         "first_seen": dt.datetime.now(dt.UTC),
                     }
                 )
+        properties = batch.column("vehicle").to_pylist()
+        unnamed = [
+            k and not properties[i] and streams[i] not in book.vehicles for i, k in enumerate(keep)
+        ]
+        if any(unnamed):
+            held = pa.array(unnamed)
+            keep = [k and not u for k, u in zip(keep, unnamed, strict=True)]
+            unnamed_payloads.append(outcomes.filter(held).select(PAYLOADS.names))
+            if decoded.rows.num_rows:
+                held_rows = decoded.rows.filter(pc.take(held, decoded.payload_index))
+                report.rows += held_rows.num_rows
+                unnamed_rows.append(held_rows)
         mask = pa.array(keep)
         new_payloads.append(outcomes.filter(mask).select(PAYLOADS.names))
         rows = decoded.rows
@@ -361,6 +379,8 @@ def _ingest_indexed(
         take(_input(waiting), True)  # parks again those still without a schema
     report.parked = len(parked)
     report.schemas = len(new_schemas)
+    signals.extend(_named(b, book.vehicles) for b in unnamed_rows)
+    new_payloads.extend(_named(b, book.vehicles) for b in unnamed_payloads)
     flush()
     payload_table = pa.Table.from_batches(new_payloads, PAYLOADS)
     stage.write_partitioned(
@@ -406,6 +426,14 @@ def publish(
     _apply(lake, steps)
     journal.unlink()
     shutil.rmtree(lake / "_staging" / run, ignore_errors=True)
+
+
+def _named(batch: pa.RecordBatch, vehicles: dict[str, str]) -> pa.RecordBatch:
+    """``batch`` with the vehicle its stream's schema payload named, where one did."""
+    streams, known = batch.column("stream").to_pylist(), batch.column("vehicle").to_pylist()
+    named = [vehicles.get(s, v) for s, v in zip(streams, known, strict=True)]
+    index = batch.schema.get_field_index("vehicle")
+    return batch.set_column(index, "vehicle", pa.array(named, pa.string()))
 
 
 def _input(parked: list[dict[str, Any]]) -> pa.RecordBatch:

@@ -159,16 +159,18 @@ def process_batch(payloads: DataFrame, label: str, lake: str | os.PathLike[str])
     frame = payloads.select(*KEYED_INPUT.names)
     if parked_files:
         old = spark.read.schema(_spark_type(PARKED)).parquet(*[str(p) for p in parked_files])
+        # A parked payload delivered again (a re-send, the batch job's next run) is in the
+        # frame twice: once is what the lake takes.
         frame = frame.unionByName(
             old.withColumn("key", F.concat_ws(":", "stream", F.col("seq").cast("string")))
             .withColumn("kind", F.lit("data"))
             .select(*KEYED_INPUT.names)
-        )
+        ).dropDuplicates(["key"])
     frame = frame.persist()
     known = read_table(root, "schemas")
     wires = known.column("wire").to_pylist()
     known_ids = set(known.column("schema").to_pylist())
-    book = SchemaBook.from_wire(wires)
+    book = SchemaBook.from_wire(wires, _stream_vehicles(spark, root))
     decoded_schemas = _batch_schemas(frame, book)
     vehicles = book.vehicles
     new_schemas = []
@@ -200,10 +202,23 @@ def process_batch(payloads: DataFrame, label: str, lake: str | os.PathLike[str])
     ok.select(*PAYLOADS.names).repartition("date").sortWithinPartitions(
         "vehicle", "stream", "seq"
     ).write.mode("overwrite").partitionBy("date").parquet(str(staging / "payloads"))
-    bad = outcomes.where("status in ('foreign', 'corrupt')").withColumn(
-        "key", F.substring(F.sha2("body", 256), 1, 16)
+    # A message without body is kept as an empty one, as the single-machine ingest keeps it.
+    bad = (
+        outcomes.where("status in ('foreign', 'corrupt')")
+        .withColumn("body", F.coalesce("body", F.lit(b"")))
+        .withColumn("key", F.substring(F.sha2("body", 256), 1, 16))
     )
     bad = bad.withColumn("date", F.coalesce("date", F.to_date("enqueued"), F.current_date()))
+    # The same bad payload is kept once: not again when an earlier run quarantined it (the
+    # files an earlier attempt of this run published are replaced, so they do not count).
+    quarantined = [
+        str(p)
+        for p in (root / "quarantine").rglob("*.parquet")
+        if not p.name.startswith(f"part-{label}-")
+    ]
+    if quarantined:
+        keys = spark.read.schema("key string").parquet(*quarantined)
+        bad = bad.join(keys, "key", "left_anti")
     bad.select(*QUARANTINE.names).dropDuplicates(["key"]).write.mode("overwrite").partitionBy(
         "date"
     ).parquet(str(staging / "quarantine"))
@@ -223,6 +238,28 @@ def process_batch(payloads: DataFrame, label: str, lake: str | os.PathLike[str])
     moves, deletes = _publication(root, staging, label)
     publish(root, label, moves, deletes)
     return counts
+
+
+def _stream_vehicles(spark: SparkSession, root: Path) -> dict[str, str]:
+    """The vehicle each stream's schema payloads named, from the lake's ``payloads`` (read by
+    Spark; schema payloads are few): a payload without ``vehicle`` property (the outbox) of a
+    stream whose schema payload an earlier batch took is named as the local ingest names it."""
+    from pyspark.sql.types import StructType
+
+    files = [str(p) for p in (root / "payloads").rglob("*.parquet")]
+    if not files:
+        return {}
+    names = ("stream", "vehicle", "kind")
+    columns = StructType([f for f in _spark_type(PAYLOADS).fields if f.name in names])
+    rows = (
+        spark.read.schema(columns)
+        .parquet(*files)
+        .where("kind = 'schema' and vehicle is not null")
+        .select("stream", "vehicle")
+        .distinct()
+        .collect()
+    )
+    return {r["stream"]: r["vehicle"] for r in rows}
 
 
 def write_streams(
