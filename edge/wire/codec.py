@@ -182,11 +182,15 @@ class Codec:
             columns = []
             for index, (rows, values) in sorted(group.columns.items()):
                 # Integer values are sent as deltas, unless one leaves msgpack's integer range
-                # (only 64-bit signals between extremes can; within a span of 2**63 none does).
+                # (only 64-bit signals between extremes can; within a span of 2**63 none does),
+                # or a value itself does (a signal beyond 64 bits: its first delta is itself).
                 delta = not signals[index].is_float
                 plain = False
                 wide = False
-                if delta and max(values) - min(values) > _SAFE_SPAN:
+                if delta:
+                    low, high = min(values), max(values)
+                    delta = high - low <= _SAFE_SPAN and low >= _INT_MIN and high <= _UINT_MAX
+                if not delta and not signals[index].is_float:
                     deltas = _deltas(values, 0)
                     if min(values) < _INT_MIN or max(values) > _UINT_MAX:
                         wide = True
