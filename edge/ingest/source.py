@@ -402,9 +402,10 @@ class BusSource(FrameSource):
         for m in chunk:
             m.channel = name
         for part in self._guard.split(chunk):
-            if not out.put(part, stop):  # stopped: not handed over, not counted
+            self.frames += len(part)  # counted while handed over (a full queue can hold it)
+            if not out.put(part, stop):  # stopped first: never handed over, not counted
+                self.frames -= len(part)
                 return False
-            self.frames += len(part)
         return True
 
     def _read(self, bus: can.BusABC, out: FrameQueue, stop: threading.Event) -> None:
@@ -735,8 +736,9 @@ class ReplaySource(FrameSource):
             self._hand_over(chunk, out, stop)
 
     def _hand_over(self, chunk: Chunk, out: FrameQueue, stop: threading.Event) -> None:
-        if out.put(chunk, stop):  # else stopped: not handed over, not counted
-            self.frames += len(chunk)
+        self.frames += len(chunk)  # counted while handed over (a full queue can hold it)
+        if not out.put(chunk, stop):  # stopped first: never handed over, not counted
+            self.frames -= len(chunk)
 
     def stats(self) -> dict[str, Any]:
         return {
