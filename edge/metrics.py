@@ -24,7 +24,8 @@ pipeline's own counters (``stats()``) at scrape time and turns them into metric 
 * campaigns (issue 11): ``campaign_events_total{campaign,event}`` (``triggers``, ``suppressed``,
   ``captures``, ``payloads``, ``rows``, ``budget_dropped``, ``truncated``, ``spool_errors``),
   ``campaign_bytes_total{campaign}``, ``campaign_history_frames`` and
-  ``campaign_history_bytes`` (gauges: the pre-trigger rings), ``campaign_history_overflow_total``.
+  ``campaign_history_bytes`` (gauges: frames of pre-trigger history, recent chunks and packed
+  rings; bytes of the rings), ``campaign_history_overflow_total``.
 
 Liveness. :class:`ProgressWatch` tells a stuck pipeline from an idle one: it is stuck when frames
 wait in the queue and the processing stage has not taken any for ``stall_after`` seconds. The
@@ -343,7 +344,7 @@ def _campaign_metrics(f: _Families, campaigns: dict[str, dict[str, int]]) -> Non
     for name, counters in sorted(campaigns.items()):
         if name == "history":
             f.gauge("campaign_history_frames", "frames kept for captures", counters["frames"])
-            f.gauge("campaign_history_bytes", "bytes kept for captures", counters["bytes"])
+            f.gauge("campaign_history_bytes", "bytes packed for captures", counters["bytes"])
             f.counter(
                 "campaign_history_overflow",
                 "frames pushed out of the capture history by its caps",

@@ -28,7 +28,7 @@ method         payload                 answer (status 200)
                "before": s,            ``{"campaign", "trigger", "end"}`` (frame times); the
                "after": s}``           capture is spooled when frame time passes ``end``
 ``listCampaigns`` none or ``{}``       state, settings and counters per campaign, and the
-                                       history rings' frames, bytes and overflow
+                                       history's frames, bytes and overflow
 =============  ======================  =====================================================
 
 ``getSignals`` answers in every configuration (the processing stage keeps the last-known state
